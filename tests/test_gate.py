@@ -1,0 +1,258 @@
+"""Regression gate: decisions on synthetic tables, the CLI, and measured A/A / injected-slowdown evidence."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import results_factory as F  # noqa: E402
+
+from harness import gate as G  # noqa: E402
+
+
+def _verdicts(base_rows, cur_rows, **cfg):
+    return G.compare_tables(F.frame(base_rows), F.frame(cur_rows), G.GateConfig(**cfg))
+
+
+def _one(v, **key):
+    sel = v
+    for k, x in key.items():
+        sel = sel[sel[k] == x]
+    assert len(sel) == 1, sel
+    return sel.iloc[0]
+
+
+# ------------------------------------------------------------------------------------- decisions (synthetic)
+
+def test_identical_distribution_passes():
+    v = _verdicts(F.standard_run("a", seed=0), F.standard_run("b", seed=1000))
+    assert set(v["verdict"]) == {"unchanged"}
+    assert not G.failed(v, G.GateConfig())
+    assert (v["ci_lo"] < v["ratio"]).all() and (v["ratio"] < v["ci_hi"]).all()
+
+
+def test_ten_percent_slowdown_is_a_regression():
+    cur = F.standard_run("b", seed=1000)
+    cur[0] = F.row(median_ms=0.05 * 1.10, seed=5, run_id="b")        # softmax torch_eager first case
+    v = _verdicts(F.standard_run("a"), cur)
+    r = _one(v, suite="softmax", variant="torch_eager", case="rows=4096,cols=1024")
+    assert r["verdict"] == "regression" and r["ratio"] == pytest.approx(1.10, rel=0.02) and r["ci_lo"] > 1
+    assert (v["verdict"] == "regression").sum() == 1
+    assert G.failed(v, G.GateConfig())
+
+
+def test_slowdown_below_threshold_passes_even_if_significant():
+    # 3% slower with tight samples: significant, but under the 5% bar.
+    v = _verdicts([F.row(median_ms=1.0, sigma=0.002)], [F.row(median_ms=1.03, sigma=0.002, seed=1, run_id="b")])
+    r = v.iloc[0]
+    assert r["ci_lo"] > 1.0 and r["verdict"] == "unchanged"
+
+
+def test_slowdown_beyond_threshold_but_noisy_is_not_significant():
+    # 8% slower on the median, but with 40% spread and 8 samples the interval includes 1.
+    v = _verdicts([F.row(median_ms=1.0, sigma=0.4, n=8)], [F.row(median_ms=1.08, sigma=0.4, n=8, seed=3, run_id="b")])
+    r = v.iloc[0]
+    assert r["ci_lo"] < 1.0 and r["verdict"] == "unchanged"
+    assert "not significant" in r["note"] or r["ratio"] <= 1.05
+
+
+def test_per_suite_threshold():
+    base = [F.row("gemm", "m=1", "torch", median_ms=1.0, sigma=0.005)]
+    cur = [F.row("gemm", "m=1", "torch", median_ms=1.08, sigma=0.005, seed=2, run_id="b")]
+    assert _verdicts(base, cur).iloc[0]["verdict"] == "regression"
+    assert _verdicts(base, cur, suite_thresholds={"gemm": 0.10}).iloc[0]["verdict"] == "unchanged"
+
+
+def test_improvement_reported_not_failed():
+    v = _verdicts([F.row(median_ms=1.0)], [F.row(median_ms=0.8, seed=4, run_id="b")])
+    assert v.iloc[0]["verdict"] == "improved" and not G.failed(v, G.GateConfig())
+
+
+@pytest.mark.parametrize("status", ["incorrect", "error"])
+def test_broken_rows_always_fail(status):
+    v = _verdicts([F.row(median_ms=1.0)], [F.row(status=status, run_id="b")])
+    assert v.iloc[0]["verdict"] == "broken" and status in v.iloc[0]["note"]
+    assert G.failed(v, G.GateConfig())
+    # even a brand-new row that is incorrect fails
+    v = _verdicts([F.row(variant="x")], [F.row(variant="x", run_id="b"), F.row(variant="new", status=status, run_id="b")])
+    assert G.failed(v, G.GateConfig()) and _one(v, variant="new")["verdict"] == "broken"
+
+
+@pytest.mark.parametrize("field,value", [("device_name", "NVIDIA A100-SXM4-80GB"), ("torch", "2.14.0"),
+                                         ("driver", "580.1"), ("cuda_graph", True)])
+def test_different_gpu_or_software_not_compared(field, value):
+    cur = F.row(median_ms=2.0, seed=1, run_id="b", **{field: value})     # 2x slower, but not comparable
+    v = _verdicts([F.row(median_ms=1.0)], [cur])
+    r = v.iloc[0]
+    assert r["verdict"] == "not compared" and field in r["note"]
+    assert not G.failed(v, G.GateConfig())
+    if field != "device_name":
+        v2 = _verdicts([F.row(median_ms=1.0)], [cur], ignore_env=(field,))
+        assert v2.iloc[0]["verdict"] == "regression"
+
+
+def test_missing_new_skipped_fixed():
+    base = [F.row(variant="gone"), F.row(variant="now_skipped"), F.row(variant="was_error", status="error")]
+    cur = [F.row(variant="now_skipped", status="skipped", run_id="b"), F.row(variant="was_error", run_id="b"),
+           F.row(variant="brand_new", run_id="b")]
+    v = _verdicts(base, cur)
+    got = dict(zip(v["variant"], v["verdict"]))
+    assert got == {"gone": "missing", "now_skipped": "skipped", "was_error": "fixed", "brand_new": "new"}
+    assert not G.failed(v, G.GateConfig())
+    assert G.failed(_verdicts(base, cur, fail_on_missing=True), G.GateConfig(fail_on_missing=True))
+
+
+def test_few_samples_falls_back_to_medians():
+    v = _verdicts([F.row(median_ms=1.0, n=3)], [F.row(median_ms=1.2, n=3, seed=1, run_id="b")])
+    assert v.iloc[0]["verdict"] == "regression" and "medians only" in v.iloc[0]["note"]
+
+
+def test_duplicate_rows_take_the_latest():
+    old = F.row(median_ms=5.0, timestamp="2026-11-24T00:00:00+00:00")
+    new = F.row(median_ms=1.0, seed=7, timestamp="2026-11-25T00:00:00+00:00")
+    v = _verdicts([old, new], [F.row(median_ms=1.0, seed=8, run_id="b")])
+    assert v.iloc[0]["verdict"] == "unchanged"
+
+
+def test_ratio_ci_covers_truth():
+    rng = np.random.default_rng(1)
+    hits = 0
+    for i in range(40):
+        a = np.exp(rng.normal(0, 0.05, 80))
+        b = 1.07 * np.exp(rng.normal(0, 0.05, 80))
+        _, lo, hi = G.ratio_ci(a, b, 1000, 0.95, np.random.default_rng(i))
+        hits += lo <= 1.07 <= hi
+    assert hits >= 34                      # ~95% nominal coverage; 34/40 leaves room for chance
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+def test_cli_pass_fail_markdown(tmp_path, capsys, monkeypatch):
+    base = F.write_run(tmp_path / "results" / "base", F.standard_run("base"))
+    cur_rows = F.standard_run("cur", seed=1000)
+    cur_rows[2] = F.row("softmax", "rows=4096,cols=1024", "cuda_v2", median_ms=0.05 * 0.7 * 1.25, seed=9,
+                        run_id="cur")
+    cur_rows[3] = F.row("softmax", "rows=8192,cols=4096", "torch_eager", status="incorrect", run_id="cur")
+    cur = F.write_run(tmp_path / "results" / "cur", cur_rows)
+    summary = tmp_path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    rc = G.main(["--baseline", str(base), "--current", str(cur), "--markdown", str(tmp_path / "gate.md"),
+                 "--json", str(tmp_path / "gate.json")])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert out.startswith("## Benchmark gate: FAIL (1 broken, 1 regression)")
+    assert "| **regression** |" in out and "| **broken** |" in out
+    assert re.search(r"cuda_v2 \| float32 \| cuda \| [0-9.]+ \| [0-9.]+ \| \+2[0-9]\.[0-9]% \| \[1\.", out)
+    assert (tmp_path / "gate.md").read_text() == out == summary.read_text()
+    verdicts = json.loads((tmp_path / "gate.json").read_text())
+    assert {r["verdict"] for r in verdicts} == {"regression", "broken", "unchanged"}
+    # The same run against itself passes; CSV files work too.
+    rc = G.main(["--baseline", str(base / "results.csv"), "--current", str(base / "results.parquet"),
+                 "--no-step-summary"])
+    assert rc == 0 and capsys.readouterr().out.startswith("## Benchmark gate: PASS")
+
+
+def test_cli_baseline_name_and_config(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KB_RESULTS_DIR", str(tmp_path / "results"))
+    F.write_run(tmp_path / "results" / "baselines" / "nightly", F.standard_run("base"))
+    cur_rows = F.standard_run("cur", seed=1000)
+    cur_rows[-1] = F.row("gemm", "m=4096,n=4096,k=4096", "triton", dtype="bfloat16",
+                         median_ms=cur_rows[-1]["median_ms"] * 1.08, seed=11, run_id="cur", sigma=0.005)
+    F.write_run(tmp_path / "results" / "cur", cur_rows)
+    cfg = tmp_path / "gate.json"
+    cfg.write_text(json.dumps({"threshold": "5%", "suites": {"gemm": 0.10}}))
+    assert G.main(["--baseline", "nightly", "--current", "cur", "--config", str(cfg)]) == 0
+    assert "gemm 10%" in capsys.readouterr().out
+    assert G.main(["--baseline", "nightly", "--current", "cur"]) == 1
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--baseline", "nope", "--current", "nope"], "no such results"),
+    (["--current", "x"], "required"),
+    (["--baseline", "{b}", "--current", "{b}", "--threshold", "five"], "bad threshold"),
+    (["--baseline", "{b}", "--current", "{b}", "--ignore-env", "colour"], "unknown field"),
+    (["--baseline", "{junk}", "--current", "{b}"], "cannot read results"),
+    (["--baseline", "{notres}", "--current", "{b}"], "not a results table"),
+])
+def test_cli_bad_input_one_line_exit_2(tmp_path, capsys, argv, msg):
+    b = F.write_run(tmp_path / "b", F.standard_run())
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "notres.parquet")
+    argv = [a.format(b=b, junk=tmp_path / "junk.parquet", notres=tmp_path / "notres.parquet") for a in argv]
+    assert G.main(argv) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+# ------------------------------------------------------------------- measured evidence on a CPU workload
+
+def _timer():
+    """The harness's timing when present (the real measurement path), else a plain per-call loop."""
+    try:
+        from harness.timing import TimingConfig, measure
+        cfg = TimingConfig(warmup_s=0.02, min_samples=20, max_samples=60, budget_s=0.25, target_rel_ci=0.0)
+
+        def run(fn):
+            return measure(fn, "cpu", cfg).samples_ms
+    except ImportError:
+        def run(fn):
+            for _ in range(5):
+                fn()
+            out = []
+            for _ in range(40):
+                t = time.perf_counter_ns()
+                fn()
+                out.append((time.perf_counter_ns() - t) / 1e6)
+            return out
+    return run
+
+
+def _workload():
+    """A sort of 200k float32 (single-threaded numpy, ~2-4 ms here), plus an injectable busy-wait."""
+    x = np.random.default_rng(0).standard_normal(200_000).astype(np.float32)
+
+    def make(extra_s: float):
+        def fn():
+            np.sort(x)
+            if extra_s:
+                end = time.perf_counter() + extra_s
+                while time.perf_counter() < end:
+                    pass
+        return fn
+    return make
+
+
+def gate_trials(trials: int, slowdowns=(0.0, 0.10, 0.20), seed: int = 0) -> dict[float, int]:
+    """For each injected slowdown, how many of `trials` baseline/current pairs the gate flags.
+
+    Each trial measures the baseline code and then the current code (plain, or with a busy-wait of
+    `s` x the baseline's median added to every call) back to back, as two CI runs would."""
+    run, make = _timer(), _workload()
+    base_fn = make(0.0)
+    t_ms = float(np.median(run(base_fn)))
+    alarms = {s: 0 for s in slowdowns}
+    for t in range(trials):
+        for s in slowdowns:
+            a = run(base_fn)
+            b = run(make(s * t_ms / 1e3))
+            v = G.compare_tables(F.frame([F.row(samples_ms=a, env=F.CPU)]),
+                                 F.frame([F.row(samples_ms=b, env=F.CPU, run_id="b")]), G.GateConfig(seed=seed + t))
+            alarms[s] += v.iloc[0]["verdict"] == "regression"
+    return alarms
+
+
+def test_measured_aa_no_false_alarm_and_slowdown_caught():
+    trials = int(os.environ.get("KB_GATE_TRIALS", "8"))
+    alarms = gate_trials(trials)
+    print(f"\ngate evidence ({trials} trials each): false alarms A/A {alarms[0.0]}/{trials}, "
+          f"+10% caught {alarms[0.10]}/{trials}, +20% caught {alarms[0.20]}/{trials}")
+    assert alarms[0.0] == 0
+    assert alarms[0.20] == trials
+    assert alarms[0.10] >= trials - 1        # a 10% slowdown sits 5 points above a 5% bar: allow one miss
