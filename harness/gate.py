@@ -20,6 +20,12 @@ change with its interval, which is what a pull request comment should show.
 Always failing: current rows `incorrect` or `error`. Reported, not compared: rows on a different device
 model or software version (which field differs is named), rows missing from the current run (fail only
 with --fail-on-missing), new rows, rows skipped now. Exit status: 0 pass, 1 fail, 2 bad input.
+
+Confirmation: `--baseline B1 B2 --current C1 C2` gates the pairs (B1, C1) and (B2, C2) and calls a row a
+regression only when it regresses in both; one baseline with several current runs pairs it with each.
+Back-to-back runs of the same code on a shared machine differ by ~2% (sd of the ratio of medians, measured
+here), so a 5% bar alone raises an alarm in a few runs in a hundred; re-running both sides on alarm and
+requiring both pairs to agree cuts that to nearly none (docs/telemetry-and-gates.md has the measured rates).
 """
 from __future__ import annotations
 
@@ -171,6 +177,55 @@ def compare_tables(base: pd.DataFrame, cur: pd.DataFrame, cfg: GateConfig | None
     return df.sort_values(["_o", "suite", "case", "variant", "dtype"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
+def compare_many(bases: list[pd.DataFrame] | pd.DataFrame, currents: list[pd.DataFrame],
+                 cfg: GateConfig | None = None) -> pd.DataFrame:
+    """Verdicts over several (baseline, current) pairs: re-runs that confirm or dismiss an alarm.
+
+    One baseline is paired with every current run; as many baselines as current runs are paired in order
+    (a fresh A/B re-run measures both sides again under the same conditions). A row is a regression only
+    when it regresses in every pair that has it (the numbers shown are those of the pair with the smallest
+    slowdown); broken in any current run is broken; otherwise the first pair's verdict stands, noting an
+    unconfirmed alarm."""
+    cfg = cfg or GateConfig()
+    if isinstance(bases, pd.DataFrame):
+        bases = [bases]
+    if len(bases) == 1:
+        pairs = [(bases[0], c) for c in currents]
+    elif len(bases) == len(currents):
+        pairs = list(zip(bases, currents))
+    else:
+        raise RS.BadInput(f"{len(bases)} baselines and {len(currents)} current runs: give one baseline, "
+                          "or one per current run")
+    if len(pairs) == 1:
+        return compare_tables(pairs[0][0], pairs[0][1], cfg)
+    frames = [compare_tables(b, c, cfg) for b, c in pairs]
+    key = list(RS.KEY)
+    allv = pd.concat([f.assign(_run=i) for i, f in enumerate(frames)], ignore_index=True)
+    out = []
+    for _, g in allv.groupby(key, sort=False, dropna=False):
+        present = g[g["verdict"] != "missing"]
+        if present.empty:
+            out.append(g.iloc[0].to_dict())
+            continue
+        broken = present[present["verdict"] == "broken"]
+        reg = present[present["verdict"] == "regression"]
+        if len(broken):
+            r = broken.iloc[0].to_dict()
+        elif len(reg) == len(present):
+            r = reg.sort_values("ratio").iloc[0].to_dict()
+            r["note"] = (r["note"] + "; " if r["note"] else "") + f"regression in all {len(present)} pairs of runs"
+        elif len(reg):
+            r = reg.sort_values("ratio").iloc[0].to_dict()
+            r["verdict"] = "unchanged"
+            r["note"] = f"regression in {len(reg)} of {len(present)} pairs of runs: not confirmed"
+        else:
+            r = present.iloc[0].to_dict()
+        out.append(r)
+    df = pd.DataFrame(out).drop(columns="_run")
+    df["_o"] = df["verdict"].map({v: i for i, v in enumerate(ORDER)})
+    return df.sort_values(["_o", "suite", "case", "variant", "dtype"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
 def failed(verdicts: pd.DataFrame, cfg: GateConfig) -> bool:
     bad = set(FAILING) | ({"missing"} if cfg.fail_on_missing else set())
     return bool(len(verdicts)) and bool(verdicts["verdict"].isin(bad).any())
@@ -258,8 +313,12 @@ def _fraction(s: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     p = RS.Parser(prog="bench.py gate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--baseline", required=True, help="results file/directory, run id, or baseline name")
-    p.add_argument("--current", required=True, help="results file/directory or run id")
+    p.add_argument("--baseline", required=True, nargs="+",
+                   help="results file/directory, run id, or baseline name; several = re-runs paired in order "
+                        "with the --current runs")
+    p.add_argument("--current", required=True, nargs="+",
+                   help="results file/directory or run id; several = re-runs of the same code, and a row "
+                        "regresses only if it regresses in every (baseline, current) pair")
     p.add_argument("--threshold", help="slowdown that counts (0.05 or 5%%; default 5%%, or --config's)")
     p.add_argument("--suite-threshold", action="append", default=[], metavar="SUITE=T",
                    help="per-suite threshold, e.g. gemm=8%% (repeatable)")
@@ -312,9 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         a = p.parse_args(argv)
         cfg = config_from_args(a)
-        base = RS.load(a.baseline)
-        cur = RS.load(a.current)
-        verdicts = compare_tables(base, cur, cfg)
+        bases = [RS.load(b) for b in a.baseline]
+        currents = [RS.load(c) for c in a.current]
+        base, cur = pd.concat(bases, ignore_index=True), pd.concat(currents, ignore_index=True)
+        verdicts = compare_many(bases, currents, cfg)
         md = render_markdown(verdicts, cfg, base, cur)
     except RS.BadInput as e:
         print(f"bench.py gate: error: {e}", file=sys.stderr)
