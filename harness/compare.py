@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         a = p.parse_args(argv)
         metrics = tuple(m.strip() for m in a.metrics.split(",") if m.strip())
         df = RS.load(a.runs)
+        if a.metrics == ",".join(DEFAULT_METRICS):      # defaults: leave out metrics no run has
+            metrics = tuple(m for m in metrics if m == "median_ms" or (m in df and df[m].notna().any()))
         table, ss = compare_frame(df, metrics)
         if not a.all:
             table = table[table["_present"] >= 2]
