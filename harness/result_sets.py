@@ -29,8 +29,12 @@ class Parser(argparse.ArgumentParser):
         raise BadInput(message)
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def results_root() -> Path:
-    return Path(os.environ.get("KB_RESULTS_DIR", "results"))
+    """Where the runner writes runs: $KB_RESULTS_DIR, else <repository>/results."""
+    return Path(os.environ.get("KB_RESULTS_DIR", ROOT / "results"))
 
 
 def baselines_root() -> Path:
