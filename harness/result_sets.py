@@ -2,8 +2,8 @@
 
 A run is named by a results file (results.parquet / results.csv), a run directory holding one, a directory
 of run directories (every run below it), a run id under `results/`, or a baseline name under
-`results/baselines/`. Loading goes through `harness.results.load` (the writer's own reader) so the
-`samples_ms` lists come back as lists whichever format was written.
+`results/baselines/`. `samples_ms` comes back as a list of floats whichever format was written (a list in
+parquet, a JSON list in CSV), as `harness.results.load` does; a table lacking the key columns is bad input.
 """
 from __future__ import annotations
 
@@ -75,20 +75,14 @@ def resolve(spec: str) -> list[Path]:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    try:
-        from harness.results import load                  # the writer's reader, when present
-        df = load(path)
-    except ImportError:
-        df = _read_fallback(path)
-    except Exception as e:                                # noqa: BLE001 - a corrupt or foreign file
-        raise BadInput(f"{path}: cannot read results ({type(e).__name__}: {e})") from None
+    df = _read(path)
     missing = [c for c in ("run_id",) + KEY + ("status",) if c not in df.columns]
     if missing:
         raise BadInput(f"{path}: not a results table (missing columns {', '.join(missing)})")
     return df
 
 
-def _read_fallback(path: Path) -> pd.DataFrame:
+def _read(path: Path) -> pd.DataFrame:
     try:
         if path.suffix == ".parquet":
             df = pd.read_parquet(path)
