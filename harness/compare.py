@@ -28,22 +28,13 @@ def sides(df: pd.DataFrame) -> list[dict[str, Any]]:
     """One side per (run_id, device), in order of appearance; label A, B, ..."""
     out = []
     for (rid, dev), g in df.groupby(["run_id", "device"], sort=False):
-        label = _label(len(out))
+        label = RS.side_label(len(out))
         names = sorted({str(x) for x in g["device_name"].dropna()}) if "device_name" in g else []
         commit = sorted({str(x) for x in g["commit"].dropna()}) if "commit" in g else []
         peak = sorted({str(x) for x in g["peak_source"].dropna() if str(x)}) if "peak_source" in g else []
         out.append(dict(label=label, run_id=str(rid), device=str(dev), device_name=", ".join(names),
                         commit=", ".join(commit), peak_source=", ".join(peak), rows=g))
     return out
-
-
-def _label(i: int) -> str:
-    s = ""
-    i += 1
-    while i:
-        i, r = divmod(i - 1, 26)
-        s = chr(65 + r) + s
-    return s
 
 
 def _num(v: Any) -> float:

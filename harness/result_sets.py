@@ -129,3 +129,13 @@ def latest_per_key(df: pd.DataFrame, key=KEY) -> tuple[pd.DataFrame, int]:
 def runs(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """The table split by run_id, in order of first appearance."""
     return [(str(r), g) for r, g in df.groupby("run_id", sort=False)]
+
+
+def side_label(i: int) -> str:
+    """A, B, ..., Z, AA, AB, ...: the name of the i-th run in compare and report."""
+    s = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        s = chr(65 + r) + s
+    return s

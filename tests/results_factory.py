@@ -26,7 +26,7 @@ COLUMNS = [
 
 H100 = dict(device="cuda", device_name="NVIDIA H100 80GB HBM3", cuda="12.8", driver="570.86", threads=None)
 A100 = dict(device="cuda", device_name="NVIDIA A100-SXM4-80GB", cuda="12.8", driver="570.86", threads=None)
-CPU = dict(device="cpu", device_name="Intel(R) Xeon(R) Processor (2 cpus)", cuda=None, driver=None, threads=2)
+CPU = dict(device="cpu", device_name="Fake Test CPU (2 cpus)", cuda=None, driver=None, threads=2)
 PEAKS = {  # bw GB/s, TFLOP/s per dtype: what the report's roofline ceilings use for these fake devices
     H100["device_name"]: {"bw_gbs": 3350, "float32": 67.0, "bfloat16": 989.4},
     A100["device_name"]: {"bw_gbs": 2039, "float32": 19.5, "bfloat16": 312.0},
@@ -112,3 +112,27 @@ def standard_run(run_id="run-a", env=H100, scale=1.0, seed=0, sigma=0.02) -> lis
                             seed=seed + 100 + 10 * i + j, sigma=sigma, run_id=run_id, env=env,
                             flops=2 * n_**3, nbytes=3 * n_ * n_ * 2, speedup=1.0 / f))
     return rows
+
+
+def write_telemetry(run_dir: Path, rows: list[dict], seconds_per_row: float = 1.0, hz: float = 20,
+                    throttle_variant: str | None = None, seed: int = 0) -> Path | None:
+    """A telemetry.parquet for `rows` through the real writer: GPU-like power/clock/temperature traces;
+    samples of `throttle_variant` carry the sw_power_cap reason and a lowered SM clock."""
+    from harness import telemetry as T
+    rng = np.random.default_rng(seed)
+    entries, t = [], 1.7e9
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        m = T.Measurement(T.Sampler())
+        hot = r["variant"] == throttle_variant
+        for i in range(int(seconds_per_row * hz)):
+            t += 1 / hz
+            m.samples.append(dict(t=t, power_w=(650 if hot else 420) + rng.normal(0, 15),
+                                  sm_clock_mhz=1650.0 if hot else 1980.0, mem_clock_mhz=2619.0,
+                                  temp_c=55 + 20 * i / (seconds_per_row * hz) + (8 if hot else 0),
+                                  gpu_util_pct=98.0, mem_util_pct=70.0, mem_used_mib=3000.0,
+                                  cpu_mhz=math.nan, cpu_util_pct=math.nan, throttle_mask=4.0 if hot else 0.0))
+        t += 0.3                                                     # the correctness check between rows
+        entries.append(({k: r[k] for k in ("run_id", "suite", "case", "variant", "dtype")}, m))
+    return T.write_timeseries(run_dir, entries)
