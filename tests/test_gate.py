@@ -303,3 +303,66 @@ def test_cli_confirmation_pairs(tmp_path, capsys):
     assert G.main(["--baseline", str(b1), "--current", str(c1), "--no-step-summary"]) == 1
     assert G.main(["--baseline", str(b1), str(b2), "--current", str(c1), str(c2), "--no-step-summary"]) == 0
     assert "not confirmed" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------- baselines
+
+def test_baseline_save_list_show_rm_and_gate_by_name(tmp_path, capsys, monkeypatch):
+    from harness import baseline as B
+    root = tmp_path / "results"
+    monkeypatch.setenv("KB_RESULTS_DIR", str(root))
+    assert B.main(["save", "nightly"]) == 2                                     # nothing to save yet
+    assert "no run under" in capsys.readouterr().err
+    old = F.write_run(root / "20261125-080000-cuda", F.standard_run("old"))
+    new = F.write_run(root / "20261125-090000-cuda", F.standard_run("new", seed=50))
+    F.write_telemetry(new, F.standard_run("new", seed=50))
+    os.utime(old / "manifest.json", (1, 1))                                     # 'new' is the latest
+    assert B.main(["save", "nightly"]) == 0
+    assert "from new" in capsys.readouterr().out
+    d = root / "baselines" / "nightly"
+    assert {p.name for p in d.iterdir()} == {"results.parquet", "results.csv", "manifest.json",
+                                             "telemetry.parquet", "baseline.json"}
+    assert json.loads((d / "baseline.json").read_text())["rows"] == 10
+    assert B.main(["save", "nightly", str(old)]) == 2                           # exists
+    assert "--force" in capsys.readouterr().err
+    assert B.main(["save", "nightly", str(old), "--force"]) == 0
+    assert B.main(["save", "both", str(old), str(new)]) == 0                    # two runs, one baseline
+    capsys.readouterr()
+    assert B.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "nightly" in out and "both" in out and "20 rows" in out
+    assert B.main(["show", "nightly"]) == 0 and "torch_eager" in capsys.readouterr().out
+    # the gate finds a baseline by name; the results/ directory itself holds two runs (latest per row wins)
+    assert G.main(["--baseline", "nightly", "--current", str(old), "--no-step-summary"]) == 0
+    assert G.main(["--baseline", "nightly", "--current", str(root), "--no-step-summary"]) == 0
+    capsys.readouterr()
+    assert B.main(["rm", "both"]) == 0 and not (root / "baselines" / "both").exists()
+    for argv in (["save", "../evil"], ["show", "nope"], ["rm", "nope"], ["frobnicate"]):
+        assert B.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bench.py baseline: error:") and err.count("\n") == 1, argv
+
+
+def test_subcommands_through_bench_py(tmp_path):
+    """bench.py dispatches gate/compare/report/baseline to these modules (harness/cli.py)."""
+    import subprocess
+    root = tmp_path / "results"
+    a = F.write_run(root / "a", F.standard_run("a"))
+    b = F.write_run(root / "b", F.standard_run("b", seed=77))
+    env = {**os.environ, "KB_RESULTS_DIR": str(root)}
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench.py")
+    if not os.path.exists(bench):
+        pytest.skip("bench.py not in this checkout")
+
+    def run(*args):
+        return subprocess.run([sys.executable, bench, *args], capture_output=True, text=True, env=env, timeout=300)
+    r = run("baseline", "save", "ci", str(a))
+    assert r.returncode == 0, r.stderr
+    r = run("gate", "--baseline", "ci", "--current", str(b), "--no-step-summary")
+    assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
+    r = run("compare", str(a), str(b))
+    assert r.returncode == 0 and "median_ms A/B" in r.stdout
+    r = run("report", str(a), "--out", str(tmp_path / "r.html"))
+    assert r.returncode == 0 and (tmp_path / "r.html").stat().st_size > 10_000
+    r = run("gate", "--baseline", "missing-name", "--current", str(b))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
