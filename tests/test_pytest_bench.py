@@ -54,8 +54,8 @@ def toy(monkeypatch):
 
 def test_params_ids(toy):
     ids = [p.id for p in PB.bench_params("toy", mode="test", device="cpu")]
-    assert ids == ["toy/127/float32/good", "toy/127/float32/bad", "toy/127/float32/gpu_only",
-                   "toy/1000/float32/good", "toy/1000/float32/bad", "toy/1000/float32/gpu_only"]
+    assert ids == ["toy/n=127/float32/good", "toy/n=127/float32/bad", "toy/n=127/float32/gpu_only",
+                   "toy/n=1000/float32/good", "toy/n=1000/float32/bad", "toy/n=1000/float32/gpu_only"]
 
 
 def test_run_case_checks_times_and_records(toy):
