@@ -99,6 +99,23 @@ def _samples(row: pd.Series) -> np.ndarray:
     return x[np.isfinite(x) & (x > 0)]
 
 
+CONTENDED_PCT = 20.0     # other processes' share of the CPUs above which a CPU timing is called contended
+
+
+def measurement_warnings(row: pd.Series, side: str) -> list[str]:
+    """Why a row's timing may not reflect the code: throttling (power/heat), CPU contention."""
+    out = []
+    if _val(row, "throttled") is True:
+        out.append(f"{side} throttled ({_val(row, 'throttle_reasons') or 'power/heat'})")
+    o = _val(row, "cpu_others_pct")
+    try:
+        if o is not None and float(o) > CONTENDED_PCT:
+            out.append(f"{side} contended (other processes used {float(o):.0f}% of the CPUs)")
+    except (TypeError, ValueError):
+        pass
+    return out
+
+
 def _mismatch(b: pd.Series, c: pd.Series, cfg: GateConfig) -> list[str]:
     out = []
     for f in ENV_FIELDS + SETTING_FIELDS:
@@ -167,6 +184,11 @@ def compare_tables(base: pd.DataFrame, cur: pd.DataFrame, cfg: GateConfig | None
                 out["verdict"] = "regression" if r > 1 + thr else "improved" if r < 1 / (1 + thr) else "unchanged"
             else:
                 out.update(verdict="not compared", note="no timing in one of the runs")
+        if b is not None and c is not None and out["verdict"] in ("regression", "improved", "unchanged"):
+            warn = measurement_warnings(b, "baseline") + measurement_warnings(c, "current")
+            if warn:
+                out["note"] = "; ".join(([out["note"]] if out["note"] else []) + warn)
+                out["suspect"] = True
         if out["verdict"] == "missing" and cfg.fail_on_missing:
             out["note"] += " (fails: --fail-on-missing)"
         rows.append(out)
@@ -285,6 +307,10 @@ def render_markdown(verdicts: pd.DataFrame, cfg: GateConfig, base: pd.DataFrame 
     out.append(f"- rule: slower than +{cfg.threshold:.0%}{' (' + per + ')' if per else ''} and the "
                f"{cfg.confidence:.0%} bootstrap interval of the ratio of medians above 1 "
                f"({cfg.resamples} resamples); `incorrect`/`error` rows always fail")
+    if "suspect" in verdicts.columns and verdicts["suspect"].fillna(False).astype(bool).any():
+        n = int(verdicts["suspect"].fillna(False).astype(bool).sum())
+        out.append(f"- **warning**: {n} compared row(s) were measured while throttled or while other processes "
+                   "used the CPUs (see the notes): their change may be the machine's, not the code's; re-run")
     out += ["", "| verdict | rows |", "|---|---|"]
     out += [f"| {v} | {counts[v]} |" for v in ORDER if counts.get(v)]
     sections = [("Failures", verdicts[verdicts["verdict"].isin(FAILING + (("missing",) if cfg.fail_on_missing else ()))], True),

@@ -236,7 +236,7 @@ window.addEventListener('load', function () {
 """
 
 TABLE_COLS = ["suite", "case", "variant", "dtype", "status", "median_ms", "tflops", "gbps", "pct_peak", "speedup",
-              "power_mean_w", "energy_per_call_j", "sm_clock_min_mhz", "temp_max_c", "throttled", "reason"]
+              "power_mean_w", "energy_per_call_j", "sm_clock_min_mhz", "temp_max_c", "cpu_others_pct", "throttled", "reason"]
 
 
 def _cell(v: Any, col: str) -> str:

@@ -48,6 +48,7 @@ TELEMETRY_COLUMNS: tuple[str, ...] = (
     "mem_used_max_mib",    # GPU memory used, max
     "cpu_mhz_mean",        # CPU frequency, mean over CPUs and samples
     "cpu_util_pct",        # CPU busy time / total, whole machine, over the window
+    "cpu_others_pct",      # share of the machine's CPU time used by OTHER processes over the window
     "throttled",           # True when any sample was slowed by power or heat
     "throttle_reasons",    # every non-idle clock-event reason seen, comma-separated
 )
@@ -56,7 +57,7 @@ _STRING_COLUMNS = {"tel_source", "energy_source", "throttle_reasons"}
 # Metrics kept per sample in the time series (telemetry.parquet), beside run_id/suite/case/variant/t_s.
 TIMESERIES_METRICS: tuple[str, ...] = (
     "power_w", "sm_clock_mhz", "mem_clock_mhz", "temp_c", "gpu_util_pct", "mem_util_pct",
-    "mem_used_mib", "cpu_mhz", "cpu_util_pct", "throttle_mask",
+    "mem_used_mib", "cpu_mhz", "cpu_util_pct", "cpu_others_pct", "throttle_mask",
 )
 
 # NVML clock-event reason bits (nvml.h, nvmlClocksEventReason*); getattr below prefers the library's names.
@@ -386,6 +387,27 @@ def _proc_stat_cpu(text: str | None) -> tuple[int, int] | None:
     return None
 
 
+def _self_ticks(text: str | None) -> int | None:
+    """utime + stime of this process (all threads), in clock ticks, from /proc/self/stat."""
+    if not text:
+        return None
+    try:
+        f = text[text.rindex(")") + 2:].split()           # fields after "pid (comm) "
+        return int(f[11]) + int(f[12])                     # fields 14 and 15 of proc(5)
+    except (ValueError, IndexError):
+        return None
+
+
+def _others_pct(st1, own1: int, st0, own0: int) -> float:
+    """% of all CPU time between two /proc/stat readings that went to other processes (>= 0).
+
+    Both files count in USER_HZ ticks; /proc/stat sums every CPU, so the total is cpus x elapsed ticks."""
+    total = st1[1] - st0[1]
+    if total <= 0:
+        return math.nan
+    return max(0.0, 100.0 * ((st1[0] - st0[0]) - (own1 - own0)) / total)
+
+
 class CpuSampler(Sampler):
     source = "cpu"
 
@@ -407,6 +429,8 @@ class CpuSampler(Sampler):
             self._freq = lambda: None
         if _proc_stat_cpu(_read(self._p("/proc/stat"))) is not None:
             self.sources["cpu_util"] = "/proc/stat"
+            if _self_ticks(_read(self._p("/proc/self/stat"))) is not None:
+                self.sources["cpu_others"] = "/proc/stat minus /proc/self/stat"
         else:
             self.unavailable["cpu_util"] = "/proc/stat unreadable"
         self._rapl = self._find_rapl()
@@ -503,12 +527,15 @@ class CpuSampler(Sampler):
         s["cpu_mhz"] = math.nan if f is None else f
         s["temp_c"] = self._temp_c() if self._temp_files else math.nan
         st = _proc_stat_cpu(_read(self._p("/proc/stat")))
+        own = _self_ticks(_read(self._p("/proc/self/stat")))
         prev = getattr(self, "_last_stat", None)
-        s["cpu_util_pct"] = math.nan
+        s["cpu_util_pct"] = s["cpu_others_pct"] = math.nan
         if st is not None:
             if prev is not None and st[1] > prev[1]:
                 s["cpu_util_pct"] = 100.0 * (st[0] - prev[0]) / (st[1] - prev[1])
-            self._last_stat = st
+                if own is not None and prev[2] is not None:
+                    s["cpu_others_pct"] = _others_pct(st, own, prev[:2], prev[2])
+            self._last_stat = (st[0], st[1], own)
         uj = self._rapl_uj()
         prev_e = getattr(self, "_last_rapl", None)
         s["power_w"] = math.nan
@@ -531,6 +558,7 @@ class CpuSampler(Sampler):
         self._last_stat = None
         self._last_rapl = None
         return {"t": time.time(), "stat": _proc_stat_cpu(_read(self._p("/proc/stat"))),
+                "self": _self_ticks(_read(self._p("/proc/self/stat"))),
                 "rapl_uj": self._rapl_uj(),
                 "throttle": self._throttle_count() if self._throttle_files else None}
 
@@ -545,6 +573,8 @@ class CpuSampler(Sampler):
         out["temp_max_c"] = _nanmax(s["temp_c"] for s in ss)
         if a.get("stat") and b.get("stat") and b["stat"][1] > a["stat"][1]:
             out["cpu_util_pct"] = 100.0 * (b["stat"][0] - a["stat"][0]) / (b["stat"][1] - a["stat"][1])
+            if a.get("self") is not None and b.get("self") is not None:
+                out["cpu_others_pct"] = _others_pct(b["stat"], b["self"], a["stat"], a["self"])
         if a.get("rapl_uj") is not None and b.get("rapl_uj") is not None:
             energy = self._rapl_delta_j(a["rapl_uj"], b["rapl_uj"])
             dt = b["t"] - a["t"]

@@ -366,3 +366,17 @@ def test_subcommands_through_bench_py(tmp_path):
     assert r.returncode == 0 and (tmp_path / "r.html").stat().st_size > 10_000
     r = run("gate", "--baseline", "missing-name", "--current", str(b))
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_throttled_or_contended_rows_are_flagged(capsys):
+    base = [F.row(median_ms=1.0, cpu_others_pct=65.0, env=F.CPU),
+            F.row(variant="v2", median_ms=1.0, env=F.CPU)]
+    cur = [F.row(median_ms=1.2, seed=1, run_id="b", env=F.CPU, cpu_others_pct=3.0),
+           F.row(variant="v2", median_ms=1.0, seed=2, run_id="b", env=F.CPU, throttled=True,
+                 throttle_reasons="thermal")]
+    v = _verdicts(base, cur)
+    r = _one(v, variant="torch_eager")
+    assert r["verdict"] == "regression" and "baseline contended (other processes used 65%" in r["note"]
+    assert "current throttled (thermal)" in _one(v, variant="v2")["note"]
+    md = G.render_markdown(v, G.GateConfig())
+    assert "**warning**: 2 compared row(s)" in md

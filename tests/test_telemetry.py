@@ -179,6 +179,7 @@ def test_cpu_sampler_on_this_machine():
     out = m.summary(10)
     assert out["tel_source"] == "cpu" and out["tel_samples"] >= 2
     assert 20.0 <= out["cpu_util_pct"] <= 100.0           # this process kept at least one core busy
+    assert 0.0 <= out["cpu_others_pct"] <= out["cpu_util_pct"] + 1e-9
     if "cpu_mhz" in info["sources"]:
         assert out["cpu_mhz_mean"] > 100
     for metric in ("energy", "temp", "throttle"):          # either read or explained
@@ -195,6 +196,7 @@ def _fake_sysfs(root, energy_uj=1_000_000, rng=2**32, throttle=5, readable=True)
         return p
     w("/proc/stat", "cpu  100 0 50 800 10 0 0 0 0 0\ncpu0 50 0 25 400 5 0 0 0 0 0\n")
     w("/proc/cpuinfo", "processor\t: 0\ncpu MHz\t\t: 2000.0\n")
+    w("/proc/self/stat", "4242 (python (x)) R 1 2 3 4 5 6 7 8 9 10 20 10 0 0 20 0 3\n")   # utime 20, stime 10
     for c in (0, 1):
         w(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_cur_freq", f"{3000000 + c * 200000}\n")
         w(f"/sys/devices/system/cpu/cpu{c}/thermal_throttle/package_throttle_count", f"{throttle}\n")
@@ -217,12 +219,14 @@ def test_cpu_sampler_fake_sysfs_rapl_freq_thermal(tmp_path):
     info = s.info()
     assert "energy" in info["sources"] and "cpufreq" in info["sources"]["cpu_mhz"]
     stat = tmp_path / "proc/stat"
+    me = tmp_path / "proc/self/stat"
     thr = tmp_path / "sys/devices/system/cpu/cpu0/thermal_throttle/package_throttle_count"
     with s.measure() as m:
         time.sleep(0.05)
         # 2 J consumed; 300 of 400 new jiffies busy; one throttle event
         e.write_text("3000000\n")
         stat.write_text("cpu  400 0 50 900 10 0 0 0 0 0\n")
+        me.write_text("4242 (python (x)) R 1 2 3 4 5 6 7 8 9 10 220 10 0 0 20 0 3\n")   # we used 200 of them
         thr.write_text("6\n")
         time.sleep(0.05)
     out = m.summary(calls=4)
@@ -230,6 +234,7 @@ def test_cpu_sampler_fake_sysfs_rapl_freq_thermal(tmp_path):
     assert out["energy_per_call_j"] == pytest.approx(2.0 / 4)            # (3e6 - 1e6) uJ = 2 J
     assert out["power_mean_w"] == pytest.approx(2.0 / out["tel_window_s"], rel=0.2)
     assert out["cpu_util_pct"] == pytest.approx(75.0)
+    assert out["cpu_others_pct"] == pytest.approx(25.0)          # (300 busy - 200 ours) / 400
     assert out["cpu_mhz_mean"] == pytest.approx(3100.0)
     assert out["temp_max_c"] == 55.0
     assert out["throttled"] is True and out["throttle_reasons"] == "thermal"
