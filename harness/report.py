@@ -182,7 +182,7 @@ def speedup_png(suite: str, rows: pd.DataFrame, label_of: dict[str, str]) -> str
 
 TS_PANELS = [("power_w", "power (W)"), ("sm_clock_mhz", "SM clock (MHz)"), ("cpu_mhz", "CPU clock (MHz)"),
              ("temp_c", "temperature (C)"), ("gpu_util_pct", "GPU utilization (%)"),
-             ("cpu_util_pct", "CPU utilization (%)")]
+             ("cpu_util_pct", "CPU utilization (%)"), ("cpu_others_pct", "CPU used by others (%)")]
 
 
 def telemetry_png(run_label: str, ts: pd.DataFrame) -> str | None:
@@ -220,7 +220,8 @@ def telemetry_png(run_label: str, ts: pd.DataFrame) -> str | None:
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}
-table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 6px;text-align:left}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+td{white-space:nowrap}td.reason{white-space:normal;min-width:240px;max-width:420px}.wide{overflow-x:auto}
 th{background:#f2f2f2}tr.throttled td{background:#ffe3e3}tr.bad td{background:#fff3cd}
 img.plot{display:block;max-width:100%;margin:10px 0;border:1px solid #eee}.note{color:#666;font-size:12px}
 """
@@ -246,16 +247,18 @@ def _cell(v: Any, col: str) -> str:
         return "THROTTLED" if v is True else ("no" if v is False else "")
     if isinstance(v, (float, np.floating)):
         return f"{v:.1f}%" if col == "pct_peak" else f"{v:.2f}x" if col == "speedup" else f"{v:.4g}"
-    return html.escape(str(v))[:200]
+    return html.escape(str(v)[:200])
 
 
-def rows_table(df: pd.DataFrame) -> str:
-    cols = [c for c in TABLE_COLS if c in df.columns]
-    out = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
+def rows_table(df: pd.DataFrame, label_of: dict[str, str] | None = None) -> str:
+    if label_of and len(label_of) > 1:
+        df = df.assign(run=df["run_id"].astype(str).map(label_of))
+    cols = (["run"] if "run" in df.columns else []) + [c for c in TABLE_COLS if c in df.columns and any(_cell(v, c) for v in df[c])]   # no empty columns
+    out = ['<div class="wide"><table><tr>' + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
     for _, r in df.iterrows():
         cls = "throttled" if r.get("throttled") is True else ("bad" if r["status"] in ("incorrect", "error") else "")
-        out.append(f'<tr class="{cls}">' + "".join(f"<td>{_cell(r[c], c)}</td>" for c in cols) + "</tr>")
-    out.append("</table>")
+        out.append(f'<tr class="{cls}">' + "".join(f'<td class="{c}">{_cell(r[c], c)}</td>' for c in cols) + "</tr>")
+    out.append("</table></div>")
     return "\n".join(out)
 
 
@@ -327,7 +330,7 @@ def build(df: pd.DataFrame, title: str = "Benchmark report") -> str:
     parts.append("<h2>Rows</h2>")
     parts.append('<p class="note">Rows measured while the device was throttled by power or heat are '
                  'marked THROTTLED and shaded red; incorrect and error rows are shaded yellow.</p>')
-    parts.append(rows_table(df))
+    parts.append(rows_table(df, label_of))
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style><script>{CHECK_JS}</script></head><body>\n{body}\n</body></html>\n")
