@@ -17,8 +17,10 @@ runs. The median is used because a shared machine makes outliers; the bootstrap 
 A rank test (Mann-Whitney) was the alternative; the bootstrap was chosen because it gives the size of the
 change with its interval, which is what a pull request comment should show.
 
-Always failing: current rows `incorrect` or `error`. Reported, not compared: rows on a different device
-model or software version (which field differs is named), rows missing from the current run (fail only
+Always failing: current rows `incorrect` or `error`, and a gate where no row could be compared at all
+(a wrong baseline, another GPU, a machine busy throughout: a gate that checked nothing must not pass). Reported, not compared: rows on a different device
+model or software version (which field differs is named), CPU rows measured while other processes used
+more than 20% of the machine's CPU time (telemetry's `cpu_others_pct`; --allow-contended compares them), rows missing from the current run (fail only
 with --fail-on-missing), new rows, rows skipped now. Exit status: 0 pass, 1 fail, 2 bad input.
 
 Confirmation: `--baseline B1 B2 --current C1 C2` gates the pairs (B1, C1) and (B2, C2) and calls a row a
@@ -58,6 +60,7 @@ class GateConfig:
     min_samples: int = 5
     ignore_env: tuple[str, ...] = ()
     fail_on_missing: bool = False
+    allow_contended: bool = False
 
     def threshold_for(self, suite: str) -> float:
         return self.suite_thresholds.get(suite, self.threshold)
@@ -102,17 +105,25 @@ def _samples(row: pd.Series) -> np.ndarray:
 CONTENDED_PCT = 20.0     # other processes' share of the CPUs above which a CPU timing is called contended
 
 
+def contention(row: pd.Series, side: str) -> str | None:
+    """'<side> contended (...)' when other processes used more than CONTENDED_PCT of the CPUs."""
+    o = _val(row, "cpu_others_pct")
+    try:
+        if o is not None and float(o) > CONTENDED_PCT:
+            return f"{side} contended (other processes used {float(o):.0f}% of the CPUs)"
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
 def measurement_warnings(row: pd.Series, side: str) -> list[str]:
     """Why a row's timing may not reflect the code: throttling (power/heat), CPU contention."""
     out = []
     if _val(row, "throttled") is True:
         out.append(f"{side} throttled ({_val(row, 'throttle_reasons') or 'power/heat'})")
-    o = _val(row, "cpu_others_pct")
-    try:
-        if o is not None and float(o) > CONTENDED_PCT:
-            out.append(f"{side} contended (other processes used {float(o):.0f}% of the CPUs)")
-    except (TypeError, ValueError):
-        pass
+    c = contention(row, side)
+    if c:
+        out.append(c)
     return out
 
 
@@ -163,6 +174,8 @@ def compare_tables(base: pd.DataFrame, cur: pd.DataFrame, cfg: GateConfig | None
             out.update(verdict="fixed", note=f"ok now, {bs} in the baseline")
         elif (mm := _mismatch(b, c, cfg)):
             out.update(verdict="not compared", note="; ".join(mm))
+        elif not cfg.allow_contended and (busy := [x for x in (contention(b, "baseline"), contention(c, "current")) if x]):
+            out.update(verdict="not compared", note="; ".join(busy) + ": re-run on a quiet machine (or --allow-contended)")
         else:
             xb, xc = _samples(b), _samples(c)
             out.update(n_base=int(xb.size), n_cur=int(xc.size))
@@ -248,9 +261,17 @@ def compare_many(bases: list[pd.DataFrame] | pd.DataFrame, currents: list[pd.Dat
     return df.sort_values(["_o", "suite", "case", "variant", "dtype"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
+COMPARED = ("regression", "improved", "unchanged")
+
+
+def nothing_compared(verdicts: pd.DataFrame) -> bool:
+    """True when no row could be compared: a gate that checked nothing must not pass."""
+    return not bool(len(verdicts)) or not bool(verdicts["verdict"].isin(COMPARED).any())
+
+
 def failed(verdicts: pd.DataFrame, cfg: GateConfig) -> bool:
     bad = set(FAILING) | ({"missing"} if cfg.fail_on_missing else set())
-    return bool(len(verdicts)) and bool(verdicts["verdict"].isin(bad).any())
+    return nothing_compared(verdicts) or bool(verdicts["verdict"].isin(bad).any())
 
 
 # ------------------------------------------------------------------------------------------------ markdown
@@ -297,6 +318,8 @@ def render_markdown(verdicts: pd.DataFrame, cfg: GateConfig, base: pd.DataFrame 
     bad = ", ".join(f"{counts[v]} {v}" for v in ("broken", "regression") if counts.get(v))
     if cfg.fail_on_missing and counts.get("missing"):
         bad = ", ".join(x for x in (bad, f"{counts['missing']} missing") if x)
+    if nothing_compared(verdicts):
+        bad = ", ".join(x for x in (bad, "no row could be compared") if x)
     title = f"## Benchmark gate: {'FAIL' if fail else 'PASS'}" + (f" ({bad})" if bad else "")
     out = [title, ""]
     if base is not None:
@@ -354,6 +377,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ignore-env", default="", help="comma-separated fields allowed to differ, e.g. driver,torch")
     p.add_argument("--fail-on-missing", action="store_true", help="a baseline row absent now fails the gate")
+    p.add_argument("--allow-contended", action="store_true",
+                   help=f"compare CPU rows measured while other processes used >{CONTENDED_PCT:.0f}%% of the CPUs "
+                        "(default: reported as not compared)")
     p.add_argument("--markdown", help="also write the summary to this file")
     p.add_argument("--json", help="write the per-row verdicts as JSON to this file")
     p.add_argument("--no-step-summary", action="store_true",
@@ -363,7 +389,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def config_from_args(a: argparse.Namespace) -> GateConfig:
     cfg = GateConfig(confidence=a.confidence, resamples=a.resamples, seed=a.seed,
-                     fail_on_missing=a.fail_on_missing,
+                     fail_on_missing=a.fail_on_missing, allow_contended=a.allow_contended,
                      ignore_env=tuple(x.strip() for x in a.ignore_env.split(",") if x.strip()))
     if a.config:
         try:

@@ -92,20 +92,27 @@ def test_different_gpu_or_software_not_compared(field, value):
     v = _verdicts([F.row(median_ms=1.0)], [cur])
     r = v.iloc[0]
     assert r["verdict"] == "not compared" and field in r["note"]
-    assert not G.failed(v, G.GateConfig())
+    assert G.failed(v, G.GateConfig())                       # nothing compared: the gate cannot pass
+    assert "no row could be compared" in G.render_markdown(v, G.GateConfig())
+    # with one comparable row beside it, the not-compared row is reported and does not fail the gate
+    v = _verdicts([F.row(median_ms=1.0), F.row(variant="x")], [cur, F.row(variant="x", seed=3, run_id="b")])
+    assert not G.failed(v, G.GateConfig()) and _one(v, variant="torch_eager")["verdict"] == "not compared"
     if field != "device_name":
         v2 = _verdicts([F.row(median_ms=1.0)], [cur], ignore_env=(field,))
         assert v2.iloc[0]["verdict"] == "regression"
 
 
 def test_missing_new_skipped_fixed():
-    base = [F.row(variant="gone"), F.row(variant="now_skipped"), F.row(variant="was_error", status="error")]
+    base = [F.row(variant="gone"), F.row(variant="now_skipped"), F.row(variant="was_error", status="error"),
+            F.row(variant="same")]
     cur = [F.row(variant="now_skipped", status="skipped", run_id="b"), F.row(variant="was_error", run_id="b"),
-           F.row(variant="brand_new", run_id="b")]
+           F.row(variant="brand_new", run_id="b"), F.row(variant="same", seed=9, run_id="b")]
     v = _verdicts(base, cur)
     got = dict(zip(v["variant"], v["verdict"]))
-    assert got == {"gone": "missing", "now_skipped": "skipped", "was_error": "fixed", "brand_new": "new"}
+    assert got == {"gone": "missing", "now_skipped": "skipped", "was_error": "fixed", "brand_new": "new",
+                   "same": "unchanged"}
     assert not G.failed(v, G.GateConfig())
+    assert G.failed(v[v["variant"] != "same"], G.GateConfig())      # nothing compared: fails
     assert G.failed(_verdicts(base, cur, fail_on_missing=True), G.GateConfig(fail_on_missing=True))
 
 
@@ -376,7 +383,12 @@ def test_throttled_or_contended_rows_are_flagged(capsys):
                  throttle_reasons="thermal")]
     v = _verdicts(base, cur)
     r = _one(v, variant="torch_eager")
-    assert r["verdict"] == "regression" and "baseline contended (other processes used 65%" in r["note"]
-    assert "current throttled (thermal)" in _one(v, variant="v2")["note"]
-    md = G.render_markdown(v, G.GateConfig())
-    assert "**warning**: 2 compared row(s)" in md
+    assert r["verdict"] == "not compared" and "baseline contended (other processes used 65%" in r["note"]
+    assert not G.failed(v, G.GateConfig())
+    r2 = _one(v, variant="v2")
+    assert r2["verdict"] == "unchanged" and "current throttled (thermal)" in r2["note"]
+    assert "**warning**: 1 compared row(s)" in G.render_markdown(v, G.GateConfig())
+    v = _verdicts(base, cur, allow_contended=True)
+    r = _one(v, variant="torch_eager")
+    assert r["verdict"] == "regression" and "baseline contended" in r["note"]
+    assert "**warning**: 2 compared row(s)" in G.render_markdown(v, G.GateConfig())
