@@ -286,3 +286,32 @@ def test_summary_never_raises():
     m._sampler = None                                         # a broken sampler
     out = m.summary(1)
     assert list(out) == list(T.TELEMETRY_COLUMNS)
+
+
+@pytest.mark.gpu
+def test_nvml_on_a_real_gpu(tmp_path):
+    """On a CUDA machine: NVML reads power, energy, clocks and utilization while a matmul loop runs."""
+    import torch
+    s = T.make_sampler("cuda", torch.cuda.current_device())
+    info = s.info()
+    assert info["source"] == "nvml", info
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    calls = 0
+    with s.measure() as m:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            a @ a
+            calls += 1
+            if calls % 50 == 0:
+                torch.cuda.synchronize()
+        torch.cuda.synchronize()
+    out = m.summary(calls)
+    assert out["tel_source"] == "nvml" and out["tel_samples"] >= 10
+    assert out["power_mean_w"] > 30 and out["energy_per_call_j"] > 0
+    assert out["energy_source"] in ("nvml_counter", "nvml_power_integrated")
+    assert out["sm_clock_max_mhz"] > 300 and out["gpu_util_pct"] > 20 and out["mem_used_max_mib"] > 32
+    assert out["throttled"] in (True, False) and isinstance(out["throttle_reasons"], str)
+    path = T.write_timeseries(tmp_path, [(dict(run_id="r", suite="s", case="c", variant="v", dtype="bf16"), m)])
+    df = pd.read_parquet(path)
+    assert len(df) == out["tel_samples"] and (df["power_w"] > 0).all()
