@@ -1,7 +1,6 @@
 """bench.py compare: alignment across machines, ratios, % of each device's peak, bad input."""
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
