@@ -287,7 +287,9 @@ class NvmlSampler(Sampler):
 
     def _window_state(self) -> dict[str, Any]:
         e = self._try("energy_counter", self._energy_mj) if self.has_energy_counter else None
-        return {"energy_mj": e, "t": time.time()}
+        # The host's CPUs too: launch-bound kernels slow down when other processes hold the cores.
+        return {"energy_mj": e, "t": time.time(), "stat": _proc_stat_cpu(_read("/proc/stat")),
+                "self": _self_ticks(_read("/proc/self/stat"))}
 
     def _summarize(self, m: Measurement, calls: int) -> dict[str, Any]:
         out = empty_summary()
@@ -316,6 +318,11 @@ class NvmlSampler(Sampler):
         out["gpu_util_pct"] = _nanmean(s["gpu_util_pct"] for s in ss)
         out["mem_util_pct"] = _nanmean(s["mem_util_pct"] for s in ss)
         out["mem_used_max_mib"] = _nanmax(s["mem_used_mib"] for s in ss)
+        a, b = m.start_state, m.end_state
+        if a.get("stat") and b.get("stat") and b["stat"][1] > a["stat"][1]:
+            out["cpu_util_pct"] = 100.0 * (b["stat"][0] - a["stat"][0]) / (b["stat"][1] - a["stat"][1])
+            if a.get("self") is not None and b.get("self") is not None:
+                out["cpu_others_pct"] = _others_pct(b["stat"], b["self"], a["stat"], a["self"])
         masks = [int(s["throttle_mask"]) for s in ss if not math.isnan(s["throttle_mask"])]
         if masks:
             union = 0

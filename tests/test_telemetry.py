@@ -95,6 +95,7 @@ def test_nvml_energy_counter_and_summary(monkeypatch):
     assert out["mem_clock_mhz"] == 2619 and out["temp_max_c"] == 61
     assert out["gpu_util_pct"] == 97 and out["mem_used_max_mib"] == pytest.approx(3072)
     assert out["throttled"] is False and out["throttle_reasons"] == ""
+    assert 0.0 <= out["cpu_others_pct"] <= 100.0                   # the host's CPUs, read beside NVML
     ts = np.array([x["t"] for x in m.samples])
     assert np.all(np.diff(ts) > 0)                                 # timestamps ordered
 
