@@ -19,8 +19,8 @@ change with its interval, which is what a pull request comment should show.
 
 Always failing: current rows `incorrect` or `error`, and a gate where no row could be compared at all
 (a wrong baseline, another GPU, a machine busy throughout: a gate that checked nothing must not pass). Reported, not compared: rows on a different device
-model or software version (which field differs is named), CPU rows measured while other processes used
-more than 20% of the machine's CPU time (telemetry's `cpu_others_pct`; --allow-contended compares them), rows missing from the current run (fail only
+model or software version (which field differs is named), rows measured while other processes used
+more than 20% of the machine's CPU time (the host's, on GPU runs) (telemetry's `cpu_others_pct`; --allow-contended compares them), rows missing from the current run (fail only
 with --fail-on-missing), new rows, rows skipped now. Exit status: 0 pass, 1 fail, 2 bad input.
 
 Confirmation: `--baseline B1 B2 --current C1 C2` gates the pairs (B1, C1) and (B2, C2) and calls a row a
@@ -378,7 +378,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-env", default="", help="comma-separated fields allowed to differ, e.g. driver,torch")
     p.add_argument("--fail-on-missing", action="store_true", help="a baseline row absent now fails the gate")
     p.add_argument("--allow-contended", action="store_true",
-                   help=f"compare CPU rows measured while other processes used >{CONTENDED_PCT:.0f}%% of the CPUs "
+                   help=f"compare rows measured while other processes used >{CONTENDED_PCT:.0f}%% of the CPUs "
                         "(default: reported as not compared)")
     p.add_argument("--markdown", help="also write the summary to this file")
     p.add_argument("--json", help="write the per-row verdicts as JSON to this file")
