@@ -283,7 +283,7 @@ def print_table(df: pd.DataFrame) -> None:
 
     table = Table(title="Native kernels: compiler resource usage and theoretical occupancy")
     heads = ["backend", "kernel", "arch", "regs", "spill st/ld B", "smem static", "smem dyn", "threads",
-             "occupancy", "tensor-core instrs", "source"]
+             "occupancy", "HMMA/HGMMA"]
     for h in heads:
         table.add_column(h, overflow="fold")
     for r in df.itertuples(index=False):
@@ -293,8 +293,8 @@ def print_table(df: pd.DataFrame) -> None:
         occ = "" if pd.isna(r.occupancy) else f"{100 * r.occupancy:.1f}%"
         tc = "" if pd.isna(r.tensor_core_instrs) else str(int(r.tensor_core_instrs))
         table.add_row(r.backend, r.kernel, r.arch, str(r.registers), spill, str(r.smem_static_bytes),
-                      str(r.smem_dynamic_bytes), str(r.threads_per_block), occ, tc, str(r.source))
-    Console().print(table)
+                      str(r.smem_dynamic_bytes), str(r.threads_per_block), occ, tc)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def write(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
