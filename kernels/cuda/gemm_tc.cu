@@ -166,12 +166,12 @@ static int launch(const void* a, const void* b, void* c, int M, int N, int K, in
   const dim3 grid((N + BN - 1) / BN, (M + BM - 1) / BM);
   if (aligned) {
     auto kernel = kb_gemm_tc_kernel<T, OutT, true>;
-    KB_SET_MAX_DYNAMIC_SMEM(kernel, SMEM_BYTES);
+    KB_OPT_IN_SMEM_ONCE(kernel, SMEM_BYTES);
     KB_LAUNCH(kernel, grid, dim3(THREADS), SMEM_BYTES, stream, (const T*)a, (const T*)b, (OutT*)c, M, N, K,
               lda, ldb, ldc);
   } else {
     auto kernel = kb_gemm_tc_kernel<T, OutT, false>;
-    KB_SET_MAX_DYNAMIC_SMEM(kernel, SMEM_BYTES);
+    KB_OPT_IN_SMEM_ONCE(kernel, SMEM_BYTES);
     KB_LAUNCH(kernel, grid, dim3(THREADS), SMEM_BYTES, stream, (const T*)a, (const T*)b, (OutT*)c, M, N, K,
               lda, ldb, ldc);
   }

@@ -3,7 +3,7 @@
 // Algorithm: one block per row. Each thread walks the row with a block-sized stride, keeping an online
 // (max, sum of exp) pair (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax"); the
 // pairs are merged across the block, then y = exp(x - max) / sum is written.
-// Memory: when the row fits in 48 KiB of shared memory as fp32 (cols <= 12288) the first pass also
+// Memory: when the row fits in 96 KiB of shared memory as fp32 (cols <= 24576) the first pass also
 // stores it there, so x is read once and y written once: 2 * rows * cols * itemsize bytes, the minimum.
 // Longer rows read x twice (3 passes' worth of traffic is avoided by the online max/sum).
 // FLOPs: ~5 per element (max, sub, exp, add, mul); memory-bound on every GPU by ~2 orders of magnitude.
@@ -54,6 +54,7 @@ static int launch(const void* x, void* y, int64_t rows, int64_t cols, int64_t xs
   const int cached = cols * (int64_t)sizeof(float) <= KB_ROW_CACHE_BYTES;
   const size_t smem = cached ? (size_t)cols * sizeof(float) : 0;
   auto kernel = kb_softmax_kernel<T>;
+  KB_OPT_IN_SMEM_ONCE(kernel, KB_ROW_CACHE_BYTES);
   KB_LAUNCH(kernel, dim3((unsigned)rows), dim3(threads), smem, stream, (const T*)x, (T*)y, cols, xs, ys,
             cached);
   return kb_check_launch("kb_cuda_softmax");

@@ -96,6 +96,18 @@ static inline int kb_row_threads(int64_t cols) {
   return (int)(32 * warps);
 }
 
-// The row kernels cache one row in shared memory as fp32 when it fits this budget (no opt-in needed):
-// 48 KiB = 12288 columns. Longer rows are read twice from global memory instead.
-#define KB_ROW_CACHE_BYTES (48 * 1024)
+// The row kernels cache one row in shared memory as fp32 when it fits this budget: 96 KiB = 24,576
+// columns, which every GPU from sm_80 on grants a block (sm_86/89: 99 KiB at most). Longer rows are read
+// from global memory again instead. Above 48 KiB the kernel must opt in (KB_OPT_IN_SMEM_ONCE).
+#define KB_ROW_CACHE_BYTES (96 * 1024)
+
+// Opt `kernel` in to `bytes` of dynamic shared memory, once per process and instantiation (the attribute
+// persists), so the launch path does not pay for cudaFuncSetAttribute on every call.
+#define KB_OPT_IN_SMEM_ONCE(kernel, bytes)      \
+  do {                                          \
+    static int kb_opted_in_ = 0;                \
+    if (!kb_opted_in_) {                        \
+      KB_SET_MAX_DYNAMIC_SMEM(kernel, bytes);   \
+      kb_opted_in_ = 1;                         \
+    }                                           \
+  } while (0)
