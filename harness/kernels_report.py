@@ -270,7 +270,8 @@ def collect(build_dir=None) -> pd.DataFrame:
         collect_triton = None
     if collect_triton is not None:
         try:
-            frames.append(pd.DataFrame(collect_triton()).reindex(columns=COLUMNS))
+            tri = pd.DataFrame(collect_triton())
+            frames.append(tri.reindex(columns=COLUMNS + [c for c in tri.columns if c not in COLUMNS]))
         except Exception as exc:  # one backend's failure must not hide the other's table
             print(f"kernels report: Triton rows unavailable: {exc}", file=sys.stderr)
     frames = [f for f in frames if len(f)]
