@@ -71,9 +71,10 @@ def arch_number(arch: str) -> int:
     return int(m.group(1))
 
 
-def occupancy(arch: str, registers: int, smem_bytes: int, threads: int) -> float:
+def occupancy(registers: int, smem_bytes: int, threads: int, arch: str) -> float:
     """Theoretical occupancy (fraction of the SM's maximum warps) of a kernel using `registers` per thread,
-    `smem_bytes` of shared memory (static + dynamic) per block, launched with `threads` per block."""
+    `smem_bytes` of shared memory (static + dynamic) per block, launched with `threads` per block on `arch`
+    ("sm_80", "sm_90a"...). kernels/triton/aot.py imports it, so both backends' rows use one formula."""
     lim = ARCH_LIMITS.get(arch_number(arch))
     if lim is None or threads <= 0 or registers > lim.max_regs_thread:
         return float("nan")
@@ -255,7 +256,7 @@ def collect_cuda(build_dir: str | os.PathLike | None = None, src_dir: str | os.P
             backend="cuda", kernel=short_name(names[mangled]), arch=arch, registers=regs,
             spill_stores_bytes=spill_st, spill_loads_bytes=spill_ld,
             smem_static_bytes=smem_static, smem_dynamic_bytes=smem_dyn, threads_per_block=threads,
-            occupancy=occupancy(arch, regs, smem_static + smem_dyn, threads) if threads else float("nan"),
+            occupancy=occupancy(regs, smem_static + smem_dyn, threads, arch) if threads else float("nan"),
             tensor_core_instrs=tc.get((mangled, arch), float("nan")) if tc else float("nan"),
             source=note.get("source", "")))
     return pd.DataFrame(rows, columns=COLUMNS)

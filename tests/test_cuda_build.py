@@ -107,20 +107,24 @@ def test_occupancy_arithmetic_hand_computed():
     # sm_80, 164 regs x 128 threads, 34,816 B smem: a warp takes ceil(164*32/256)*256 = 5376 registers;
     # a sub-partition (16,384) holds 3 warps -> 12 warps = 3 blocks; smem (34,816 + 1,024) fits 4 blocks in
     # 164 KiB; threads allow 16 -> 3 blocks x 4 warps / 64 = 0.1875.
-    assert kr.occupancy("sm_80", 164, 34816, 128) == pytest.approx(0.1875)
+    assert kr.occupancy(164, 34816, 128, "sm_80") == pytest.approx(0.1875)
     # 64 registers x 256 threads: 2048 per warp, 8 warps per sub-partition -> 32 warps = 4 blocks -> 50 %.
-    assert kr.occupancy("sm_80", 64, 0, 256) == pytest.approx(0.5)
+    assert kr.occupancy(64, 0, 256, "sm_80") == pytest.approx(0.5)
     # sm_86 has 1536 threads per SM: 6 blocks of 256 = 48 warps = 100 %.
-    assert kr.occupancy("sm_86", 32, 0, 256) == pytest.approx(1.0)
+    assert kr.occupancy(32, 0, 256, "sm_86") == pytest.approx(1.0)
     # sm_90a, the GEMM: 126 regs -> 4096 per warp -> 16 warps = 2 blocks of 8; smem 57,856 B fits 4 in
     # 228 KiB -> 2 x 8 / 64 = 0.25.
-    assert kr.occupancy("sm_90a", 126, 56832, 256) == pytest.approx(0.25)
+    assert kr.occupancy(126, 56832, 256, "sm_90a") == pytest.approx(0.25)
     # Shared-memory bound: 100,000 B + 1 KiB reserved, rounded to 128 -> 101,120: one block in 164 KiB.
-    assert kr.occupancy("sm_80", 32, 100000, 128) == pytest.approx(4 / 64)
+    assert kr.occupancy(32, 100000, 128, "sm_80") == pytest.approx(4 / 64)
     # Block-count bound: 32 threads, few registers: 32 blocks x 1 warp of 64.
-    assert kr.occupancy("sm_80", 16, 0, 32) == pytest.approx(0.5)
+    assert kr.occupancy(16, 0, 32, "sm_80") == pytest.approx(0.5)
+    # Registers are allocated per sub-partition (a quarter of the file), as in cuda_occupancy.h: 192 regs
+    # -> 6144 per warp, 2 warps per 16,384-register quarter -> 8 warps of 1-warp blocks (not 65536 // 6144
+    # = 10) -> 8 / 64.
+    assert kr.occupancy(192, 0, 32, "sm_80") == pytest.approx(8 / 64)
     # More registers than a thread may have: cannot launch.
-    assert kr.occupancy("sm_80", 300, 0, 32) != kr.occupancy("sm_80", 300, 0, 32)  # NaN
+    assert kr.occupancy(300, 0, 32, "sm_80") != kr.occupancy(300, 0, 32, "sm_80")  # NaN
 
 
 def test_parsers_on_sample_output():
