@@ -20,7 +20,7 @@ function(kb_sim_add_library target)
   target_compile_definitions(${objs} PRIVATE KB_CUDA_SIM=1)
   target_include_directories(${objs} PRIVATE ${KB_SIM_DIR} ${A_INCLUDE_DIRS})
   # CUDA code type-puns freely (float4 over float, uint32_t over two bf16): no strict-aliasing assumptions.
-  target_compile_options(${objs} PRIVATE -fno-strict-aliasing -Wall -Wno-unused-function -Wno-unused-variable)
+  target_compile_options(${objs} PRIVATE -fno-strict-aliasing -Wall -Wno-unused-function -Wno-unused-variable -Wno-unknown-pragmas)
   set(gen ${CMAKE_CURRENT_BINARY_DIR}/${target}_dynsmem.c)
   add_custom_command(
     OUTPUT ${gen}
