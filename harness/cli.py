@@ -124,9 +124,9 @@ def resolve(args: argparse.Namespace):
 
     suites_all = all_suites()
     names = _split(args.suite) or ["attention"]
-    suites = list(suites_all.values()) if names == ["all"] else [get_suite(n) for n in names]
     if "all" in names and len(names) > 1:
         raise UsageError("--suite all cannot be combined with other suite names")
+    suites = list(suites_all.values()) if names == ["all"] else [get_suite(n) for n in names]
 
     device = args.device
     if device == "auto":
