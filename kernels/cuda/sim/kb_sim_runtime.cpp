@@ -171,6 +171,8 @@ static thread_local Worker* t_worker = nullptr;
 static std::atomic<uint64_t> g_switches{0}, g_blocks{0}, g_launches{0}, g_collectives{0};
 static std::atomic<long long> g_seed_override{-2};  // -2: read KB_SIM_SCHEDULE_SEED
 static std::atomic<int> g_threads_override{0};
+static std::mutex g_inject_mu;
+static std::string g_inject;  // a failure the next launch reports (tests of the error path)
 
 static size_t stack_bytes() {
   static size_t s = [] {
@@ -921,6 +923,14 @@ void launch(const char* expr, const void* kernel_id, dim3 grid, dim3 block, size
   }
   nt = (int)std::min<uint64_t>((uint64_t)nt, L.nblocks);
   g_launches.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> lk(g_inject_mu);
+    if (!g_inject.empty()) {
+      set_error(cudaErrorLaunchFailure, "kb_sim: kernel '" + name + "': " + g_inject);
+      g_inject.clear();
+      return;
+    }
+  }
   if (t_worker && t_worker->cur) {
     kernel_fail("kernel '%s' launched from device code (dynamic parallelism is not simulated)", name.c_str());
   }
@@ -945,6 +955,11 @@ __attribute__((visibility("default"))) void kb_sim_set_schedule_seed(long long s
 __attribute__((visibility("default"))) void kb_sim_set_threads(int n) { kb_sim::g_threads_override.store(n); }
 // The message of the last failed launch on this thread ("" if none), kept until the next failure.
 __attribute__((visibility("default"))) const char* kb_sim_last_error(void) { return kb_sim::t_msg.c_str(); }
+// The next launch fails with `msg` without running (tests of the callers' error paths).
+__attribute__((visibility("default"))) void kb_sim_inject_failure(const char* msg) {
+  std::lock_guard<std::mutex> lk(kb_sim::g_inject_mu);
+  kb_sim::g_inject = msg && *msg ? msg : "injected failure";
+}
 // launches, blocks, fiber switches, warp collectives executed since load.
 __attribute__((visibility("default"))) void kb_sim_stats(unsigned long long out[4]) {
   out[0] = kb_sim::g_launches.load();
