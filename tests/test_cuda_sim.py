@@ -392,3 +392,39 @@ def test_asan_catches_out_of_bounds(lib_paths, asan_env, what, expect):
     assert r.returncode != 0 and "no report" not in r.stdout, r.stdout + r.stderr[-3000:]
     for e in expect:
         assert e in r.stderr, r.stderr[-4000:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the simulation cannot run stops the build of that kernel with a message naming the feature.
+
+@pytest.mark.parametrize("body,expect", [
+    ('__global__ void k(float* y) { asm volatile("membar.gl;"); }', "inline PTX asm is not simulated"),
+    ("__global__ void k(float* y) { nvcuda::wmma::fragment<int> f; }", "nvcuda::wmma is not simulated"),
+    ("__global__ void k(float* y) { y[0] = __shfl_xor(y[0], 1); }", "__shfl without _sync is not simulated"),
+    ("__global__ void k(float* y) { y[0] = __activemask(); }", "__activemask() is not simulated"),
+])
+def test_unsupported_feature_stops_build(tmp_path, body, expect):
+    src = tmp_path / "k.cu"
+    src.write_text('#include "kb_cuda.h"\n' + body + "\n")
+    r = subprocess.run(["g++", "-std=c++17", "-fsyntax-only", "-x", "c++", "-DKB_CUDA_SIM",
+                        f"-I{ROOT / 'kernels' / 'cuda' / 'include'}", str(src)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert expect in r.stderr, r.stderr[-2000:]
+
+
+def test_unsupported_source_listed_as_not_simulated(tmp_path):
+    """The configure step leaves out, and lists, a kernel source that uses an unsimulated feature."""
+    cuda = tmp_path / "kernels" / "cuda"
+    (cuda / "include").mkdir(parents=True)
+    (tmp_path / "kernels" / "cuda" / "sim").symlink_to(ROOT / "kernels" / "cuda" / "sim")
+    (cuda / "include" / "kb_cuda.h").write_text((ROOT / "kernels/cuda/include/kb_cuda.h").read_text())
+    (cuda / "softmax.cu").write_text('#include "include/kb_cuda.h"\n'
+                                     '__global__ void k(float* y) { asm volatile("membar.gl;"); }\n')
+    (cuda / "extra.cu").write_text('#include "include/kb_cuda.h"\n__global__ void k2(float* y) { y[0] = 1; }\n')
+    r = subprocess.run(["cmake", "-S", str(cuda / "sim"), "-B", str(tmp_path / "b")], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert "kernels/cuda/softmax.cu is NOT SIMULATED: it uses inline PTX asm" in r.stderr
+    assert "kernels/cuda/extra.cu is not listed" in r.stderr
+    m = (tmp_path / "b" / "lib" / "kb_cuda_sim_manifest.txt").read_text()
+    assert "softmax.cu not-simulated inline PTX asm" in m and "extra.cu unlisted" in m

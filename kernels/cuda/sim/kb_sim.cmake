@@ -1,6 +1,6 @@
 # kb_sim.cmake: build CUDA sources against the CPU simulation (kb_sim.h).
 #
-# kb_sim_add_library(<target> SOURCES <file.cu>... [ASAN] [INCLUDE_DIRS <dir>...])
+# kb_sim_add_library(<target> SOURCES <file.cu>... [ASAN] [EXCLUDE_FROM_ALL] [INCLUDE_DIRS <dir>...])
 #   A shared library build/lib/lib<target>.so: the .cu files compiled as C++ with -DKB_CUDA_SIM, the
 #   simulation runtime, and the generated definitions of their `extern __shared__` arrays.
 #   ASAN: AddressSanitizer plus -fsanitize=bounds (indexing past a fixed-size array, which catches
@@ -13,9 +13,13 @@ if(NOT KB_READELF)
 endif()
 
 function(kb_sim_add_library target)
-  cmake_parse_arguments(A "ASAN" "" "SOURCES;INCLUDE_DIRS" ${ARGN})
+  cmake_parse_arguments(A "ASAN;EXCLUDE_FROM_ALL" "" "SOURCES;INCLUDE_DIRS" ${ARGN})
+  set(excl "")
+  if(A_EXCLUDE_FROM_ALL)
+    set(excl EXCLUDE_FROM_ALL)
+  endif()
   set(objs ${target}_objs)
-  add_library(${objs} OBJECT ${A_SOURCES})
+  add_library(${objs} OBJECT ${excl} ${A_SOURCES})
   set_source_files_properties(${A_SOURCES} TARGET_DIRECTORY ${objs} PROPERTIES LANGUAGE CXX)
   target_compile_definitions(${objs} PRIVATE KB_CUDA_SIM=1)
   target_include_directories(${objs} PRIVATE ${KB_SIM_DIR} ${A_INCLUDE_DIRS})
@@ -29,7 +33,7 @@ function(kb_sim_add_library target)
     DEPENDS ${objs} $<TARGET_OBJECTS:${objs}> ${KB_SIM_DIR}/gen_dynsmem.cmake
     COMMENT "kb_sim: dynamic shared memory of ${target}"
     VERBATIM)
-  add_library(${target} SHARED $<TARGET_OBJECTS:${objs}> ${gen} ${KB_SIM_DIR}/kb_sim_runtime.cpp)
+  add_library(${target} SHARED ${excl} $<TARGET_OBJECTS:${objs}> ${gen} ${KB_SIM_DIR}/kb_sim_runtime.cpp)
   set_source_files_properties(${KB_SIM_DIR}/kb_sim_runtime.cpp TARGET_DIRECTORY ${target}
                               PROPERTIES COMPILE_DEFINITIONS KB_CUDA_SIM=1)
   target_include_directories(${target} PRIVATE ${KB_SIM_DIR})

@@ -247,11 +247,13 @@ namespace kb_sim {
 static inline unsigned mask_or_full(int) { return 0xffffffffu; }
 static inline unsigned mask_or_full(int, unsigned m) { return m; }
 }  // namespace kb_sim
+// An expression that stops the build with `msg` wherever the unsupported feature is used.
+#define KB_SIM_UNSUPPORTED(msg) ([] { static_assert(false, msg); return 0; }())
 // Pre-Volta shuffles without a mask are not part of CUDA 13; name the replacement.
-#define __shfl(...) static_assert(false, "kb_sim: __shfl without _sync is not simulated (use __shfl_sync)")
-#define __shfl_xor(...) static_assert(false, "kb_sim: __shfl_xor without _sync is not simulated (use __shfl_xor_sync)")
-#define __shfl_down(...) static_assert(false, "kb_sim: __shfl_down without _sync is not simulated (use __shfl_down_sync)")
-#define __activemask() static_assert(false, "kb_sim: __activemask() is not simulated (its value depends on the hardware's scheduling)")
+#define __shfl(...) KB_SIM_UNSUPPORTED("kb_sim: __shfl without _sync is not simulated (use __shfl_sync)")
+#define __shfl_xor(...) KB_SIM_UNSUPPORTED("kb_sim: __shfl without _sync is not simulated (__shfl_xor: use __shfl_xor_sync)")
+#define __shfl_down(...) KB_SIM_UNSUPPORTED("kb_sim: __shfl without _sync is not simulated (__shfl_down: use __shfl_down_sync)")
+#define __activemask() KB_SIM_UNSUPPORTED("kb_sim: __activemask() is not simulated (its value depends on the hardware's scheduling)")
 
 // ---------------------------------------------------------------------------------------------------
 // Atomics (global memory is shared between the OS threads that run blocks: real atomics).
@@ -562,8 +564,8 @@ template <class... T> struct not_simulated {
 };
 }  // namespace cooperative_groups
 #define __cvta_generic_to_shared(p) \
-  static_assert(false, "kb_sim: __cvta_generic_to_shared (shared-window addresses) is not simulated; pass pointers to the kb:: wrappers")
-#define tex1Dfetch(...) static_assert(false, "kb_sim: textures are not simulated")
+  KB_SIM_UNSUPPORTED("kb_sim: __cvta_generic_to_shared (shared-window addresses) is not simulated; pass pointers to the kb:: wrappers")
+#define tex1Dfetch(...) KB_SIM_UNSUPPORTED("kb_sim: textures are not simulated")
 // Inline PTX cannot run on the CPU: kernels must use the kb:: wrappers (docs/CONTRACTS.md §3).
 // `asm` is a keyword; this macro turns `asm volatile("...")` into a compile error that names the cause.
 #define asm static_assert(false, "kb_sim: inline PTX asm is not simulated; use the kb:: wrappers of kb_cuda.h"); (void)
