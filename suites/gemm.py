@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from harness.registry import Suite
+from harness.registry import Requires, Suite
+from kernels.cuda import lib as cuda_lib
 
 
 def _tolerances(case):
@@ -64,3 +65,5 @@ def reference(case, a, b):
 def torch_matmul(case, a, b):
     """torch.matmul (MKL/oneDNN on the CPU, cuBLAS on a GPU)"""
     return lambda: torch.matmul(a, b)
+
+SUITE.variant("cuda_mma", requires=Requires(devices=("cuda",), min_cc=(8, 0), dtypes=("bfloat16", "float16"), check=cuda_lib.missing_reason))(cuda_lib.gemm_setup)

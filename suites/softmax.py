@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.registry import Suite
+from harness.registry import Requires, Suite
+from kernels.cuda import lib as cuda_lib
 
 SUITE = Suite(
     name="softmax",
@@ -64,3 +65,5 @@ def torch_compile(case, x):
     """torch.compile of torch.softmax (inductor's generated kernel)"""
     fn = torch.compile(softmax, dynamic=False)
     return lambda: fn(x)
+
+SUITE.variant("cuda_rowcache", requires=Requires(devices=("cuda",), min_cc=(8, 0), check=cuda_lib.missing_reason))(cuda_lib.softmax_setup)

@@ -178,10 +178,8 @@ def test_lib_imports_and_explains_without_gpu():
 
 # -- kernels against the suite references (GPU, or the CPU simulation library) --------------------------
 def _backends():
-    from kernels.cuda import lib
-    out = [pytest.param("cuda", marks=pytest.mark.gpu, id="gpu")]
-    out.append(pytest.param("cpu", id="sim"))
-    return out
+    """The real library on a GPU (marked gpu), and the simulated one on the CPU when it is built."""
+    return [pytest.param("cuda", marks=pytest.mark.gpu, id="gpu"), pytest.param("cpu", id="sim")]
 
 
 def _suite_cases(device: str):

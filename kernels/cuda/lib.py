@@ -169,7 +169,9 @@ def load(simulated: bool = False) -> KbCuda | str:
 
 
 def missing_reason(case=None) -> str | None:
-    """None when the real CUDA kernels can run `case`, else the reason (a skipped row)."""
+    """libkb_cuda.so built (make build)
+
+    None when the real CUDA kernels can run `case`, else the reason (a skipped row)."""
     if torch is None:
         return "torch is not importable"
     if case is not None and getattr(case, "device", "cuda") != "cuda":
