@@ -160,11 +160,14 @@ def config(launcher) -> str:
 
 
 MAX_PER_THREAD = 32  # row kernels: most row elements one thread holds in registers before it spills
+MIN_PER_THREAD = 8   # and fewest: 8 x 16-bit = one 16-byte vector load per thread; fewer idles lanes
 
 
 def prune_row_configs(configs, named_args, **kwargs):
-    """`early_config_prune` for the one-row-per-program kernels: drop warp counts that would give a
-    thread more than MAX_PER_THREAD row elements (they spill) or less than one (idle threads)."""
+    """`early_config_prune` for the one-row-per-program kernels: keep the warp counts that give each
+    thread between MIN_PER_THREAD and MAX_PER_THREAD elements of a BLOCK_N tile; for rows too short for
+    any, the config with the fewest warps."""
     block = kwargs.get("BLOCK_N", named_args.get("BLOCK_N"))
-    keep = [c for c in configs if 1 <= block // (32 * c.num_warps) <= MAX_PER_THREAD]
-    return keep or [max(configs, key=lambda c: c.num_warps)]
+    keep = [c for c in configs
+            if MIN_PER_THREAD <= c.kwargs.get("BLOCK_N", block) // (32 * c.num_warps) <= MAX_PER_THREAD]
+    return keep or [min(configs, key=lambda c: c.num_warps)]

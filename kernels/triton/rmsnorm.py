@@ -51,9 +51,10 @@ if HAS_TRITON:
                 w = tl.load(w_ptr + c, mask=mask, other=0.0).to(tl.float32)
                 tl.store(y_row + c, (x * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
 
-    FUSED_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (2, 4, 8, 16, 32)]
-    LOOPED_CONFIGS = [triton.Config({"BLOCK_N": b}, num_warps=w, num_stages=1)
-                      for b in (1024, 2048, 4096) for w in (4, 8, 16) if b // (32 * w) <= 32]
+    FUSED_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (1, 2, 4, 8, 16, 32)]
+    # looped tiles: the same 8..32 elements-per-thread rule, applied once here
+    LOOPED_CONFIGS = prune_row_configs([triton.Config({"BLOCK_N": b}, num_warps=w, num_stages=1)
+                                       for b in (1024, 2048, 4096) for w in (4, 8, 16)], {})
     FUSED = TritonKernel(rmsnorm_kernel, FUSED_CONFIGS, key=["n_cols"], interpret=triton.Config({}),
                          prune_configs_by={"early_config_prune": prune_row_configs})
     LOOPED = TritonKernel(rmsnorm_kernel, LOOPED_CONFIGS, key=["n_cols"],

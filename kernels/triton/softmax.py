@@ -59,9 +59,10 @@ if HAS_TRITON:
 
     # GPU autotuning: the fused row only varies the warps (BLOCK_N follows cols); the looped one also
     # the tile it streams. num_stages does not matter here (no tl.dot pipelining), so it stays 1.
-    FUSED_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (2, 4, 8, 16, 32)]
-    LOOPED_CONFIGS = [triton.Config({"BLOCK_N": b}, num_warps=w, num_stages=1)
-                      for b in (1024, 2048, 4096) for w in (4, 8, 16) if b // (32 * w) <= MAX_PER_THREAD]
+    FUSED_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (1, 2, 4, 8, 16, 32)]
+    # looped tiles: the same 8..32 elements-per-thread rule, applied once here
+    LOOPED_CONFIGS = prune_row_configs([triton.Config({"BLOCK_N": b}, num_warps=w, num_stages=1)
+                                       for b in (1024, 2048, 4096) for w in (4, 8, 16)], {})
     FUSED = TritonKernel(softmax_kernel, FUSED_CONFIGS, key=["n_cols"], interpret=triton.Config({}),
                          prune_configs_by={"early_config_prune": prune_row_configs})
     # under the interpreter a 128-column tile exercises the loop (and its ragged last tile) at 129, 1000
