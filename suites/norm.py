@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.registry import Suite
+from harness.registry import Requires, Suite
+from kernels.triton import norm as triton_norm
 
 EPS = 1e-5
 
@@ -81,3 +82,5 @@ def torch_compile(case, x, weight, bias, eps):
     """torch.compile of F.rms_norm / F.layer_norm"""
     fn = torch.compile(norm, dynamic=False)
     return lambda: fn(x, weight, bias, eps, case.norm)
+SUITE.variant("triton", requires=Requires(check=triton_norm.missing_reason), compiled=True,
+              config=triton_norm.config)(triton_norm.setup)

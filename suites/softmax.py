@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.registry import Suite
+from harness.registry import Requires, Suite
+from kernels.triton import softmax as triton_softmax
 
 SUITE = Suite(
     name="softmax",
@@ -64,3 +65,5 @@ def torch_compile(case, x):
     """torch.compile of torch.softmax (inductor's generated kernel)"""
     fn = torch.compile(softmax, dynamic=False)
     return lambda: fn(x)
+SUITE.variant("triton", requires=Requires(check=triton_softmax.missing_reason), compiled=True,
+              config=triton_softmax.config)(triton_softmax.setup)

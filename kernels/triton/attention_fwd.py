@@ -168,8 +168,10 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
 
 
 def setup(case, q, k, v, causal=None, **_):
-    """Registry setup; `causal` from the inputs, else the case's `causal` parameter (default False)."""
-    causal = bool(causal if causal is not None else case.params.get("causal", False))
+    """Triton FlashAttention-2 forward (online softmax, causal tiles skipped, grouped query heads)
+
+    Registry setup; `causal` from the inputs, else the case's `causal` parameter (default False)."""
+    causal = bool(causal if causal is not None else case.get("causal", False))
     if q.shape[-1] not in HEAD_DIMS:
         raise Skip(f"head dim {q.shape[-1]} not supported by the Triton kernel (supported: {HEAD_DIMS})")
     out = case.poisoned(tuple(q.shape))

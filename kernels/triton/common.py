@@ -66,7 +66,9 @@ except Exception:  # pragma: no cover
 
 
 def missing_reason(case) -> str | None:
-    """`Requires.check` for every Triton variant: None when the case can run, else why not."""
+    """triton: a CUDA GPU (sm_80+), or the interpreter on the CPU with KB_TRITON_INTERPRET=1
+
+    The `Requires.check` of every Triton variant: None when the case can run, else why not."""
     if not HAS_TRITON:
         return "triton is not installed"
     device = str(getattr(case, "device", "cpu"))
@@ -116,14 +118,16 @@ class TritonKernel:
     """One `@triton.jit` kernel with its GPU autotuning list and its interpreter config.
 
     Calling it launches on the grid and returns the `triton.Config` it ran with: the autotuned one in
-    compiled mode, `interpret` in interpreted mode.
+    compiled mode, `interpret` in interpreted mode; the launch's own values of the `report` arguments
+    (a tile size fixed by the wrapper, the path taken) are added to it for the `config` column.
     """
 
-    def __init__(self, fn, configs, key, interpret, prune_configs_by=None):
+    def __init__(self, fn, configs, key, interpret, prune_configs_by=None, report=("BLOCK_N", "LOOPED")):
         self.fn = fn
         self.name = fn.__name__
         self.configs = list(configs)
         self.interpret_config = interpret
+        self.report = tuple(report)
         self.tuned = None
         if not INTERPRETED:
             self.tuned = triton.autotune(configs=self.configs, key=list(key),
@@ -133,12 +137,16 @@ class TritonKernel:
         if INTERPRETED:
             cfg = self.interpret_config
             self.fn[grid](*args, **kwargs, **cfg.kwargs)
+        else:
+            dev = next(a.device for a in args if isinstance(a, torch.Tensor))
+            if dev.type != "cuda":
+                raise RuntimeError(CPU_REASON)
+            self.tuned[grid](*args, **kwargs)
+            cfg = self.tuned.best_config
+        fixed = {k: kwargs[k] for k in self.report if k in kwargs}
+        if not fixed:
             return cfg
-        dev = next(a.device for a in args if isinstance(a, torch.Tensor))
-        if dev.type != "cuda":
-            raise RuntimeError(CPU_REASON)
-        self.tuned[grid](*args, **kwargs)
-        return self.tuned.best_config
+        return triton.Config({**fixed, **cfg.kwargs}, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 class Launcher:

@@ -94,13 +94,14 @@ def layernorm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, out: torch.Tens
     return FUSED((rows,), *args, BLOCK_N=next_pow2(cols), LOOPED=False)
 
 
-def setup(case, x, w, b, eps=None, **_):
-    """Registry setup; eps from the inputs, else the case's `eps` parameter, else DEFAULT_EPS."""
-    eps = float(eps if eps is not None else case.params.get("eps", DEFAULT_EPS))
+def setup(case, x, weight, bias, eps=None, **_):
+    """Triton LayerNorm (one row per program). Registry setup (the norm suite's inputs x, weight, bias, eps); eps defaults to the case's `eps`
+    parameter, else DEFAULT_EPS."""
+    eps = float(eps if eps is not None else case.get("eps", DEFAULT_EPS))
     x2 = x.reshape(-1, x.shape[-1])
     out = case.poisoned(tuple(x.shape))
     out2 = out.view(-1, x.shape[-1])
-    return Launcher(lambda: layernorm(x2, w, b, out2, eps), out)
+    return Launcher(lambda: layernorm(x2, weight, bias, out2, eps), out)
 
 
 def aot_specs():

@@ -75,13 +75,14 @@ def rmsnorm(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, eps: float = DE
     return FUSED((rows,), *args, BLOCK_N=next_pow2(cols), LOOPED=False)
 
 
-def setup(case, x, w, eps=None, **_):
-    """Registry setup; eps from the inputs, else the case's `eps` parameter, else DEFAULT_EPS."""
-    eps = float(eps if eps is not None else case.params.get("eps", DEFAULT_EPS))
+def setup(case, x, weight, eps=None, **_):
+    """Triton RMSNorm (one row per program). Registry setup (the norm suite's inputs x, weight, eps); eps defaults to the case's `eps`
+    parameter, else DEFAULT_EPS."""
+    eps = float(eps if eps is not None else case.get("eps", DEFAULT_EPS))
     x2 = x.reshape(-1, x.shape[-1])
     out = case.poisoned(tuple(x.shape))
     out2 = out.view(-1, x.shape[-1])
-    return Launcher(lambda: rmsnorm(x2, w, out2, eps), out)
+    return Launcher(lambda: rmsnorm(x2, weight, out2, eps), out)
 
 
 def aot_specs():
