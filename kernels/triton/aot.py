@@ -34,6 +34,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +44,7 @@ ARCHS = ("sm_80", "sm_90a")
 COLUMNS = ["backend", "kernel", "arch", "registers", "spill_stores_bytes", "spill_loads_bytes",
            "smem_static_bytes", "smem_dynamic_bytes", "threads_per_block", "occupancy",
            "tensor_core_instrs", "source"]
-_AOT_VERSION = "1"  # bump when the row format or the analysis changes: invalidates the cache
+_AOT_VERSION = "2"  # bump when the row format or the analysis changes: invalidates the cache
 
 # --------------------------------------------------------------------------------------------------
 # occupancy: the CUDA occupancy calculator's rules, per architecture
@@ -143,6 +144,7 @@ def compile_one(mod: str, index: int, arch: str) -> dict:
     target = GPUTarget("cuda", _cc(arch), 32)
     options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
+    t0 = time.perf_counter()
     buf = io.StringIO()
     triton.knobs.nvidia.dump_ptxas_log = True     # Triton prints the ptxas -v log of a fresh compile
     try:
@@ -150,6 +152,7 @@ def compile_one(mod: str, index: int, arch: str) -> dict:
             compiled = triton.compile(src, target=target, options=options)
     finally:
         triton.knobs.nvidia.dump_ptxas_log = False
+    compile_s = time.perf_counter() - t0
     name = compiled.metadata.name
     ptx, cubin = compiled.asm["ptx"], compiled.asm["cubin"]
     ptxas, cuobjdump = _tools()
@@ -168,7 +171,8 @@ def compile_one(mod: str, index: int, arch: str) -> dict:
     sass = subprocess.run([str(cuobjdump), "-sass", str(d / f"{name}.cubin")],
                           capture_output=True, text=True, check=True).stdout
     (d / f"{name}.sass").write_text(sass)
-    tc = len(re.findall(r"\b(?:HMMA|HGMMA)\.", sass))
+    hmma = len(re.findall(r"\bHMMA\.", sass))     # mma.sync (sm_80 style, also legal on sm_90)
+    hgmma = len(re.findall(r"\bHGMMA\.", sass))   # wgmma, warpgroup MMA (sm_90a only)
 
     info = _ptxas_info(log, name)
     threads = cfg.num_warps * 32
@@ -184,8 +188,10 @@ def compile_one(mod: str, index: int, arch: str) -> dict:
         "smem_dynamic_bytes": dyn,
         "threads_per_block": threads,
         "occupancy": occupancy(info.get("registers") or 0, info["smem_static_bytes"] + dyn, threads, arch),
-        "tensor_core_instrs": tc,
+        "tensor_core_instrs": hmma + hgmma,
         "source": source,
+        # detail, not in the report's columns (collect_triton(detail=True) keeps them)
+        "hmma": hmma, "hgmma": hgmma, "compile_s": round(compile_s, 3), "cache_dir": str(d.relative_to(ROOT)),
     }
     (d / "row.json").write_text(json.dumps(row))
     return row
@@ -212,9 +218,14 @@ def _child_env():
     return env
 
 
-def collect_triton(archs=ARCHS, modules=MODULES, jobs: int | None = None, use_cache: bool = True):
+DETAIL = ["hmma", "hgmma", "compile_s", "cache_dir"]
+
+
+def collect_triton(archs=ARCHS, modules=MODULES, jobs: int | None = None, use_cache: bool = True,
+                   detail: bool = False):
     """One kernels-report row per (Triton kernel and config, arch), as a pandas DataFrame with the
-    columns of docs/CONTRACTS.md section 4 (plus `error` where a compile failed)."""
+    columns of docs/CONTRACTS.md section 4, plus `error` where a compile failed, plus with `detail` the
+    HMMA and HGMMA counts apart, the compile time and the artifacts' folder."""
     import pandas as pd
 
     rows, todo = [], []
@@ -244,7 +255,7 @@ def collect_triton(archs=ARCHS, modules=MODULES, jobs: int | None = None, use_ca
     for c in COLUMNS:
         if c not in df.columns:
             df[c] = float("nan")
-    extra = [c for c in df.columns if c not in COLUMNS]
+    extra = [c for c in df.columns if c not in COLUMNS and (detail or c not in DETAIL)]
     return df[COLUMNS + extra].sort_values(["kernel", "arch"], kind="stable").reset_index(drop=True)
 
 
@@ -255,17 +266,18 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int)
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--csv", help="also write the table here")
+    ap.add_argument("--detail", action="store_true", help="HMMA/HGMMA apart, compile times, artifact folders")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         print(json.dumps(_worker(json.loads(a.worker))))
         return 0
-    df = collect_triton(tuple(a.arch or ARCHS), tuple(a.module or MODULES), a.jobs, not a.no_cache)
+    df = collect_triton(tuple(a.arch or ARCHS), tuple(a.module or MODULES), a.jobs, not a.no_cache, a.detail)
     if a.csv:
         df.to_csv(a.csv, index=False)
     import pandas as pd
     with pd.option_context("display.max_rows", None, "display.width", 250, "display.max_colwidth", 90):
-        print(df.drop(columns=["backend", "source"]).to_string(index=False))
+        print(df.drop(columns=["backend", "source", "cache_dir"], errors="ignore").to_string(index=False))
     return 1 if "error" in df.columns and df["error"].notna().any() else 0
 
 
