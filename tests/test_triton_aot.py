@@ -36,7 +36,7 @@ def test_compiles_everything(report):
         specs, source = aot._specs(mod)
         rows = report[report["kernel"].map(_module) == mod]
         assert set(rows["arch"]) == {"sm_80", "sm_90a"}
-        assert len(rows) == 2 * len(specs), mod
+        assert len(rows) == sum(len(s[5]) if len(s) > 5 else 2 for s in specs), mod
         assert (rows["source"] == source).all()
 
 
@@ -46,9 +46,13 @@ def test_no_kernel_spills(report):
         ["kernel", "arch", "registers", "spill_stores_bytes", "spill_loads_bytes"]].to_string(index=False)
 
 
+def _fp32(report):
+    return report["kernel"].str.contains(r"\[fp32", regex=True)
+
+
 @pytest.mark.parametrize("mod", ["gemm", "attention_fwd"])
 def test_matmul_kernels_use_tensor_cores(report, mod):
-    rows = report[report["kernel"].map(_module) == mod]
+    rows = report[(report["kernel"].map(_module) == mod) & ~_fp32(report)]   # the 16-bit kernels
     sm90 = rows[rows["arch"] == "sm_90a"]
     sm80 = rows[rows["arch"] == "sm_80"]
     assert len(sm90) and len(sm80)
@@ -58,6 +62,13 @@ def test_matmul_kernels_use_tensor_cores(report, mod):
     no_wgmma = sm90[sm90["hgmma"] == 0]
     assert no_wgmma.empty, f"sm_90a {mod} without HGMMA: {list(no_wgmma['kernel'])}"
     assert (sm80["hmma"] > 0).all() and (sm80["hgmma"] == 0).all()
+
+
+def test_exact_fp32_kernels_stay_off_tensor_cores(report):
+    """fp32 GEMM and attention ask for input_precision="ieee": a TF32 HMMA/HGMMA would lose 13 bits."""
+    rows = report[_fp32(report)]
+    assert set(rows["kernel"].map(_module)) == {"gemm", "attention_fwd"}
+    assert (rows["tensor_core_instrs"] == 0).all()
 
 
 def test_row_kernels_use_no_tensor_cores(report):

@@ -226,6 +226,28 @@ def test_registered_as_compiled_with_config(name):
     assert v.requires.check is common.missing_reason
 
 
+def test_autotune_pruning():
+    """What autotuning may try on a GPU, per dtype, head dim and row length (the lists the AOT test
+    compiled spill-free)."""
+    from kernels.triton import attention_fwd as A
+    from kernels.triton import gemm as G
+    from kernels.triton import softmax as S
+    bf16, fp32 = torch.empty(1, dtype=torch.bfloat16), torch.empty(1, dtype=torch.float32)
+    assert G._prune(G.CONFIGS, {"a_ptr": bf16}) == G.CONFIGS_16
+    assert G._prune(G.CONFIGS, {"a_ptr": fp32}) == G.CONFIGS_32
+    for d in (64, 128):
+        assert A._prune(A.CONFIGS, {"q_ptr": bf16}, HEAD_D=d) == A.CONFIGS_BY_D[d]
+        assert A._prune(A.CONFIGS, {"q_ptr": fp32}, HEAD_D=d) == A.FP32_CONFIGS_BY_D[d]
+    assert A._prune(A.CONFIGS, {"q_ptr": bf16}, HEAD_D=32) == A.CONFIGS_BY_D[64]
+
+    def warps(block):
+        return sorted(c.num_warps for c in common.prune_row_configs(S.FUSED_CONFIGS, {}, BLOCK_N=block))
+    assert warps(4096) == [4, 8, 16]       # 8..32 elements per thread
+    assert warps(16384) == [16, 32]
+    assert warps(128) == [1]               # too short for 8 per thread: the fewest warps
+    assert all(8 <= c.kwargs["BLOCK_N"] // (32 * c.num_warps) <= 32 for c in S.LOOPED_CONFIGS)
+
+
 @pytest.mark.skipif(IN_INTERPRETER, reason="checks the compiled mode's CPU skip")
 def test_cpu_skip_reason(monkeypatch):
     monkeypatch.delenv("KB_TRITON_INTERPRET", raising=False)

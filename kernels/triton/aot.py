@@ -10,7 +10,8 @@ TTGIR -> LLVM -> PTX -> ptxas -> cubin) on the CPU. From each kernel we read:
 - theoretical occupancy from registers, shared memory and threads per block.
 The triton wheel ships ptxas and cuobjdump under triton/backends/nvidia/bin; no CUDA toolkit is needed.
 
-Every kernel module lists what to compile in `aot_specs()`: each GPU autotuning config (bf16), because
+Every kernel module lists what to compile in `aot_specs()`: (label, kernel, signature, constexprs,
+config[, archs]), each GPU autotuning config (bf16; GEMM and attention also their fp32 lists), because
 autotuning may pick any of them on a GPU, so each must be spill-free. Pointers and integer arguments are
 marked divisible by 16, as the JIT specializes them at the benchmark shapes; unit strides are constants.
 
@@ -44,7 +45,7 @@ ARCHS = ("sm_80", "sm_90a")
 COLUMNS = ["backend", "kernel", "arch", "registers", "spill_stores_bytes", "spill_loads_bytes",
            "smem_static_bytes", "smem_dynamic_bytes", "threads_per_block", "occupancy",
            "tensor_core_instrs", "source"]
-_AOT_VERSION = "2"  # bump when the row format or the analysis changes: invalidates the cache
+_AOT_VERSION = "3"  # bump when the row format or the analysis changes: invalidates the cache
 
 # --------------------------------------------------------------------------------------------------
 # occupancy: the CUDA occupancy calculator's rules, per architecture
@@ -135,7 +136,7 @@ def compile_one(mod: str, index: int, arch: str) -> dict:
     from kernels.triton.common import config_str
 
     specs, source = _specs(mod)
-    label, fn, sig, const, cfg = specs[index]
+    label, fn, sig, const, cfg = specs[index][:5]
     key = _spec_key(mod, label, fn, sig, const, cfg, arch)
     jit = fn if isinstance(fn, JITFunction) else JITFunction(getattr(fn, "fn", fn))
     attrs = {(jit.arg_names.index(n),): [["tt.divisibility", 16]]
@@ -231,8 +232,9 @@ def collect_triton(archs=ARCHS, modules=MODULES, jobs: int | None = None, use_ca
     rows, todo = [], []
     for mod in modules:
         specs, _ = _specs(mod)
-        for i, (label, fn, sig, const, cfg) in enumerate(specs):
-            for arch in archs:
+        for i, spec in enumerate(specs):
+            label, fn, sig, const, cfg = spec[:5]
+            for arch in (a for a in archs if len(spec) < 6 or a in spec[5]):
                 cached = CACHE / _spec_key(mod, label, fn, sig, const, cfg, arch) / "row.json"
                 if use_cache and cached.exists():
                     rows.append(json.loads(cached.read_text()))

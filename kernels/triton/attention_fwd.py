@@ -128,17 +128,21 @@ if HAS_TRITON:
              _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 4)],
         128: [_cfg(128, 64, 8, 3), _cfg(128, 32, 8, 4), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 4)],
     }
-    CONFIGS = list({str(c): c for cs in CONFIGS_BY_D.values() for c in cs}.values())
+    # exact fp32 (input_precision="ieee", the FMA path) needs small tiles. Under triton 3.7.1 every tile
+    # tried at d=128 still spills on sm_90a (~400 bytes); fp32 at d > 64 is therefore skipped on sm_90.
+    FP32_CONFIGS_BY_D = {
+        64: [_cfg(32, 32, 4, 2), _cfg(64, 32, 8, 2)],
+        128: [_cfg(32, 32, 8, 2), _cfg(16, 32, 4, 2)],
+    }
+    CONFIGS = [c for by_d in (CONFIGS_BY_D, FP32_CONFIGS_BY_D) for cs in by_d.values() for c in cs]
 
-    def _configs_for(d):
-        return CONFIGS_BY_D[64 if d <= 64 else 128]
+    def _configs_for(d, fp32=False):
+        return (FP32_CONFIGS_BY_D if fp32 else CONFIGS_BY_D)[64 if d <= 64 else 128]
 
     def _prune(configs, named_args, **kwargs):
-        """The head dim's list; for exact fp32 (FMA path, operands in registers) only its small tiles."""
-        keep = [c for c in configs if c in _configs_for(kwargs["HEAD_D"])]
-        if named_args["q_ptr"].element_size() == 4:
-            keep = [c for c in keep if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or keep[-1:]
-        return keep
+        """The list of this head dim and dtype (configs may repeat across lists: keep each once)."""
+        mine = _configs_for(kwargs["HEAD_D"], named_args["q_ptr"].element_size() == 4)
+        return [c for c in configs if any(c is m for m in mine)]
 
     # under the interpreter: BLOCK_M != BLOCK_N so the masked causal band spans several key tiles
     KERNEL = TritonKernel(attn_fwd_kernel, CONFIGS, key=["SQ", "SK", "HEAD_D", "CAUSAL"],
@@ -156,6 +160,8 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
     assert q.stride(3) == k.stride(3) == v.stride(3) == out.stride(3) == 1
     if d not in HEAD_DIMS:
         raise Skip(f"head dim {d} not supported by the Triton kernel (supported: {HEAD_DIMS})")
+    if q.dtype == torch.float32 and d > 64 and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9:
+        raise Skip("exact-fp32 attention at head dim > 64 spills on sm_90 (triton 3.7.1); use bf16/fp16")
     scale = 1.0 / math.sqrt(d) if scale is None else scale
 
     def grid(meta):
@@ -172,20 +178,28 @@ def setup(case, q, k, v, causal=None, **_):
 
     Registry setup; `causal` from the inputs, else the case's `causal` parameter (default False)."""
     causal = bool(causal if causal is not None else case.get("causal", False))
-    if q.shape[-1] not in HEAD_DIMS:
-        raise Skip(f"head dim {q.shape[-1]} not supported by the Triton kernel (supported: {HEAD_DIMS})")
+    d = q.shape[-1]
+    if d not in HEAD_DIMS:
+        raise Skip(f"head dim {d} not supported by the Triton kernel (supported: {HEAD_DIMS})")
+    if q.dtype == torch.float32 and d > 64 and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9:
+        raise Skip("exact-fp32 attention at head dim > 64 spills on sm_90 (triton 3.7.1); use bf16/fp16")
     out = case.poisoned(tuple(q.shape))
     return Launcher(lambda: attention_fwd(q, k, v, out, causal), out)
 
 
 def aot_specs():
     """What kernels/triton/aot.py compiles: every GPU config at head dims 64 and 128, causal and not,
-    bf16, contiguous [b, h, s, d] tensors (unit last stride), sizes divisible by 16."""
+    in bf16, and the fp32 lists in fp32 (d=128 fp32 on sm_80 only: it is skipped on sm_90); contiguous
+    [b, h, s, d] tensors (unit last stride), sizes divisible by 16. Yields (label, fn, signature,
+    constexprs, config[, archs])."""
     const_names = ("HEAD_D", "BLOCK_M", "BLOCK_N", "CAUSAL", "DOT_PRECISION")
-    sig = {n: "*bf16" if n.endswith("_ptr") else "fp32" if n == "qk_scale" else
-           "constexpr" if n in const_names else "i32" for n in attn_fwd_kernel.arg_names}
-    for d in (64, 128):
-        for causal in (False, True):
-            for cfg in _configs_for(d):
-                const = {**cfg.kwargs, "HEAD_D": d, "CAUSAL": causal, "DOT_PRECISION": "tf32"}
-                yield f"d{d}{',causal' if causal else ''}", attn_fwd_kernel, sig, const, cfg
+    for dt, prec in (("bf16", "tf32"), ("fp32", "ieee")):
+        sig = {n: f"*{dt}" if n.endswith("_ptr") else "fp32" if n == "qk_scale" else
+               "constexpr" if n in const_names else "i32" for n in attn_fwd_kernel.arg_names}
+        for d in (64, 128):
+            archs = ("sm_80",) if dt == "fp32" and d > 64 else None
+            for causal in (False, True):
+                for cfg in _configs_for(d, dt == "fp32"):
+                    const = {**cfg.kwargs, "HEAD_D": d, "CAUSAL": causal, "DOT_PRECISION": prec}
+                    label = f"{'fp32,' if dt == 'fp32' else ''}d{d}{',causal' if causal else ''}"
+                    yield (label, attn_fwd_kernel, sig, const, cfg) + ((archs,) if archs else ())

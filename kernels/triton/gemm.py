@@ -70,7 +70,7 @@ if HAS_TRITON:
 
     # GPU autotuning list (sm_80 / sm_90, 16-bit inputs): big tiles for the compute-bound shapes, smaller
     # ones for skinny or small problems. Shared memory per config = stages*(BM + BN)*BK*itemsize.
-    CONFIGS = [
+    CONFIGS_16 = [
         _cfg(128, 256, 64, 8, 3),   # 144 KiB smem at bf16; the big-square-GEMM workhorse
         # (256 x 128 x 64, 8 warps spills 20 bytes on sm_80: left out)
         _cfg(128, 128, 64, 8, 4),   # 128 KiB
@@ -80,22 +80,22 @@ if HAS_TRITON:
         _cfg(64, 128, 64, 4, 4),
         _cfg(64, 64, 64, 4, 5),     # small problems / many SMs to fill
     ]
+    # exact fp32 (input_precision="ieee") runs on the FMA path with both operand tiles in registers:
+    # 128 x 128 x 32 on 4 warps already spills ~400 bytes there, these do not (tests/test_triton_aot.py)
+    CONFIGS_32 = [_cfg(64, 64, 32, 4, 3), _cfg(64, 64, 64, 4, 3), _cfg(128, 64, 32, 8, 3), _cfg(64, 128, 32, 8, 3)]
+    CONFIGS = CONFIGS_16 + CONFIGS_32
 
     def _prune(configs, named_args, **kwargs):
-        """Drop configs whose pipeline does not fit in shared memory for this dtype (fp32 doubles it)
-        and, for exact fp32, the 256-wide tiles (the FMA path holds both operands in registers)."""
+        """The dtype's list, without configs whose pipeline does not fit in this GPU's shared memory."""
         a = named_args["a_ptr"]
         item = a.element_size()
         limit = SMEM_FALLBACK
         if a.is_cuda:
             limit = getattr(torch.cuda.get_device_properties(a.device), "shared_memory_per_block_optin", limit)
-        keep = []
-        for c in configs:
-            kw = c.kwargs
-            smem = c.num_stages * (kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] * item
-            if smem <= limit and (item < 4 or max(kw["BLOCK_M"], kw["BLOCK_N"]) <= 128):
-                keep.append(c)
-        return keep or [_cfg(64, 64, 32, 4, 2)]
+        mine = CONFIGS_32 if item == 4 else CONFIGS_16
+        keep = [c for c in configs if any(c is m for m in mine) and
+                c.num_stages * (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"] * item <= limit]
+        return keep or [CONFIGS_32[0]]
 
     # under the interpreter: small tiles and GROUP_M=2 so that odd shapes give several tiles, a short
     # last group, ragged M/N edges and a K tail
@@ -127,13 +127,13 @@ def setup(case, a, b, **_):
 
 
 def aot_specs():
-    """What kernels/triton/aot.py compiles: every GPU config, bf16, row-major A, B, C with the strides
-    and sizes divisible by 16 (as at 4096^3, where the JIT specializes them the same way)."""
-    sig = {"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
-           "stride_am": "i32", "stride_ak": "constexpr", "stride_bk": "i32", "stride_bn": "constexpr",
-           "stride_cm": "i32", "stride_cn": "constexpr",
-           "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "GROUP_M": "constexpr",
-           "DOT_PRECISION": "constexpr"}
-    for cfg in CONFIGS:
-        const = {**cfg.kwargs, "stride_ak": 1, "stride_bn": 1, "stride_cn": 1, "DOT_PRECISION": "tf32"}
-        yield "bf16", gemm_kernel, sig, const, cfg
+    """What kernels/triton/aot.py compiles: every GPU config, bf16 (and the fp32 list in fp32), row-major
+    A, B, C with the strides and sizes divisible by 16 (as at 4096^3, where the JIT specializes them
+    the same way)."""
+    names = gemm_kernel.arg_names
+    const_names = ("stride_ak", "stride_bn", "stride_cn", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "DOT_PRECISION")
+    for dt, configs, prec in (("bf16", CONFIGS_16, "tf32"), ("fp32", CONFIGS_32, "ieee")):
+        sig = {n: f"*{dt}" if n.endswith("_ptr") else "constexpr" if n in const_names else "i32" for n in names}
+        for cfg in configs:
+            const = {**cfg.kwargs, "stride_ak": 1, "stride_bn": 1, "stride_cn": 1, "DOT_PRECISION": prec}
+            yield dt, gemm_kernel, sig, const, cfg
