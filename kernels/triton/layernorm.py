@@ -95,7 +95,9 @@ def layernorm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, out: torch.Tens
 
 
 def setup(case, x, weight, bias, eps=None, **_):
-    """Triton LayerNorm (one row per program). Registry setup (the norm suite's inputs x, weight, bias, eps); eps defaults to the case's `eps`
+    """Triton LayerNorm (one row per program)
+
+    Registry setup (the norm suite's inputs x, weight, bias, eps); eps defaults to the case's `eps`
     parameter, else DEFAULT_EPS."""
     eps = float(eps if eps is not None else case.get("eps", DEFAULT_EPS))
     x2 = x.reshape(-1, x.shape[-1])

@@ -76,7 +76,9 @@ def rmsnorm(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, eps: float = DE
 
 
 def setup(case, x, weight, eps=None, **_):
-    """Triton RMSNorm (one row per program). Registry setup (the norm suite's inputs x, weight, eps); eps defaults to the case's `eps`
+    """Triton RMSNorm (one row per program)
+
+    Registry setup (the norm suite's inputs x, weight, eps); eps defaults to the case's `eps`
     parameter, else DEFAULT_EPS."""
     eps = float(eps if eps is not None else case.get("eps", DEFAULT_EPS))
     x2 = x.reshape(-1, x.shape[-1])
