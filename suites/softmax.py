@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from harness.registry import Requires, Suite
+from kernels.cuda import lib as cuda_lib
 from kernels.triton import softmax as triton_softmax
 
 SUITE = Suite(
@@ -65,5 +66,7 @@ def torch_compile(case, x):
     """torch.compile of torch.softmax (inductor's generated kernel)"""
     fn = torch.compile(softmax, dynamic=False)
     return lambda: fn(x)
+
+SUITE.variant("cuda_rowcache", requires=Requires(devices=("cuda",), min_cc=(8, 0), check=cuda_lib.missing_reason))(cuda_lib.softmax_setup)
 SUITE.variant("triton", requires=Requires(check=triton_softmax.missing_reason), compiled=True,
               config=triton_softmax.config)(triton_softmax.setup)

@@ -254,6 +254,11 @@ def collect_triton(archs=ARCHS, modules=MODULES, jobs: int | None = None, use_ca
                 raise RuntimeError(f"Triton AOT worker failed ({p.returncode}):\n{err[-4000:]}")
             rows.extend(json.loads(out.strip().splitlines()[-1]))
     df = pd.DataFrame(rows)
+    if "registers" in df.columns:  # computed here, not cached: the formula may come from harness/kernels_report.py
+        df["occupancy"] = [occupancy(int(r), int(ss) + int(sd), int(t), a) if r == r else float("nan")
+                           for r, ss, sd, t, a in zip(df["registers"], df["smem_static_bytes"].fillna(0),
+                                                       df["smem_dynamic_bytes"].fillna(0),
+                                                       df["threads_per_block"].fillna(0), df["arch"])]
     for c in COLUMNS:
         if c not in df.columns:
             df[c] = float("nan")
