@@ -11,11 +11,8 @@ import math
 import torch
 
 from harness.registry import Requires, Suite
-<<<<<<< HEAD
-from kernels.triton import gemm as triton_gemm
-=======
 from kernels.cuda import lib as cuda_lib
->>>>>>> main
+from kernels.triton import gemm as triton_gemm
 
 
 def _tolerances(case):
@@ -69,10 +66,7 @@ def reference(case, a, b):
 def torch_matmul(case, a, b):
     """torch.matmul (MKL/oneDNN on the CPU, cuBLAS on a GPU)"""
     return lambda: torch.matmul(a, b)
-<<<<<<< HEAD
-SUITE.variant("triton", requires=Requires(check=triton_gemm.missing_reason), compiled=True,
-              config=triton_gemm.config)(triton_gemm.setup)
-=======
 
 SUITE.variant("cuda_mma", requires=Requires(devices=("cuda",), min_cc=(8, 0), dtypes=("bfloat16", "float16"), check=cuda_lib.missing_reason))(cuda_lib.gemm_setup)
->>>>>>> main
+SUITE.variant("triton", requires=Requires(check=triton_gemm.missing_reason), compiled=True,
+              config=triton_gemm.config)(triton_gemm.setup)

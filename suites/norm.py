@@ -11,11 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.registry import Requires, Suite
-<<<<<<< HEAD
-from kernels.triton import norm as triton_norm
-=======
 from kernels.cuda import lib as cuda_lib
->>>>>>> main
+from kernels.triton import norm as triton_norm
 
 EPS = 1e-5
 
@@ -86,10 +83,7 @@ def torch_compile(case, x, weight, bias, eps):
     """torch.compile of F.rms_norm / F.layer_norm"""
     fn = torch.compile(norm, dynamic=False)
     return lambda: fn(x, weight, bias, eps, case.norm)
-<<<<<<< HEAD
-SUITE.variant("triton", requires=Requires(check=triton_norm.missing_reason), compiled=True,
-              config=triton_norm.config)(triton_norm.setup)
-=======
 
 SUITE.variant("cuda_rowcache", requires=Requires(devices=("cuda",), min_cc=(8, 0), check=cuda_lib.missing_reason))(cuda_lib.norm_setup)
->>>>>>> main
+SUITE.variant("triton", requires=Requires(check=triton_norm.missing_reason), compiled=True,
+              config=triton_norm.config)(triton_norm.setup)
