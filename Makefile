@@ -1,0 +1,48 @@
+# One command sets up and runs the default suite (make bench); one sets up and passes the tests (make test).
+# Works on a fresh Debian machine with Python 3.11: installs what is missing (apt-get when root), creates
+# .venv with the CPU build of torch 2.13.0, builds the native kernels with CMake, then runs.
+PY      ?= python3
+VENV    ?= .venv
+VPY     := $(VENV)/bin/python
+BUILD   ?= build
+JOBS    ?= 2
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
+export TRITON_CACHE_DIR := $(CURDIR)/.cache/triton
+
+.PHONY: bench test setup build system-deps gpu clean report
+
+bench: setup build
+	$(VPY) bench.py --suite attention
+
+test: setup build
+	$(VPY) -m pytest -q
+
+# System packages: compilers and CMake for the native kernels, Chromium to look at the HTML report.
+system-deps:
+	@need=""; for t in cmake:cmake g++:g++ chromium:chromium; do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || need="$$need $${t##*:}"; done; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$need"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	  else echo "missing system packages:$$need (install them; tests that need them skip)"; fi; fi
+
+$(VENV)/.installed: pyproject.toml
+	$(MAKE) system-deps
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "torch==2.13.0" numpy   # the CPU build on this machine's disk; no CUDA download
+	$(VPY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+build: setup
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Everything on a GPU machine in one call: build, all tests (GPU ones included), reports, every suite timed.
+gpu:
+	bash scripts/gpu-all.sh
+
+clean:
+	rm -rf $(BUILD) .cache

@@ -1,0 +1,193 @@
+"""`bench.py`: run suites, list them, print the kernels report, or dispatch to a sub-command.
+
+Bad input (unknown suite, variant, device, dtype; a GPU asked for where none is) is one line on stderr and
+exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+SUBCOMMANDS = {
+    "gate": "harness.gate",          # regression gate between two runs
+    "compare": "harness.compare",    # align runs from different machines
+    "report": "harness.report",      # self-contained HTML report
+    "baseline": "harness.baseline",  # store a run as a named baseline
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage + message)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bench.py", description="Benchmark hand-written kernels against PyTorch baselines. "
+                "Sub-commands: " + ", ".join(SUBCOMMANDS) + " (bench.py SUBCOMMAND --help).")
+    p.add_argument("--suite", default="attention",
+                   help="suite(s) to run, comma-separated, or 'all' (default: attention)")
+    p.add_argument("--list", action="store_true", help="list suites, their variants and what each requires")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu or cuda")
+    p.add_argument("--dtype", default=None,
+                   help="dtype(s), comma-separated: float32, bfloat16, float16 (default: per suite and device)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", dest="mode", const="quick",
+                      help="small shape set, well under a minute on a 2-core CPU (default)")
+    size.add_argument("--full", action="store_const", dest="mode", const="full", help="the full shape set")
+    size.add_argument("--test-shapes", action="store_const", dest="mode", const="test",
+                      help="the odd correctness shapes")
+    p.add_argument("--filter", default=None,
+                   help="keep cases or variants whose name contains one of these (comma-separated; globs ok)")
+    p.add_argument("--variant", default=None, help="run only these variants (comma-separated exact names)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every input (default 0)")
+    p.add_argument("--out", default=None, help="output directory (default results/<run-id>/)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and native kernels)")
+    p.add_argument("--budget", type=float, default=None, help="seconds of timing per row (default 1, full 3)")
+    p.add_argument("--target-ci", type=float, default=0.01,
+                   help="stop once the median's 95%% CI is within this fraction (default 0.01)")
+    p.add_argument("--cold", action="store_true", help="flush caches before every sample")
+    p.add_argument("--cuda-graph", action="store_true", help="replay the timed calls from a CUDA graph")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--kernels-report", action="store_true",
+                   help="print the compiler resource report of the CUDA and Triton kernels and exit")
+    p.set_defaults(mode="quick")
+    return p
+
+
+def _split(s: str | None) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else []
+
+
+def list_suites() -> int:
+    from rich.table import Table
+
+    from harness.registry import all_suites
+    from harness.ui import out_console
+    t = Table(title="suites", header_style="bold")
+    for c in ("suite", "variant", "requires", "dtypes", "cases (test/quick/full)"):
+        t.add_column(c)
+    for s in all_suites().values():
+        counts = "/".join(str(len(s._cases[m])) for m in ("test", "quick", "full"))
+        for i, v in enumerate(s.variants.values()):
+            name = v.name + (" (baseline)" if v.name == s.baseline else "")
+            t.add_row(s.name if i == 0 else "", name, v.requires.describe(),
+                      ",".join(s.dtypes) if i == 0 else "", counts if i == 0 else "")
+        t.add_section()
+    out_console.print(t)
+    return 0
+
+
+def kernels_report(out: str | None) -> int:
+    try:
+        mod = importlib.import_module("harness.kernels_report")
+    except ImportError as exc:
+        print(f"bench.py: error: the kernels report is not available ({exc})", file=sys.stderr)
+        return 2
+    return int(mod.main(["--out", out] if out else []) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(SUBCOMMANDS[argv[0]])
+        except ImportError as exc:
+            print(f"bench.py: error: sub-command {argv[0]!r} is not available ({exc})", file=sys.stderr)
+            return 2
+        return int(mod.main(argv[1:]) or 0)
+    args = parser().parse_args(argv)
+    if args.list:
+        return list_suites()
+    if args.kernels_report:
+        return kernels_report(args.out)
+    try:
+        return run(args, argv)
+    except Exception as exc:
+        from harness.registry import UsageError
+        if isinstance(exc, UsageError):
+            print(f"bench.py: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def resolve(args: argparse.Namespace):
+    """Validate the command line; returns RunOptions or raises UsageError with a one-line message."""
+    import torch
+
+    from harness import env
+    from harness.registry import DTYPES, UsageError, all_suites, dtype_name, get_suite
+    from harness.runner import RunOptions, build_plan
+    from harness.timing import TimingConfig
+
+    suites_all = all_suites()
+    names = _split(args.suite) or ["attention"]
+    if "all" in names and len(names) > 1:
+        raise UsageError("--suite all cannot be combined with other suite names")
+    suites = list(suites_all.values()) if names == ["all"] else [get_suite(n) for n in names]
+
+    device = args.device
+    if device == "auto":
+        device = env.best_device()
+    elif device not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {device!r}; choose from: auto, cpu, cuda")
+    if device == "cuda" and not env.cuda_available():
+        why = ("this torch is a CPU-only build" if torch.version.cuda is None
+               else "torch.cuda.is_available() is False (no GPU or driver)")
+        raise UsageError(f"--device cuda asked for, but no CUDA GPU is visible: {why}; use --device cpu")
+
+    dtypes = None
+    if args.dtype:
+        dtypes = [dtype_name(d) for d in _split(args.dtype)]
+        for d in dtypes:
+            if d not in DTYPES:
+                raise UsageError(f"unknown dtype {d!r}; choose from: {', '.join(DTYPES)}")
+        supported = sorted({d for s in suites for d in s.dtypes})
+        if not any(d in s.dtypes for s in suites for d in dtypes):
+            raise UsageError(f"dtype {', '.join(dtypes)} not supported by {', '.join(s.name for s in suites)}; "
+                             f"choose from: {', '.join(supported)}")
+
+    variants = _split(args.variant) or None
+    if variants:
+        known = sorted({v for s in suites for v in s.variants})
+        for v in variants:
+            if v not in known:
+                raise UsageError(f"unknown variant {v!r}; choose from: {', '.join(known)}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
+
+    budget = args.budget if args.budget is not None else (3.0 if args.mode == "full" else 1.0)
+    if budget <= 0:
+        raise UsageError("--budget must be positive")
+    opts = RunOptions(suites=suites, device=device, dtypes=dtypes, mode=args.mode, filters=_split(args.filter),
+                      variants=variants, seed=args.seed, out=Path(args.out) if args.out else None,
+                      threads=args.threads,
+                      timing=TimingConfig(budget_s=budget, target_rel_ci=args.target_ci, cold=args.cold,
+                                          cuda_graph=args.cuda_graph),
+                      progress=not args.no_progress)
+    plan = build_plan(opts)
+    if not plan:
+        what = f" matching --filter {args.filter!r}" if args.filter else ""
+        raise UsageError(f"nothing to run{what}: no case/variant/dtype of {', '.join(s.name for s in suites)} "
+                         f"selected (see bench.py --list)")
+    return opts, plan
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    opts, plan = resolve(args)
+    from harness.runner import Runner
+    from harness.ui import console, out_console, results_table
+
+    runner = Runner(opts, argv)
+    console.print(f"[bold]run {runner.run_id}[/]: {len(plan)} rows on {runner.keys['device_name']} -> "
+                  f"{runner.writer.dir}")
+    code = runner.run(plan)
+    rows = runner.writer.rows
+    out_console.print(results_table(rows, title=f"{runner.run_id} ({opts.mode})"))
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "incorrect", "error", "skipped")}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; results in {runner.writer.dir}")
+    if code == 130:
+        console.print(f"[yellow]interrupted: {len(rows)} rows kept in {runner.writer.dir}[/]")
+    return code

@@ -1,0 +1,115 @@
+"""The machine and software a run happened on: device choice, names, versions, for rows and the manifest."""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import socket
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+def best_device() -> str:
+    return "cuda" if cuda_available() else "cpu"
+
+
+@lru_cache(None)
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    return f"{cpu_name()} ({os.cpu_count()} cpus)"
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@lru_cache(None)
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def driver_version() -> str | None:
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            v = pynvml.nvmlSystemGetDriverVersion()
+            return v.decode() if isinstance(v, bytes) else v
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return None
+
+
+def row_keys(device: str) -> dict:
+    """Environment keys repeated on every results row (so one table can mix machines)."""
+    return {
+        "device_name": device_name(device),
+        "commit": git_commit(),
+        "host": socket.gethostname(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "cuda": torch.version.cuda,
+        "driver": driver_version() if device == "cuda" else None,
+    }
+
+
+def manifest(device: str, argv: list[str]) -> dict:
+    info = {
+        "command": " ".join([Path(sys.argv[0]).name] + argv),
+        "argv": argv,
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "numpy": _version("numpy"),
+        "pandas": _version("pandas"),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device == "cuda" else None,
+        "driver": driver_version() if device == "cuda" else None,
+    }
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info.update(gpu_sms=p.multi_processor_count, gpu_memory_bytes=p.total_memory,
+                    gpu_capability=f"{p.major}.{p.minor}", gpu_l2_bytes=getattr(p, "L2_cache_size", None))
+    return info

@@ -1,0 +1,69 @@
+"""What a person sees: a progress bar while a run goes, and a readable table at the end (rich)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from typing import Iterable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+out_console = Console(width=None if sys.stdout.isatty() else 200)   # pipes and CI logs: wide, not 80
+
+STATUS_STYLE = {"ok": "green", "incorrect": "bold red", "error": "red", "skipped": "dim"}
+
+
+@contextlib.contextmanager
+def progress(total: int, enabled: bool = True) -> Iterator:
+    if not enabled or not sys.stderr.isatty():
+        def advance(desc: str) -> None:
+            pass
+        yield advance
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as prog:
+        task = prog.add_task("", total=total)
+        first = [True]
+
+        def advance(desc: str) -> None:
+            if not first[0]:
+                prog.advance(task)
+            first[0] = False
+            prog.update(task, description=desc[:60])
+        yield advance
+        prog.advance(task)
+
+
+def _num(x, fmt: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return format(x, fmt)
+
+
+def results_table(rows: Iterable[dict], title: str = "") -> Table:
+    t = Table(title=title, show_lines=False, header_style="bold")
+    for col, justify in (("suite", "left"), ("case", "left"), ("variant", "left"), ("dtype", "left"),
+                         ("status", "left"), ("median ms", "right"), ("p20-p80", "right"), ("n", "right"),
+                         ("TFLOP/s", "right"), ("GB/s", "right"), ("% peak", "right"), ("speedup", "right"),
+                         ("max err", "right")):
+        t.add_column(col, justify=justify, overflow="fold")
+    last = None
+    for r in rows:
+        st = r["status"]
+        status = f"[{STATUS_STYLE.get(st, '')}]{st}[/]"
+        if st != "ok" and r.get("reason"):
+            status += f" [dim]{str(r['reason'])[:70]}[/]"
+        key = (r["suite"], r["case"], r["dtype"])
+        t.add_row(r["suite"] if key != last else "", r["case"] if key != last else "", r["variant"],
+                  r["dtype"] if key != last else "", status,
+                  _num(r.get("median_ms"), ".4g"),
+                  f"{_num(r.get('p20_ms'), '.3g')}-{_num(r.get('p80_ms'), '.3g')}" if st == "ok" else "",
+                  _num(r.get("n"), "d") if st == "ok" else "",
+                  _num(r.get("tflops"), ".3g"), _num(r.get("gbps"), ".4g"), _num(r.get("pct_peak"), ".1f"),
+                  _num(r.get("speedup"), ".2f") + ("x" if st == "ok" and r.get("speedup") else ""),
+                  _num(r.get("max_abs_err"), ".1e"))
+        last = key
+    return t

@@ -1,0 +1,55 @@
+"""The timing module on workloads of known cost (busy-waits: no sleep, whose wake-up jitter is large)."""
+import time
+
+import numpy as np
+
+from harness.timing import Stats, TimingConfig, measure, median_rel_ci
+
+
+def spin(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_median_of_a_known_cost_workload():
+    st = measure(lambda: spin(2e-3), "cpu", TimingConfig(budget_s=0.5, min_samples=10))
+    # a shared machine can only make a call slower, never faster, than its spin time
+    assert 1.98 <= st.median_ms <= 2.3, st.median_ms
+    assert st.min_ms >= 1.99
+    assert st.n >= 3 and len(st.samples_ms) == st.n
+    assert st.p20_ms <= st.median_ms <= st.p80_ms
+
+
+def test_short_calls_are_batched_to_beat_timer_resolution():
+    st = measure(lambda: spin(20e-6), "cpu", TimingConfig(budget_s=0.3, min_sample_s=1e-3))
+    assert st.calls_per_sample >= 20
+    assert 0.018 <= st.median_ms <= 0.05
+
+
+def test_stops_when_converged_or_at_budget():
+    st = measure(lambda: spin(1e-3), "cpu", TimingConfig(budget_s=5.0, target_rel_ci=0.05, min_samples=10))
+    assert st.stop_reason == "converged" and st.elapsed_s < 5.0
+    t0 = time.perf_counter()
+    st = measure(lambda: spin(5e-3), "cpu", TimingConfig(budget_s=0.2, target_rel_ci=0.0))
+    assert st.stop_reason == "budget" and time.perf_counter() - t0 < 1.0
+
+
+def test_cold_runs_flush_before_every_sample_outside_the_timing():
+    flushes = []
+    st = measure(lambda: spin(1e-3), "cpu", TimingConfig(budget_s=0.2, cold=True),
+                 flush=lambda: (flushes.append(1), spin(5e-3)))
+    assert st.calls_per_sample == 1 and len(flushes) == st.n
+    assert st.median_ms < 2.0          # the 5 ms flush is not in the samples
+
+
+def test_statistics():
+    s = Stats([1.0, 2.0, 3.0, 4.0, 100.0], 1, "budget", 0.1)
+    assert s.median_ms == 3.0 and s.min_ms == 1.0 and s.n == 5
+    assert np.isclose(s.p20_ms, 1.8) and np.isclose(s.p80_ms, 23.2)
+    assert s.cv > 1
+    assert median_rel_ci([1.0] * 50) == 0.0
+    assert median_rel_ci([1.0, 2.0]) == float("inf")
+    wide = median_rel_ci(np.random.default_rng(0).uniform(0.5, 1.5, 20))
+    narrow = median_rel_ci(np.random.default_rng(0).uniform(0.5, 1.5, 2000))
+    assert narrow < wide / 5
