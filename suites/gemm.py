@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from harness.registry import Suite
+from harness.registry import Requires, Suite
+from kernels.cpp import lib as cpp
 
 
 def _tolerances(case):
@@ -64,3 +65,5 @@ def reference(case, a, b):
 def torch_matmul(case, a, b):
     """torch.matmul (MKL/oneDNN on the CPU, cuBLAS on a GPU)"""
     return lambda: torch.matmul(a, b)
+
+SUITE.variant("cpp", requires=Requires(devices=("cpu",), check=cpp.missing_reason))(cpp.gemm_setup)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.registry import Suite
+from harness.registry import Requires, Suite
+from kernels.cpp import lib as cpp
 
 EPS = 1e-5
 
@@ -81,3 +82,5 @@ def torch_compile(case, x, weight, bias, eps):
     """torch.compile of F.rms_norm / F.layer_norm"""
     fn = torch.compile(norm, dynamic=False)
     return lambda: fn(x, weight, bias, eps, case.norm)
+
+SUITE.variant("cpp", requires=Requires(devices=("cpu",), check=cpp.missing_reason))(cpp.norm_setup)

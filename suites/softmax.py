@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.registry import Suite
+from harness.registry import Requires, Suite
+from kernels.cpp import lib as cpp
 
 SUITE = Suite(
     name="softmax",
@@ -64,3 +65,5 @@ def torch_compile(case, x):
     """torch.compile of torch.softmax (inductor's generated kernel)"""
     fn = torch.compile(softmax, dynamic=False)
     return lambda: fn(x)
+
+SUITE.variant("cpp", requires=Requires(devices=("cpu",), check=cpp.missing_reason))(cpp.softmax_setup)

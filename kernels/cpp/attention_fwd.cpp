@@ -192,7 +192,7 @@ static int run(const kb::AttnArgs& a) {
   const int64_t nwork = B * H * ntiles;
   int err = 0;
 
-#pragma omp parallel num_threads(kb::threads_or_default(a.threads))
+#pragma omp parallel num_threads(kb::threads_for(a.threads, B * H * SQ * SK * a.D, int64_t(1) << 19))
   {
     if constexpr (!f32) {
       const T* Kin = static_cast<const T*>(a.k);

@@ -46,6 +46,12 @@ int set_error(int code, const char* fmt, ...) {
 
 int threads_or_default(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
+int threads_for(int threads, int64_t work, int64_t grain) {
+  const int64_t t = threads_or_default(threads);
+  const int64_t useful = grain > 0 ? work / grain : t;
+  return int(useful < 1 ? 1 : useful < t ? useful : t);
+}
+
 Scratch::Scratch(size_t bytes) {
   size_t n = (bytes + 63) / 64 * 64;
   p = n ? std::aligned_alloc(64, n) : nullptr;

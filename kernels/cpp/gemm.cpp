@@ -8,8 +8,9 @@
 // Blocking, outermost first:
 //   jc: NC = 2048 columns of B/C             B panel KC x NC packed once, shared by all threads (L3)
 //   pc: KC = 256 of the K dimension          K-slice; C is accumulated in place across slices
-//   ic: MC = 336 rows of A                   A block MC x KC packed (336 x 256 x 4 B = 344 KiB: L2)
-//   jr: NR = 2 vectors (32 fp32 under AVX-512) columns -- the loop the threads split (64 panels at N=2048)
+//   ic: MC <= 336 rows of A                  A block MC x KC packed per thread (<= 344 KiB: L2); the
+//                                            blocks are shared out dynamically (>= 4 per thread)
+//   jr: NR = 2 vectors (32 fp32 under AVX-512) columns
 //   ir: MR = 14 rows (AVX-512) / 6 (AVX2)   one micro-kernel call
 // Micro-kernel: an MR x NR tile of C in registers (14 x 2 zmm = 28 accumulators + 2 B vectors + the
 // broadcast A element = 31 of the 32 zmm registers); per k: 2 vector loads of packed B (L1: the B
@@ -17,8 +18,10 @@
 // 28 FMAs -> FMA-bound (14 cycles of FMAs vs 8 of loads). Packing makes both operands unit-stride and
 // zero-pads the edges, so the micro-kernel never branches; edge tiles of C go through a small buffer.
 // bf16 (or any non-fp32 C) accumulates in an fp32 copy of C and rounds once at the end.
-// Threads: one parallel region; B panel and A block are packed cooperatively (omp for), the jr loop is
-// split statically.
+// Threads: one parallel region. The B panel of a K-slice is packed cooperatively into one of two buffers
+// (one barrier per K-slice: the only synchronisation), then threads take MC-row blocks of C dynamically,
+// each packing its own A block -- few barriers matter on a shared machine, where a descheduled thread
+// stalls every barrier.
 //
 // Measured: see the table in docs/cpp-kernels.md.
 #include <omp.h>
@@ -105,44 +108,57 @@ static int run(const kb::GemmArgs& g) {
   const T* A = static_cast<const T*>(g.a);
   const T* B = static_cast<const T*>(g.b);
   const int64_t M = g.M, N = g.N, K = g.K;
+  // ~1 MFLOP per thread at least (a few hundred microseconds of one core)
+  const int nthreads = kb::threads_for(g.threads, M * N * std::max<int64_t>(K, 1), int64_t(1) << 19);
   // fp32 C is accumulated in place; other dtypes in an fp32 buffer rounded once at the end
   constexpr bool direct = std::is_same_v<T, float>;
   kb::Scratch cbuf(direct ? 0 : size_t(M) * size_t(N) * sizeof(float));
   float* C = direct ? static_cast<float*>(g.c) : cbuf.as<float>();
   const int64_t ldc = direct ? g.ldc : N;
+  // MC: at most MC rows, and enough blocks (>= 4 per thread) that the dynamic schedule balances the threads
+  const int64_t nblk = std::max<int64_t>((M + MC - 1) / MC, 4 * nthreads);
+  const int64_t mc_blk = std::max<int64_t>(MR, ((M + nblk - 1) / nblk + MR - 1) / MR * MR);
   const int64_t nc_max = std::min(NC, (N + NR - 1) / NR * NR);
-  const int64_t mc_max = std::min(MC, (M + MR - 1) / MR * MR);
   const int64_t kc_max = std::min(KC, K);
-  kb::Scratch bpack(size_t(kc_max) * size_t(nc_max) * sizeof(float));
-  kb::Scratch apack(size_t(kc_max) * size_t(mc_max) * sizeof(float));
-  if ((!direct && !cbuf.p) || !bpack.p || !apack.p) return kb::set_error(kb::E_NOMEM, "gemm: out of memory");
-  float* Bp = bpack.as<float>();
-  float* Ap = apack.as<float>();
+  // two B panels: threads pack slice pc+1 into one while others may still compute on the other,
+  // so one barrier per K-slice suffices
+  kb::Scratch bpack(2 * size_t(kc_max) * size_t(nc_max) * sizeof(float));
+  if ((!direct && !cbuf.p) || (K > 0 && !bpack.p)) return kb::set_error(kb::E_NOMEM, "gemm: out of memory");
 
   if (K == 0) {   // C = 0
     for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.f);
   }
-#pragma omp parallel num_threads(kb::threads_or_default(g.threads))
+  int err = 0;
+#pragma omp parallel num_threads(nthreads)
   {
     alignas(64) float edge[MR * NR];
+    kb::Scratch apack(size_t(kc_max) * size_t(mc_blk) * sizeof(float));   // this thread's A block (L2)
+    float* Ap = apack.as<float>();
+    if (K > 0 && !Ap) {
+#pragma omp atomic write
+      err = kb::E_NOMEM;
+    }
+    int slice = 0;
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min(NC, N - jc);
       const int64_t npanels = (nc + NR - 1) / NR;
-      for (int64_t pc = 0; pc < K; pc += KC) {
+      for (int64_t pc = 0; pc < K; pc += KC, ++slice) {
         const int64_t kc = std::min(KC, K - pc);
         const bool acc = pc > 0;
-#pragma omp for schedule(static)
+        float* Bp = bpack.as<float>() + (slice & 1) * kc_max * nc_max;
+#pragma omp for schedule(static) nowait
         for (int64_t jp = 0; jp < npanels; ++jp)
           pack_b_panel(B + pc * g.ldb + jc + jp * NR, g.ldb, std::min<int64_t>(NR, nc - jp * NR), kc,
                        Bp + jp * NR * kc);
-        for (int64_t ic = 0; ic < M; ic += MC) {
-          const int64_t mc = std::min(MC, M - ic);
+#pragma omp barrier
+        if (!Ap) continue;
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t ic = 0; ic < M; ic += mc_blk) {
+          const int64_t mc = std::min(mc_blk, M - ic);
           const int64_t mpanels = (mc + MR - 1) / MR;
-#pragma omp for schedule(static)
           for (int64_t ip = 0; ip < mpanels; ++ip)
             pack_a_panel(A + (ic + ip * MR) * g.lda + pc, g.lda, std::min<int64_t>(MR, mc - ip * MR), kc,
                          Ap + ip * MR * kc);
-#pragma omp for schedule(static)
           for (int64_t jp = 0; jp < npanels; ++jp) {
             const int64_t j = jc + jp * NR, ncols = std::min<int64_t>(NR, N - j);
             for (int64_t ip = 0; ip < mpanels; ++ip) {
@@ -162,13 +178,14 @@ static int run(const kb::GemmArgs& g) {
       }
     }
     if constexpr (!direct) {   // round the fp32 result once into C
+#pragma omp barrier
       T* Cout = static_cast<T*>(g.c);
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < M; ++i)
         write_row(Cout + i * g.ldc, N, false, [&](int64_t j, int c) { return loadn(C + i * N + j, c, 0.f); });
     }
   }
-  return 0;
+  return err ? kb::set_error(err, "gemm: out of memory") : 0;
 }
 
 int gemm(const kb::GemmArgs& g) {

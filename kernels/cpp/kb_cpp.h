@@ -24,6 +24,10 @@ enum Isa : int { ISA_NONE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 Isa isa();                         // the ISA used now: the best the CPU has, or what kb_cpp_set_isa forced
 int set_error(int code, const char* fmt, ...);   // records the message for kb_cpp_last_error; returns code
 int threads_or_default(int threads);             // threads <= 0 -> omp_get_max_threads()
+// Threads worth waking for `work` units when each thread should get at least `grain` of them: small
+// problems run on the calling thread alone (no fork/join, no waiting for a descheduled worker -- on a
+// shared machine waking a sleeping worker can cost milliseconds).
+int threads_for(int threads, int64_t work, int64_t grain);
 
 // Error codes returned by the entry points.
 enum Err : int { OK = 0, E_ARG = 1, E_DTYPE = 2, E_ISA = 3, E_NOMEM = 4 };

@@ -31,6 +31,8 @@ KB_DECLARE(int layernorm(const kb::LayerNormArgs&))
 
 namespace KB_NS {
 
+constexpr int64_t GRAIN = 32768;   // elements per thread at least (as ATen's GRAIN_SIZE)
+
 template <class T>
 static void row(const T* x, const T* w, const T* b, T* y, int64_t n, float eps, bool nt) {
   vf s0 = zero(), s1 = zero(), s2 = zero(), s3 = zero();
@@ -67,7 +69,7 @@ static int run(const kb::LayerNormArgs& a) {
   const T* b = static_cast<const T*>(a.b);
   T* y = static_cast<T*>(a.y);
   const bool nt = a.rows * a.cols * int64_t(sizeof(T)) >= STREAM_MIN_BYTES;
-#pragma omp parallel num_threads(kb::threads_or_default(a.threads))
+#pragma omp parallel num_threads(kb::threads_for(a.threads, a.rows * a.cols, GRAIN))
   {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < a.rows; ++r) row(x + r * a.x_stride, w, b, y + r * a.y_stride, a.cols, a.eps, nt);

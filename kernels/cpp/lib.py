@@ -100,42 +100,75 @@ class KbCpp:
             x = x.contiguous()
         return x
 
-    # ---- kernels (each returns `out`) ----------------------------------------------------------------------
-    def softmax(self, x, out):
-        x2, o2 = self._rows(x), out.view(-1, out.shape[-1])
-        self._check(self.dll.kb_cpp_softmax(x2.data_ptr(), o2.data_ptr(), x2.shape[0], x2.shape[1], x2.stride(0),
-                                            o2.stride(0), self.dtype_code(x2), self.threads()), "softmax")
-        return out
+    # ---- kernels ---------------------------------------------------------------------------------------------
+    # `bind_<op>(...)` validates and lays out the arguments once and returns a zero-argument call that makes
+    # one C call and returns `out` (about a microsecond of Python); `<op>(...)` binds and calls.
+    def _bound(self, name: str, args: tuple, out, keep: tuple = ()):
+        fn = getattr(self.dll, f"kb_cpp_{name}")
+        check = self._check
 
-    def rmsnorm(self, x, w, eps: float, out):
-        x2, o2 = self._rows(x), out.view(-1, out.shape[-1])
-        self._check(self.dll.kb_cpp_rmsnorm(x2.data_ptr(), w.data_ptr(), o2.data_ptr(), x2.shape[0], x2.shape[1],
-                                            x2.stride(0), o2.stride(0), float(eps), self.dtype_code(x2),
-                                            self.threads()), "rmsnorm")
-        return out
+        def call():
+            rc = fn(*args)
+            if rc:
+                check(rc, name)
+            return out
+        call.keep = keep          # the tensors behind the pointers stay alive as long as the call
+        return call
 
-    def layernorm(self, x, w, b, eps: float, out):
+    def bind_softmax(self, x, out):
         x2, o2 = self._rows(x), out.view(-1, out.shape[-1])
-        self._check(self.dll.kb_cpp_layernorm(x2.data_ptr(), w.data_ptr(), b.data_ptr(), o2.data_ptr(),
-                                              x2.shape[0], x2.shape[1], x2.stride(0), o2.stride(0), float(eps),
-                                              self.dtype_code(x2), self.threads()), "layernorm")
-        return out
+        args = (x2.data_ptr(), o2.data_ptr(), x2.shape[0], x2.shape[1], x2.stride(0), o2.stride(0),
+                self.dtype_code(x2), self.threads())
+        return self._bound("softmax", args, out, (x2, o2))
 
-    def gemm(self, a, b, out):
+    def bind_rmsnorm(self, x, w, eps: float, out):
+        x2, o2, w = self._rows(x), out.view(-1, out.shape[-1]), w.contiguous()
+        args = (x2.data_ptr(), w.data_ptr(), o2.data_ptr(), x2.shape[0], x2.shape[1], x2.stride(0), o2.stride(0),
+                float(eps), self.dtype_code(x2), self.threads())
+        return self._bound("rmsnorm", args, out, (x2, o2, w))
+
+    def bind_layernorm(self, x, w, b, eps: float, out):
+        x2, o2, w, b = self._rows(x), out.view(-1, out.shape[-1]), w.contiguous(), b.contiguous()
+        args = (x2.data_ptr(), w.data_ptr(), b.data_ptr(), o2.data_ptr(), x2.shape[0], x2.shape[1], x2.stride(0),
+                o2.stride(0), float(eps), self.dtype_code(x2), self.threads())
+        return self._bound("layernorm", args, out, (x2, o2, w, b))
+
+    def bind_gemm(self, a, b, out):
+        a = a if a.stride(-1) == 1 else a.contiguous()
+        b = b if b.stride(-1) == 1 else b.contiguous()
         M, K = a.shape
         N = b.shape[1]
-        self._check(self.dll.kb_cpp_gemm(a.data_ptr(), b.data_ptr(), out.data_ptr(), M, N, K, a.stride(0),
-                                         b.stride(0), out.stride(0), self.dtype_code(a), self.threads()), "gemm")
-        return out
+        if b.shape[0] != K or tuple(out.shape) != (M, N) or out.stride(-1) != 1:
+            raise ValueError(f"gemm: shapes {tuple(a.shape)} @ {tuple(b.shape)} -> {tuple(out.shape)}")
+        args = (a.data_ptr(), b.data_ptr(), out.data_ptr(), M, N, K, a.stride(0), b.stride(0), out.stride(0),
+                self.dtype_code(a), self.threads())
+        return self._bound("gemm", args, out, (a, b))
 
-    def attention_fwd(self, q, k, v, causal: bool, out, scale: float | None = None):
+    def bind_attention_fwd(self, q, k, v, causal: bool, out, scale: float | None = None):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         B, H, SQ, D = q.shape
         HKV, SK = k.shape[1], k.shape[2]
+        if not out.is_contiguous() or tuple(out.shape) != tuple(q.shape):
+            raise ValueError("attention_fwd: out must be a contiguous tensor shaped like q")
         scale = 1.0 / math.sqrt(D) if scale is None else scale
-        self._check(self.dll.kb_cpp_attention_fwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), B, H,
-                                                  HKV, SQ, SK, D, int(bool(causal)), float(scale),
-                                                  self.dtype_code(q), self.threads()), "attention_fwd")
-        return out
+        args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), B, H, HKV, SQ, SK, D, int(bool(causal)),
+                float(scale), self.dtype_code(q), self.threads())
+        return self._bound("attention_fwd", args, out, (q, k, v))
+
+    def softmax(self, x, out):
+        return self.bind_softmax(x, out)()
+
+    def rmsnorm(self, x, w, eps: float, out):
+        return self.bind_rmsnorm(x, w, eps, out)()
+
+    def layernorm(self, x, w, b, eps: float, out):
+        return self.bind_layernorm(x, w, b, eps, out)()
+
+    def gemm(self, a, b, out):
+        return self.bind_gemm(a, b, out)()
+
+    def attention_fwd(self, q, k, v, causal: bool, out, scale: float | None = None):
+        return self.bind_attention_fwd(q, k, v, causal, out, scale)()
 
 
 _LIB: KbCpp | None = None
@@ -206,7 +239,7 @@ def softmax_setup(case, **inputs) -> Callable[[], Any]:
     """C++ softmax over the last dimension (AVX-512/AVX2, OpenMP over rows)."""
     lib, x = _lib(), _pick(inputs, "x", "input")
     out = case.poisoned(x.shape)
-    return lambda: lib.softmax(x, out)
+    return lib.bind_softmax(x, out)
 
 
 def rmsnorm_setup(case, **inputs) -> Callable[[], Any]:
@@ -217,7 +250,7 @@ def rmsnorm_setup(case, **inputs) -> Callable[[], Any]:
         w = torch.ones(x.shape[-1], dtype=x.dtype)
     eps = _param(case, ("eps",), inputs.get("eps", 1e-6))
     out = case.poisoned(x.shape)
-    return lambda: lib.rmsnorm(x, w, eps, out)
+    return lib.bind_rmsnorm(x, w, eps, out)
 
 
 def layernorm_setup(case, **inputs) -> Callable[[], Any]:
@@ -229,31 +262,27 @@ def layernorm_setup(case, **inputs) -> Callable[[], Any]:
     b = torch.zeros(x.shape[-1], dtype=x.dtype) if b is None else b
     eps = _param(case, ("eps",), inputs.get("eps", 1e-5))
     out = case.poisoned(x.shape)
-    return lambda: lib.layernorm(x, w, b, eps, out)
+    return lib.bind_layernorm(x, w, b, eps, out)
 
 
 def gemm_setup(case, **inputs) -> Callable[[], Any]:
     """C++ tiled GEMM (packed panels, 14x32 AVX-512 micro-kernel)."""
     lib = _lib()
     a, b = _pick(inputs, "a", "A", "x"), _pick(inputs, "b", "B", "w")
-    if a.stride(-1) != 1:
-        a = a.contiguous()
-    if b.stride(-1) != 1:
-        b = b.contiguous()
     out = case.poisoned((a.shape[0], b.shape[1]))
-    return lambda: lib.gemm(a, b, out)
+    return lib.bind_gemm(a, b, out)
 
 
 def attention_setup(case, **inputs) -> Callable[[], Any]:
     """C++ flash-attention forward (online softmax, fp32 accumulation)."""
     lib = _lib()
-    q, k, v = (_pick(inputs, n).contiguous() for n in ("q", "k", "v"))
+    q, k, v = (_pick(inputs, n) for n in ("q", "k", "v"))
     causal = bool(_param(case, ("causal", "is_causal"), inputs.get("causal", False)))
     scale = _param(case, ("scale",), None)
     if q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"heads {q.shape[1]} is not a multiple of kv heads {k.shape[1]}")
     out = case.poisoned(q.shape)
-    return lambda: lib.attention_fwd(q, k, v, causal, out, scale)
+    return lib.bind_attention_fwd(q, k, v, causal, out, scale)
 
 
 def norm_setup(case, **inputs) -> Callable[[], Any]:

@@ -31,6 +31,8 @@ KB_DECLARE(int rmsnorm(const kb::RmsNormArgs&))
 
 namespace KB_NS {
 
+constexpr int64_t GRAIN = 32768;   // elements per thread at least (as ATen's GRAIN_SIZE)
+
 template <class T>
 static void row(const T* x, const T* w, T* y, int64_t n, float eps, bool nt) {
   vf s0 = zero(), s1 = zero(), s2 = zero(), s3 = zero();
@@ -54,7 +56,7 @@ static int run(const kb::RmsNormArgs& a) {
   const T* w = static_cast<const T*>(a.w);
   T* y = static_cast<T*>(a.y);
   const bool nt = a.rows * a.cols * int64_t(sizeof(T)) >= STREAM_MIN_BYTES;
-#pragma omp parallel num_threads(kb::threads_or_default(a.threads))
+#pragma omp parallel num_threads(kb::threads_for(a.threads, a.rows * a.cols, GRAIN))
   {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < a.rows; ++r) row(x + r * a.x_stride, w, y + r * a.y_stride, a.cols, a.eps, nt);

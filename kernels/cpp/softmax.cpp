@@ -38,6 +38,8 @@ KB_DECLARE(int softmax(const kb::SoftmaxArgs&))
 
 namespace KB_NS {
 
+constexpr int64_t GRAIN = 32768;   // elements per thread at least (as ATen's GRAIN_SIZE)
+
 constexpr int64_t CACHED_MAX_COLS = int64_t(1) << 16;   // 256 KiB fp32 row buffer: fits L2
 
 template <class T>
@@ -92,7 +94,7 @@ static int run(const kb::SoftmaxArgs& a) {
   const bool nt = a.rows * a.cols * int64_t(sizeof(T)) >= STREAM_MIN_BYTES;
   const bool cached = a.cols <= CACHED_MAX_COLS;
   int err = 0;
-#pragma omp parallel num_threads(kb::threads_or_default(a.threads))
+#pragma omp parallel num_threads(kb::threads_for(a.threads, a.rows * a.cols, GRAIN))
   {
     kb::Scratch buf(cached ? size_t(a.cols) * sizeof(float) : 0);
     if (cached && !buf.p) {
