@@ -58,10 +58,17 @@ static inline void micro(int64_t kc, const float* __restrict Ap, const float* __
                          bool acc) {
   vf c0[MR], c1[MR];
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) { c0[i] = zero(); c1[i] = zero(); }
+  for (int i = 0; i < MR; ++i) {
+    c0[i] = zero(); c1[i] = zero();
+    // the C tile is read (acc) and written after the k loop: start fetching its lines now, so that their
+    // DRAM latency hides behind the kc x 28 FMAs instead of stalling the stores
+    _mm_prefetch((const char*)(C + i * ldc), _MM_HINT_T0);
+    _mm_prefetch((const char*)(C + i * ldc + NR - 1), _MM_HINT_T0);
+  }
   for (int64_t k = 0; k < kc; ++k) {
     const vf b0 = load(Bp), b1 = load(Bp + W);
     _mm_prefetch((const char*)(Bp + 8 * NR), _MM_HINT_T0);
+    _mm_prefetch((const char*)(Ap + 8 * MR), _MM_HINT_T0);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const vf a = set1(Ap[i]);
