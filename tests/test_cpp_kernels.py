@@ -1,6 +1,7 @@
 """The C++ CPU kernels (libkb_cpp.so) against the suites' own float64 references and tolerances.
 
-Every kernel, both ISA paths (AVX-512 and AVX2/FMA, forced through kb_cpp_set_isa), fp32/bf16/fp16, at the
+Every kernel, every ISA path the CPU has (AMX for the bf16 GEMM, AVX-512, AVX2/FMA; forced through
+kb_cpp_set_isa), fp32/bf16/fp16, at the
 suites' odd test shapes plus a few more (1 row, tails of every tile size, rows too long for the cached
 path, GQA, causal with sq != sk). Inputs are fresh (a new seed per test), outputs poisoned with NaN
 (`case.poisoned`), so an element a kernel never writes fails. The reference and tolerance are the suite's
@@ -26,8 +27,9 @@ LIB = cpp.load()
 pytestmark = pytest.mark.skipif(LIB is None, reason=cpp.load_error() or cpp.BUILD_HINT)
 
 DTYPES = ("float32", "bfloat16", "float16")
-ISAS = [i for i in ("avx512", "avx2") if LIB is not None and
-        {"avx2": 1, "avx512": 2}[i] <= LIB.dll.kb_cpp_isa()]
+# every code path the CPU can run: AMX (bf16 GEMM), AVX-512, AVX2/FMA
+ISAS = [i for i in ("amx", "avx512", "avx2") if LIB is not None and
+        {"avx2": 1, "avx512": 2, "amx": 3}[i] <= LIB.dll.kb_cpp_isa()]
 
 
 @pytest.fixture(params=ISAS)

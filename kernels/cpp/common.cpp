@@ -1,7 +1,10 @@
 // common.cpp -- the library-wide entry points of libkb_cpp: error text, ISA choice, threads, scratch memory.
 // Compiled once, for baseline x86-64 (no -m flags), so that loading the library and asking what the CPU
 // supports never executes an instruction the CPU lacks.
+#include <cpuid.h>
 #include <omp.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdarg>
@@ -16,11 +19,22 @@ namespace kb {
 static thread_local char g_error[512] = "";
 static std::atomic<int> g_forced{-1};   // -1: auto; else an Isa value forced by kb_cpp_set_isa (tests)
 
+// AMX: CPUID.(7,0):EDX bit 24 (AMX-TILE) and bit 22 (AMX-BF16), and Linux must grant the 8 KiB tile state
+// to this process (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), Linux >= 5.16).
+static bool amx_usable() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  if (!((d >> 24) & 1u) || !((d >> 22) & 1u)) return false;
+  if (std::getenv("KB_CPP_NO_AMX")) return false;
+  const long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+  return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+
 static Isa detect() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
-    return ISA_AVX512;
+    return amx_usable() ? ISA_AMX : ISA_AVX512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
   return ISA_NONE;
 }
@@ -63,7 +77,7 @@ Scratch::~Scratch() { std::free(p); }
 // The message of the last failed call on this thread ("" if none).
 KB_API const char* kb_cpp_last_error(void) { return kb::g_error; }
 
-// The ISA in use: 2 = AVX-512, 1 = AVX2+FMA, 0 = neither (every kernel then returns E_ISA).
+// The ISA in use: 3 = AVX-512 + AMX-BF16, 2 = AVX-512, 1 = AVX2+FMA, 0 = neither (kernels return E_ISA).
 KB_API int kb_cpp_isa(void) { return kb::isa(); }
 
 // Force an ISA (tests run the AVX2 path on an AVX-512 machine); -1 restores the automatic choice.

@@ -28,15 +28,8 @@
 
 #include <algorithm>
 
+#include "gemm.h"
 #include "kb_cpp.h"
-
-namespace kb {
-struct GemmArgs {
-  const void* a; const void* b; void* c;
-  int64_t M, N, K, lda, ldb, ldc;
-  int dtype, threads;
-};
-}  // namespace kb
 
 KB_DECLARE(int gemm(const kb::GemmArgs&))
 
@@ -211,12 +204,14 @@ int gemm(const kb::GemmArgs& g) {
 // C[M,N] = A[M,K] @ B[K,N], row-major, row strides lda, ldb, ldc in elements; A, B, C of one dtype.
 KB_API int kb_cpp_gemm(const void* a, const void* b, void* c, int64_t M, int64_t N, int64_t K, int64_t lda,
                        int64_t ldb, int64_t ldc, int dtype, int threads) {
-  if (((!a || !b) && K > 0) || (!c && M > 0 && N > 0) || M < 0 || N < 0 || K < 0 || (M > 1 && K > 0 && lda < K) || (K > 1 && ldb < N) || (M > 1 && ldc < N))
+  if (((!a || !b) && K > 0) || (!c && M > 0 && N > 0) || M < 0 || N < 0 || K < 0 ||
+      (M > 1 && K > 0 && lda < K) || (K > 1 && ldb < N) || (M > 1 && ldc < N))
     return kb::set_error(kb::E_ARG, "gemm: bad arguments (M=%lld N=%lld K=%lld lda=%lld ldb=%lld ldc=%lld)",
                          (long long)M, (long long)N, (long long)K, (long long)lda, (long long)ldb, (long long)ldc);
   if (dtype < 0 || dtype > 2) return kb::set_error(kb::E_DTYPE, "gemm: dtype %d not supported", dtype);
   if (M == 0 || N == 0) return 0;
   kb::GemmArgs g{a, b, c, M, N, K, lda, ldb, ldc, dtype, threads};
+  if (dtype == kb::BF16 && kb::isa() >= kb::ISA_AMX) return kb_amx::gemm_bf16(g);   // gemm_amx_bf16.cpp
   return KB_DISPATCH(gemm, g);
 }
 #endif

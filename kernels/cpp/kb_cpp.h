@@ -20,7 +20,8 @@ enum Dtype : int { F32 = 0, BF16 = 1, F16 = 2 };
 struct bf16 { uint16_t bits; };
 struct f16 { uint16_t bits; };
 
-enum Isa : int { ISA_NONE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+// ISA_AMX: AVX-512 plus AMX-BF16 tiles granted by the kernel (only the bf16 GEMM uses them).
+enum Isa : int { ISA_NONE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_AMX = 3 };
 Isa isa();                         // the ISA used now: the best the CPU has, or what kb_cpp_set_isa forced
 int set_error(int code, const char* fmt, ...);   // records the message for kb_cpp_last_error; returns code
 int threads_or_default(int threads);             // threads <= 0 -> omp_get_max_threads()
@@ -64,7 +65,7 @@ struct Scratch {
 
 // In an entry point: call the implementation for the ISA in use.
 #define KB_DISPATCH(fn, ...)                                                              \
-  (kb::isa() == kb::ISA_AVX512 ? kb_avx512::fn(__VA_ARGS__)                               \
+  (kb::isa() >= kb::ISA_AVX512 ? kb_avx512::fn(__VA_ARGS__)                               \
    : kb::isa() == kb::ISA_AVX2 ? kb_avx2::fn(__VA_ARGS__)                                 \
    : kb::set_error(kb::E_ISA, "%s: this CPU has neither AVX-512 nor AVX2+FMA", #fn))
 

@@ -44,7 +44,7 @@ _SIGNATURES = {
     "kb_cpp_attention_fwd": (_i32, [_vp, _vp, _vp, _vp, _i64, _i64, _i64, _i64, _i64, _i64, _i32, _f32, _i32,
                                     _i32]),
 }
-ISA_NAMES = {0: "none", 1: "avx2", 2: "avx512"}
+ISA_NAMES = {0: "none", 1: "avx2", 2: "avx512", 3: "amx"}
 
 
 def lib_path(name: str = "kb_cpp") -> Path:
@@ -87,7 +87,7 @@ class KbCpp:
         return ISA_NAMES.get(self.dll.kb_cpp_isa(), "?")
 
     def set_isa(self, name: str | None) -> None:
-        """Force 'avx2' or 'avx512' (tests run both paths); None restores the automatic choice."""
+        """Force 'avx2', 'avx512' or 'amx' (tests run every path); None restores the automatic choice."""
         code = -1 if name is None else {v: k for k, v in ISA_NAMES.items()}[name]
         self._check(self.dll.kb_cpp_set_isa(code), "set_isa")
 

@@ -1,0 +1,186 @@
+// gemm_amx_bf16.cpp -- C[M,N] = A[M,K] @ B[K,N] for bf16 A, B, C with fp32 accumulation, on Intel AMX
+// (Advanced Matrix Extensions: TMUL tdpbf16ps). v2 of the GEMM for bf16; v1 (gemm.cpp) converts bf16 to
+// fp32 while packing and runs the fp32 AVX-512 micro-kernel. Used by kb_cpp_gemm for bf16 when the CPU has
+// AMX-BF16 and the kernel grants the tile state (arch_prctl ARCH_REQ_XCOMP_PERM); kb_cpp_set_isa(2) or
+// lower turns it off.
+//
+// FLOPs 2MNK. One tdpbf16ps multiplies a 16x32 bf16 tile of A by a 32x16 bf16 tile of B (stored as 16 rows
+// of 16 column pairs: the "VNNI" layout, k-pairs interleaved) into a 16x16 fp32 tile: 16 K FLOPs per
+// instruction, ~1024 FLOP/cycle/core peak vs 64 for fp32 AVX-512 FMAs.
+// Tiles (8 registers of up to 16 rows x 64 bytes): tmm0-3 = a 32x32 block of C (2x2 tiles), tmm4-5 = two A
+// tiles (32 rows x 32 k), tmm6-7 = two B tiles (32 k x 32 columns): per 32-wide k step, 4 tile loads feed
+// 4 tdpbf16ps.
+// Blocking as in gemm.cpp (GotoBLAS): per K-slice (KC = 256) a B panel of up to NC = 1024 columns is packed
+// into VNNI micro-panels (32 columns x KC: 16 KiB, L1) shared by the threads (double-buffered, one barrier per
+// slice); threads take MC-row blocks of A dynamically and pack them into 32-row micro-panels (rows of 32
+// k-values, 64 bytes: one tile row). C accumulates in an fp32 buffer padded to multiples of 32 (so every tile
+// store is a full tile) and is rounded to bf16 once at the end. Edges of M, N, K are zero-padded by packing.
+//
+// Measured: see the table in docs/cpp-kernels.md.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+
+#include "gemm.h"
+#include "kb_cpp.h"
+
+#if defined(KB_AMX_IMPL)
+namespace kb_amx {
+
+constexpr int64_t TK = 32;                       // k per tile step (32 bf16 = 64 bytes per tile row)
+constexpr int64_t KC = 256, MC = 256, NC = 1024;   // A, B micro-panels 16 KiB each: both in L1
+
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+static void configure_tiles() {
+  TileConfig cfg{};
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
+  _tile_loadconfig(&cfg);
+}
+
+// Pack rows [0, rows) x k [0, kc) of A (row stride lda, bf16) into a 32-row micro-panel:
+// Ap[ks][32 rows][32 k], zero beyond rows / kc.
+static void pack_a(const uint16_t* A, int64_t lda, int64_t rows, int64_t kc, uint16_t* Ap) {
+  const int64_t ksteps = (kc + TK - 1) / TK;
+  for (int64_t ks = 0; ks < ksteps; ++ks) {
+    const int64_t k0 = ks * TK, kn = std::min(TK, kc - k0);
+    const __mmask32 m = kn >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << kn) - 1u);
+    for (int64_t r = 0; r < 32; ++r) {
+      __m512i v = r < rows ? _mm512_maskz_loadu_epi16(m, A + r * lda + k0) : _mm512_setzero_si512();
+      _mm512_store_si512(Ap + (ks * 32 + r) * TK, v);
+    }
+  }
+}
+
+// Pack k [0, kc) x columns [0, cols) of B (row stride ldb) into a 32-column VNNI micro-panel:
+// Bp[ks][half][16 k-pairs][16 columns][2], zero beyond kc / cols.
+static void pack_b(const uint16_t* B, int64_t ldb, int64_t cols, int64_t kc, uint16_t* Bp) {
+  const __mmask32 m = cols >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << cols) - 1u);
+  // interleave row k (lanes 0-31) and row k+1 (lanes 32-63): half 0 takes columns 0-15, half 1 16-31
+  alignas(64) static const uint16_t idx_lo_[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                  8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i idx_lo = _mm512_load_si512(idx_lo_);
+  const __m512i idx_hi = _mm512_add_epi16(idx_lo, _mm512_set1_epi16(16));
+  const int64_t ksteps = (kc + TK - 1) / TK;
+  for (int64_t ks = 0; ks < ksteps; ++ks) {
+    uint16_t* dst = Bp + ks * 2 * 16 * 32;
+    for (int64_t p = 0; p < 16; ++p) {
+      const int64_t k = ks * TK + 2 * p;
+      __m512i r0 = k < kc ? _mm512_maskz_loadu_epi16(m, B + k * ldb) : _mm512_setzero_si512();
+      __m512i r1 = k + 1 < kc ? _mm512_maskz_loadu_epi16(m, B + (k + 1) * ldb) : _mm512_setzero_si512();
+      _mm512_store_si512(dst + p * 32, _mm512_permutex2var_epi16(r0, idx_lo, r1));
+      _mm512_store_si512(dst + 16 * 32 + p * 32, _mm512_permutex2var_epi16(r0, idx_hi, r1));
+    }
+  }
+}
+
+// C[32x32] (fp32, row stride ldc floats) (+)= Ap (32 rows x kc) @ Bp (kc x 32 columns)
+static inline void micro(int64_t ksteps, const uint16_t* Ap, const uint16_t* Bp, float* C, int64_t ldc, bool acc) {
+  const int64_t cs = ldc * 4;
+  if (acc) {
+    _tile_loadd(0, C, cs); _tile_loadd(1, C + 16, cs);
+    _tile_loadd(2, C + 16 * ldc, cs); _tile_loadd(3, C + 16 * ldc + 16, cs);
+  } else {
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+  }
+  for (int64_t ks = 0; ks < ksteps; ++ks) {
+    const uint16_t* a = Ap + ks * 32 * TK;
+    const uint16_t* b = Bp + ks * 2 * 16 * 32;
+    _tile_loadd(4, a, 64);
+    _tile_loadd(5, a + 16 * TK, 64);
+    _tile_loadd(6, b, 64);
+    _tile_loadd(7, b + 16 * 32, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, C, cs); _tile_stored(1, C + 16, cs);
+  _tile_stored(2, C + 16 * ldc, cs); _tile_stored(3, C + 16 * ldc + 16, cs);
+}
+
+static inline __m256i bf16_round(__m512 v) {   // fp32 -> bf16, nearest even, NaN kept
+  __m512i u = _mm512_castps_si512(v);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+  __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+
+int gemm_bf16(const kb::GemmArgs& g) {
+  const uint16_t* A = static_cast<const uint16_t*>(g.a);
+  const uint16_t* B = static_cast<const uint16_t*>(g.b);
+  uint16_t* Cout = static_cast<uint16_t*>(g.c);
+  const int64_t M = g.M, N = g.N, K = g.K;
+  const int64_t Mp = (M + 31) / 32 * 32, Np = (N + 31) / 32 * 32;
+  const int nthreads = kb::threads_for(g.threads, M * N * std::max<int64_t>(K, 1), int64_t(1) << 22);
+  const int64_t nblk = std::max<int64_t>((M + MC - 1) / MC, 4 * nthreads);
+  const int64_t mc_blk = std::max<int64_t>(32, ((M + nblk - 1) / nblk + 31) / 32 * 32);
+  const int64_t kc_max = (std::min(KC, K) + TK - 1) / TK * TK;
+  const int64_t nc_max = std::min(NC, Np);
+  kb::Scratch cbuf(size_t(Mp) * size_t(Np) * sizeof(float));
+  kb::Scratch bpack(2 * size_t(kc_max) * size_t(nc_max) * 2);
+  if (!cbuf.p || (K > 0 && !bpack.p)) return kb::set_error(kb::E_NOMEM, "gemm (amx): out of memory");
+  float* C = cbuf.as<float>();
+  if (K == 0) std::fill(C, C + Mp * Np, 0.f);
+  int err = 0;
+#pragma omp parallel num_threads(nthreads)
+  {
+    configure_tiles();   // tile configuration is per thread
+    kb::Scratch apack(size_t(kc_max) * size_t(mc_blk) * 2);
+    uint16_t* Ap = apack.as<uint16_t>();
+    if (K > 0 && !Ap) {
+#pragma omp atomic write
+      err = kb::E_NOMEM;
+    }
+    int slice = 0;
+    for (int64_t jc = 0; jc < N; jc += NC) {
+      const int64_t nc = std::min(NC, N - jc);
+      const int64_t npanels = (nc + 31) / 32;
+      for (int64_t pc = 0; pc < K; pc += KC, ++slice) {
+        const int64_t kc = std::min(KC, K - pc);
+        const int64_t ksteps = (kc + TK - 1) / TK, kcp = ksteps * TK;
+        uint16_t* Bp = bpack.as<uint16_t>() + (slice & 1) * kc_max * nc_max;
+#pragma omp for schedule(static) nowait
+        for (int64_t jp = 0; jp < npanels; ++jp)
+          pack_b(B + pc * g.ldb + jc + jp * 32, g.ldb, std::min<int64_t>(32, nc - jp * 32), kc, Bp + jp * 32 * kcp);
+#pragma omp barrier
+        if (!Ap) continue;
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t ic = 0; ic < M; ic += mc_blk) {
+          const int64_t mc = std::min(mc_blk, M - ic);
+          const int64_t mpanels = (mc + 31) / 32;
+          for (int64_t ip = 0; ip < mpanels; ++ip)
+            pack_a(A + (ic + ip * 32) * g.lda + pc, g.lda, std::min<int64_t>(32, mc - ip * 32), kc, Ap + ip * 32 * kcp);
+          for (int64_t jp = 0; jp < npanels; ++jp)
+            for (int64_t ip = 0; ip < mpanels; ++ip)
+              micro(ksteps, Ap + ip * 32 * kcp, Bp + jp * 32 * kcp, C + (ic + ip * 32) * Np + jc + jp * 32, Np,
+                    pc > 0);
+        }
+      }
+    }
+    _tile_release();
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < M; ++i) {
+      const float* src = C + i * Np;
+      uint16_t* dst = Cout + i * g.ldc;
+      for (int64_t j = 0; j < N; j += 16) {
+        const int64_t n = std::min<int64_t>(16, N - j);
+        const __mmask16 m = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
+        _mm256_mask_storeu_epi16(dst + j, m, bf16_round(_mm512_maskz_loadu_ps(m, src + j)));
+      }
+    }
+  }
+  return err ? kb::set_error(err, "gemm (amx): out of memory") : 0;
+}
+
+}  // namespace kb_amx
+#endif
