@@ -5,11 +5,11 @@
 // FLOPs 2MNK; bytes ideally (MK + KN + MN) x itemsize -- compute-bound from tiny sizes up, so what counts is
 // keeping the FMA units busy: two 512-bit FMAs per cycle per core on this Xeon (64 fp32 FLOP/cycle).
 //
-// Blocking, outermost first:
-//   jc: NC = 2048 columns of B/C             B panel KC x NC packed once, shared by all threads (L3)
+// Blocking: all of B is packed once, up front, into KC x NR micro-panels (shared by the threads); then
+// blocks of C, MC (<= 336) rows x NC (2048) columns, are shared out dynamically (>= 4 per thread), and for
+// each block:
 //   pc: KC = 256 of the K dimension          K-slice; C is accumulated in place across slices
-//   ic: MC <= 336 rows of A                  A block MC x KC packed per thread (<= 344 KiB: L2); the
-//                                            blocks are shared out dynamically (>= 4 per thread)
+//   ic: the block's MC rows of A             packed per thread (<= 336 x 256 x 4 B = 344 KiB: L2)
 //   jr: NR = 2 vectors (32 fp32 under AVX-512) columns
 //   ir: MR = 14 rows (AVX-512) / 6 (AVX2)   one micro-kernel call
 // Micro-kernel: an MR x NR tile of C in registers (14 x 2 zmm = 28 accumulators + 2 B vectors + the
@@ -18,10 +18,9 @@
 // 28 FMAs -> FMA-bound (14 cycles of FMAs vs 8 of loads). Packing makes both operands unit-stride and
 // zero-pads the edges, so the micro-kernel never branches; edge tiles of C go through a small buffer.
 // bf16 (or any non-fp32 C) accumulates in an fp32 copy of C and rounds once at the end.
-// Threads: one parallel region. The B panel of a K-slice is packed cooperatively into one of two buffers
-// (one barrier per K-slice: the only synchronisation), then threads take MC-row blocks of C dynamically,
-// each packing its own A block -- few barriers matter on a shared machine, where a descheduled thread
-// stalls every barrier.
+// Threads: one parallel region with one barrier (after packing B): on a shared machine a descheduled
+// thread stalls every barrier (v1 of this file had one barrier per K-slice and ran slower with two threads
+// than with one under load), so the blocks of C are independent tasks after that.
 //
 // Measured: see the table in docs/cpp-kernels.md.
 #include <omp.h>
@@ -118,12 +117,13 @@ static int run(const kb::GemmArgs& g) {
   // MC: at most MC rows, and enough blocks (>= 4 per thread) that the dynamic schedule balances the threads
   const int64_t nblk = std::max<int64_t>((M + MC - 1) / MC, 4 * nthreads);
   const int64_t mc_blk = std::max<int64_t>(MR, ((M + nblk - 1) / nblk + MR - 1) / MR * MR);
-  const int64_t nc_max = std::min(NC, (N + NR - 1) / NR * NR);
-  const int64_t kc_max = std::min(KC, K);
-  // two B panels: threads pack slice pc+1 into one while others may still compute on the other,
-  // so one barrier per K-slice suffices
-  kb::Scratch bpack(2 * size_t(kc_max) * size_t(nc_max) * sizeof(float));
+  const int64_t mblocks = (M + mc_blk - 1) / mc_blk, nblocks = (N + NC - 1) / NC;
+  // all of B packed once, up front: [K-slice][NR-column panel][KC][NR]
+  const int64_t kslices = (K + KC - 1) / KC, bpanels = (N + NR - 1) / NR, kc_max = std::min(KC, K);
+  const int64_t slice_stride = bpanels * NR * kc_max;
+  kb::Scratch bpack(size_t(kslices) * size_t(slice_stride) * sizeof(float));
   if ((!direct && !cbuf.p) || (K > 0 && !bpack.p)) return kb::set_error(kb::E_NOMEM, "gemm: out of memory");
+  float* Bp = bpack.as<float>();
 
   if (K == 0) {   // C = 0
     for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.f);
@@ -138,47 +138,45 @@ static int run(const kb::GemmArgs& g) {
 #pragma omp atomic write
       err = kb::E_NOMEM;
     }
-    int slice = 0;
-    for (int64_t jc = 0; jc < N; jc += NC) {
-      const int64_t nc = std::min(NC, N - jc);
-      const int64_t npanels = (nc + NR - 1) / NR;
-      for (int64_t pc = 0; pc < K; pc += KC, ++slice) {
-        const int64_t kc = std::min(KC, K - pc);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < kslices * bpanels; ++t) {
+      const int64_t ks = t / bpanels, jp = t % bpanels;
+      const int64_t pc = ks * KC, kc = std::min(KC, K - pc);
+      pack_b_panel(B + pc * g.ldb + jp * NR, g.ldb, std::min<int64_t>(NR, N - jp * NR), kc,
+                   Bp + ks * slice_stride + jp * NR * kc);
+    }
+    // the only barrier (implicit above). Then (MC x NC) blocks of C, shared out dynamically.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < mblocks * nblocks; ++task) {
+      if (!Ap) continue;
+      const int64_t ic = (task % mblocks) * mc_blk, jc = (task / mblocks) * NC;
+      const int64_t mc = std::min(mc_blk, M - ic), nc = std::min(NC, N - jc);
+      const int64_t mpanels = (mc + MR - 1) / MR, npanels = (nc + NR - 1) / NR;
+      for (int64_t ks = 0; ks < kslices; ++ks) {
+        const int64_t pc = ks * KC, kc = std::min(KC, K - pc);
         const bool acc = pc > 0;
-        float* Bp = bpack.as<float>() + (slice & 1) * kc_max * nc_max;
-#pragma omp for schedule(static) nowait
-        for (int64_t jp = 0; jp < npanels; ++jp)
-          pack_b_panel(B + pc * g.ldb + jc + jp * NR, g.ldb, std::min<int64_t>(NR, nc - jp * NR), kc,
-                       Bp + jp * NR * kc);
-#pragma omp barrier
-        if (!Ap) continue;
-#pragma omp for schedule(dynamic, 1) nowait
-        for (int64_t ic = 0; ic < M; ic += mc_blk) {
-          const int64_t mc = std::min(mc_blk, M - ic);
-          const int64_t mpanels = (mc + MR - 1) / MR;
-          for (int64_t ip = 0; ip < mpanels; ++ip)
-            pack_a_panel(A + (ic + ip * MR) * g.lda + pc, g.lda, std::min<int64_t>(MR, mc - ip * MR), kc,
-                         Ap + ip * MR * kc);
-          for (int64_t jp = 0; jp < npanels; ++jp) {
-            const int64_t j = jc + jp * NR, ncols = std::min<int64_t>(NR, N - j);
-            for (int64_t ip = 0; ip < mpanels; ++ip) {
-              const int64_t i = ic + ip * MR, nrows = std::min<int64_t>(MR, M - i);
-              float* Ct = C + i * ldc + j;
-              if (nrows == MR && ncols == NR) {
-                micro(kc, Ap + ip * MR * kc, Bp + jp * NR * kc, Ct, ldc, acc);
-              } else {   // edge tile: compute into a buffer, add the valid part
-                micro(kc, Ap + ip * MR * kc, Bp + jp * NR * kc, edge, NR, false);
-                for (int64_t r = 0; r < nrows; ++r)
-                  for (int64_t c = 0; c < ncols; ++c)
-                    Ct[r * ldc + c] = acc ? Ct[r * ldc + c] + edge[r * NR + c] : edge[r * NR + c];
-              }
+        for (int64_t ip = 0; ip < mpanels; ++ip)
+          pack_a_panel(A + (ic + ip * MR) * g.lda + pc, g.lda, std::min<int64_t>(MR, mc - ip * MR), kc,
+                       Ap + ip * MR * kc);
+        const float* Bs = Bp + ks * slice_stride + (jc / NR) * NR * kc;
+        for (int64_t jp = 0; jp < npanels; ++jp) {
+          const int64_t j = jc + jp * NR, ncols = std::min<int64_t>(NR, N - j);
+          for (int64_t ip = 0; ip < mpanels; ++ip) {
+            const int64_t i = ic + ip * MR, nrows = std::min<int64_t>(MR, M - i);
+            float* Ct = C + i * ldc + j;
+            if (nrows == MR && ncols == NR) {
+              micro(kc, Ap + ip * MR * kc, Bs + jp * NR * kc, Ct, ldc, acc);
+            } else {   // edge tile: compute into a buffer, add the valid part
+              micro(kc, Ap + ip * MR * kc, Bs + jp * NR * kc, edge, NR, false);
+              for (int64_t r = 0; r < nrows; ++r)
+                for (int64_t c = 0; c < ncols; ++c)
+                  Ct[r * ldc + c] = acc ? Ct[r * ldc + c] + edge[r * NR + c] : edge[r * NR + c];
             }
           }
         }
       }
     }
     if constexpr (!direct) {   // round the fp32 result once into C
-#pragma omp barrier
       T* Cout = static_cast<T*>(g.c);
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < M; ++i)

@@ -10,10 +10,10 @@
 // Tiles (8 registers of up to 16 rows x 64 bytes): tmm0-3 = a 32x32 block of C (2x2 tiles), tmm4-5 = two A
 // tiles (32 rows x 32 k), tmm6-7 = two B tiles (32 k x 32 columns): per 32-wide k step, 4 tile loads feed
 // 4 tdpbf16ps.
-// Blocking as in gemm.cpp (GotoBLAS): per K-slice (KC = 256) a B panel of up to NC = 1024 columns is packed
-// into VNNI micro-panels (32 columns x KC: 16 KiB, L1) shared by the threads (double-buffered, one barrier per
-// slice); threads take MC-row blocks of A dynamically and pack them into 32-row micro-panels (rows of 32
-// k-values, 64 bytes: one tile row). C accumulates in an fp32 buffer padded to multiples of 32 (so every tile
+// Blocking as in gemm.cpp (GotoBLAS): all of B is packed once into VNNI micro-panels (32 columns x KC = 256:
+// 16 KiB, L1) shared by the threads (one barrier); blocks of C (MC <= 256 rows x NC = 1024 columns) are independent
+// tasks shared out dynamically; per K-slice a task packs its MC rows of A into 32-row micro-panels (rows of
+// 32 k-values, 64 bytes: one tile row). C accumulates in an fp32 buffer padded to multiples of 32 (so every tile
 // store is a full tile) and is rounded to bf16 once at the end. Edges of M, N, K are zero-padded by packing.
 //
 // Measured: see the table in docs/cpp-kernels.md.
@@ -29,7 +29,9 @@
 namespace kb_amx {
 
 constexpr int64_t TK = 32;                       // k per tile step (32 bf16 = 64 bytes per tile row)
-constexpr int64_t KC = 256, MC = 256, NC = 1024;   // A, B micro-panels 16 KiB each: both in L1
+// A, B micro-panels 16 KiB each (L1); an A block <= 256 x 256 x 2 B = 128 KiB (L2). Tried MC/NC of
+// 64..512 / 256..1024 single-threaded: within the (large) noise of the shared machine, 256 / 1024 was best.
+constexpr int64_t KC = 256, MC = 256, NC = 1024;
 
 struct alignas(64) TileConfig {
   uint8_t palette, start_row, reserved[14];
@@ -121,14 +123,18 @@ int gemm_bf16(const kb::GemmArgs& g) {
   const int64_t M = g.M, N = g.N, K = g.K;
   const int64_t Mp = (M + 31) / 32 * 32, Np = (N + 31) / 32 * 32;
   const int nthreads = kb::threads_for(g.threads, M * N * std::max<int64_t>(K, 1), int64_t(1) << 22);
-  const int64_t nblk = std::max<int64_t>((M + MC - 1) / MC, 4 * nthreads);
+  const int64_t nblk = std::max<int64_t>((M + MC - 1) / MC, 4 * nthreads);   // >= 4 blocks per thread
   const int64_t mc_blk = std::max<int64_t>(32, ((M + nblk - 1) / nblk + 31) / 32 * 32);
+  const int64_t mblocks = (M + mc_blk - 1) / mc_blk, nblocks = (N + NC - 1) / NC;
+  // all of B packed once, up front: [K-slice][32-column panel][KC/32 k-steps][VNNI tile pair]
+  const int64_t kslices = (K + KC - 1) / KC, bpanels = Np / 32;
   const int64_t kc_max = (std::min(KC, K) + TK - 1) / TK * TK;
-  const int64_t nc_max = std::min(NC, Np);
+  const int64_t slice_stride = bpanels * 32 * kc_max;
   kb::Scratch cbuf(size_t(Mp) * size_t(Np) * sizeof(float));
-  kb::Scratch bpack(2 * size_t(kc_max) * size_t(nc_max) * 2);
+  kb::Scratch bpack(size_t(kslices) * size_t(slice_stride) * 2);
   if (!cbuf.p || (K > 0 && !bpack.p)) return kb::set_error(kb::E_NOMEM, "gemm (amx): out of memory");
   float* C = cbuf.as<float>();
+  uint16_t* Bp = bpack.as<uint16_t>();
   if (K == 0) std::fill(C, C + Mp * Np, 0.f);
   int err = 0;
 #pragma omp parallel num_threads(nthreads)
@@ -140,30 +146,28 @@ int gemm_bf16(const kb::GemmArgs& g) {
 #pragma omp atomic write
       err = kb::E_NOMEM;
     }
-    int slice = 0;
-    for (int64_t jc = 0; jc < N; jc += NC) {
-      const int64_t nc = std::min(NC, N - jc);
-      const int64_t npanels = (nc + 31) / 32;
-      for (int64_t pc = 0; pc < K; pc += KC, ++slice) {
-        const int64_t kc = std::min(KC, K - pc);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < kslices * bpanels; ++t) {
+      const int64_t ks = t / bpanels, jp = t % bpanels;
+      const int64_t pc = ks * KC, kc = std::min(KC, K - pc), kcp = (kc + TK - 1) / TK * TK;
+      pack_b(B + pc * g.ldb + jp * 32, g.ldb, std::min<int64_t>(32, N - jp * 32), kc, Bp + ks * slice_stride + jp * 32 * kcp);
+    }
+    // the only barrier (implicit above); then (MC x NC) blocks of C are independent tasks
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < mblocks * nblocks; ++task) {
+      if (!Ap) continue;
+      const int64_t ic = (task % mblocks) * mc_blk, jc = (task / mblocks) * NC;
+      const int64_t mc = std::min(mc_blk, M - ic), nc = std::min(NC, N - jc);
+      const int64_t mpanels = (mc + 31) / 32, npanels = (nc + 31) / 32;
+      for (int64_t ks = 0; ks < kslices; ++ks) {
+        const int64_t pc = ks * KC, kc = std::min(KC, K - pc);
         const int64_t ksteps = (kc + TK - 1) / TK, kcp = ksteps * TK;
-        uint16_t* Bp = bpack.as<uint16_t>() + (slice & 1) * kc_max * nc_max;
-#pragma omp for schedule(static) nowait
+        for (int64_t ip = 0; ip < mpanels; ++ip)
+          pack_a(A + (ic + ip * 32) * g.lda + pc, g.lda, std::min<int64_t>(32, mc - ip * 32), kc, Ap + ip * 32 * kcp);
+        const uint16_t* Bs = Bp + ks * slice_stride + (jc / 32) * 32 * kcp;
         for (int64_t jp = 0; jp < npanels; ++jp)
-          pack_b(B + pc * g.ldb + jc + jp * 32, g.ldb, std::min<int64_t>(32, nc - jp * 32), kc, Bp + jp * 32 * kcp);
-#pragma omp barrier
-        if (!Ap) continue;
-#pragma omp for schedule(dynamic, 1) nowait
-        for (int64_t ic = 0; ic < M; ic += mc_blk) {
-          const int64_t mc = std::min(mc_blk, M - ic);
-          const int64_t mpanels = (mc + 31) / 32;
           for (int64_t ip = 0; ip < mpanels; ++ip)
-            pack_a(A + (ic + ip * 32) * g.lda + pc, g.lda, std::min<int64_t>(32, mc - ip * 32), kc, Ap + ip * 32 * kcp);
-          for (int64_t jp = 0; jp < npanels; ++jp)
-            for (int64_t ip = 0; ip < mpanels; ++ip)
-              micro(ksteps, Ap + ip * 32 * kcp, Bp + jp * 32 * kcp, C + (ic + ip * 32) * Np + jc + jp * 32, Np,
-                    pc > 0);
-        }
+            micro(ksteps, Ap + ip * 32 * kcp, Bs + jp * 32 * kcp, C + (ic + ip * 32) * Np + jc + jp * 32, Np, ks > 0);
       }
     }
     _tile_release();
