@@ -8,7 +8,10 @@
 // the output is large (>= 16 MiB).
 // Threads: OpenMP over rows, static schedule.
 //
-// Measured: see the table in docs/cpp-kernels.md.
+// Measured (bench.py --suite norm --full, 2 threads, shared 2-core Xeon, load average 3-7; medians):
+//   8192x4096  fp32 43 ms vs F.layer_norm eager 107 ms (2.5x), torch.compile 134 ms (3.1x)
+//   4096x16384 fp32 104 ms vs 138 ms (1.3x) / 280 ms;  8192x4096 bf16 19.8 ms vs 47.8 ms (2.4x) / 50.2 ms
+//   Full table: docs/cpp-kernels.md.
 #include <omp.h>
 
 #include <cmath>

@@ -15,8 +15,11 @@
 // sum per vector lane, a second pass writes exp(x - m)/s: two reads of x from memory, one write.
 // Threads: OpenMP over rows, static schedule (rows are equal work).
 //
-// Measured (2-core Xeon, AVX-512, 2 threads, median of 3 runs of 10 calls; see docs/cpp-kernels.md):
-//   see the table in docs/cpp-kernels.md (figures filled in by the benchmark run).
+// Measured (bench.py --suite softmax --full, 2 threads, shared 2-core Xeon with AVX-512, load average 3-7;
+// medians, full table with spreads in docs/cpp-kernels.md):
+//   8192x4096  fp32 31 ms (8.7 GB/s) vs torch eager 117 ms (3.8x), torch.compile 88 ms (2.8x)
+//   4096x16384 fp32 132 ms vs 261 ms (2.0x) / 307 ms;  32768x1024 fp32 44 ms vs 221 ms (5.0x) / 161 ms
+//   8192x4096  bf16 23.8 ms vs 28.7 ms (1.2x) / 30.3 ms (1.3x)
 #include <omp.h>
 
 #include <cfloat>
