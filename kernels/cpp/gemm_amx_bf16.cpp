@@ -10,11 +10,13 @@
 // Tiles (8 registers of up to 16 rows x 64 bytes): tmm0-3 = a 32x32 block of C (2x2 tiles), tmm4-5 = two A
 // tiles (32 rows x 32 k), tmm6-7 = two B tiles (32 k x 32 columns): per 32-wide k step, 4 tile loads feed
 // 4 tdpbf16ps.
-// Blocking as in gemm.cpp (GotoBLAS): all of B is packed once into VNNI micro-panels (32 columns x KC = 256:
-// 16 KiB, L1) shared by the threads (one barrier); blocks of C (MC <= 256 rows x NC = 1024 columns) are independent
-// tasks shared out dynamically; per K-slice a task packs its MC rows of A into 32-row micro-panels (rows of
-// 32 k-values, 64 bytes: one tile row). C accumulates in an fp32 buffer padded to multiples of 32 (so every tile
-// store is a full tile) and is rounded to bf16 once at the end. Edges of M, N, K are zero-padded by packing.
+// Blocking: A and B are packed once, whole K, into 32-row panels (rows of 32 k-values, 64 bytes: one tile
+// row) and 32-column VNNI panels, by all threads (one barrier). Then blocks of C (MC = 128 rows x NC = 256
+// columns) are independent tasks shared out dynamically; each 32x32 block of C stays in tiles tmm0-3 for the
+// whole K loop, is stored once to a 4 KiB fp32 buffer and rounded into C. Edges of M, N, K are zero-padded by
+// packing, and only the valid part of an edge block is written.
+// v2a (kept as history in git: K-slices of 256 accumulated in an fp32 copy of C) re-read and re-wrote that
+// 64 MiB copy 4 times at 4096x4096x1024 and ran at 0.27x torch there; this version keeps C in the tiles.
 //
 // Measured: see the table in docs/cpp-kernels.md.
 #include <immintrin.h>
@@ -28,10 +30,10 @@
 #if defined(KB_AMX_IMPL)
 namespace kb_amx {
 
-constexpr int64_t TK = 32;                       // k per tile step (32 bf16 = 64 bytes per tile row)
-// A, B micro-panels 16 KiB each (L1); an A block <= 256 x 256 x 2 B = 128 KiB (L2). Tried MC/NC of
-// 64..512 / 256..1024 single-threaded: within the (large) noise of the shared machine, 256 / 1024 was best.
-constexpr int64_t KC = 256, MC = 256, NC = 1024;
+constexpr int64_t TK = 32;   // k per tile step (32 bf16 = 64 bytes per tile row)
+// A task is an MC x NC block of C: MC/32 A micro-panels (32 x K x 2 B: 128 KiB each at K = 2048) stay in L2
+// while NC/32 B micro-panels stream past them.
+constexpr int64_t MC = 128, NC = 256;
 
 struct alignas(64) TileConfig {
   uint8_t palette, start_row, reserved[14];
@@ -121,69 +123,52 @@ int gemm_bf16(const kb::GemmArgs& g) {
   const uint16_t* B = static_cast<const uint16_t*>(g.b);
   uint16_t* Cout = static_cast<uint16_t*>(g.c);
   const int64_t M = g.M, N = g.N, K = g.K;
-  const int64_t Mp = (M + 31) / 32 * 32, Np = (N + 31) / 32 * 32;
-  const int nthreads = kb::threads_for(g.threads, M * N * std::max<int64_t>(K, 1), int64_t(1) << 22);
-  const int64_t nblk = std::max<int64_t>((M + MC - 1) / MC, 4 * nthreads);   // >= 4 blocks per thread
-  const int64_t mc_blk = std::max<int64_t>(32, ((M + nblk - 1) / nblk + 31) / 32 * 32);
-  const int64_t mblocks = (M + mc_blk - 1) / mc_blk, nblocks = (N + NC - 1) / NC;
-  // all of B packed once, up front: [K-slice][32-column panel][KC/32 k-steps][VNNI tile pair]
-  const int64_t kslices = (K + KC - 1) / KC, bpanels = Np / 32;
-  const int64_t kc_max = (std::min(KC, K) + TK - 1) / TK * TK;
-  const int64_t slice_stride = bpanels * 32 * kc_max;
-  kb::Scratch cbuf(size_t(Mp) * size_t(Np) * sizeof(float));
-  kb::Scratch bpack(size_t(kslices) * size_t(slice_stride) * 2);
-  if (!cbuf.p || (K > 0 && !bpack.p)) return kb::set_error(kb::E_NOMEM, "gemm (amx): out of memory");
-  float* C = cbuf.as<float>();
+  if (K == 0) {   // C = 0
+    for (int64_t i = 0; i < M; ++i) std::fill(Cout + i * g.ldc, Cout + i * g.ldc + N, uint16_t(0));
+    return 0;
+  }
+  const int nthreads = kb::threads_for(g.threads, M * N * K, int64_t(1) << 22);
+  const int64_t Kp = (K + TK - 1) / TK * TK, ksteps = Kp / TK;
+  const int64_t apanels = (M + 31) / 32, bpanels = (N + 31) / 32;
+  const int64_t mc = MC;   // (capping mc x K at 512 KiB made no measurable difference at K = 4096)
+  const int64_t mblocks = (M + mc - 1) / mc, nblocks = (N + NC - 1) / NC;
+  // A and B packed once, whole K: Ap[32-row panel][k-steps][32 x 32], Bp[32-column panel][k-steps][VNNI pair]
+  kb::Scratch apack(size_t(apanels) * 32 * size_t(Kp) * 2), bpack(size_t(bpanels) * 32 * size_t(Kp) * 2);
+  if (!apack.p || !bpack.p) return kb::set_error(kb::E_NOMEM, "gemm (amx): out of memory");
+  uint16_t* Ap = apack.as<uint16_t>();
   uint16_t* Bp = bpack.as<uint16_t>();
-  if (K == 0) std::fill(C, C + Mp * Np, 0.f);
-  int err = 0;
 #pragma omp parallel num_threads(nthreads)
   {
     configure_tiles();   // tile configuration is per thread
-    kb::Scratch apack(size_t(kc_max) * size_t(mc_blk) * 2);
-    uint16_t* Ap = apack.as<uint16_t>();
-    if (K > 0 && !Ap) {
-#pragma omp atomic write
-      err = kb::E_NOMEM;
-    }
+    alignas(64) float ct[32 * 32];
+#pragma omp for schedule(static) nowait
+    for (int64_t ip = 0; ip < apanels; ++ip)
+      pack_a(A + ip * 32 * g.lda, g.lda, std::min<int64_t>(32, M - ip * 32), K, Ap + ip * 32 * Kp);
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < kslices * bpanels; ++t) {
-      const int64_t ks = t / bpanels, jp = t % bpanels;
-      const int64_t pc = ks * KC, kc = std::min(KC, K - pc), kcp = (kc + TK - 1) / TK * TK;
-      pack_b(B + pc * g.ldb + jp * 32, g.ldb, std::min<int64_t>(32, N - jp * 32), kc, Bp + ks * slice_stride + jp * 32 * kcp);
-    }
-    // the only barrier (implicit above); then (MC x NC) blocks of C are independent tasks
+    for (int64_t jp = 0; jp < bpanels; ++jp)
+      pack_b(B + jp * 32, g.ldb, std::min<int64_t>(32, N - jp * 32), K, Bp + jp * 32 * Kp);
+    // the only barrier (implicit above); then MC x NC blocks of C are independent tasks. Each 32x32 block of
+    // C stays in tile registers for the whole K and is rounded to bf16 once.
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < mblocks * nblocks; ++task) {
-      if (!Ap) continue;
-      const int64_t ic = (task % mblocks) * mc_blk, jc = (task / mblocks) * NC;
-      const int64_t mc = std::min(mc_blk, M - ic), nc = std::min(NC, N - jc);
-      const int64_t mpanels = (mc + 31) / 32, npanels = (nc + 31) / 32;
-      for (int64_t ks = 0; ks < kslices; ++ks) {
-        const int64_t pc = ks * KC, kc = std::min(KC, K - pc);
-        const int64_t ksteps = (kc + TK - 1) / TK, kcp = ksteps * TK;
-        for (int64_t ip = 0; ip < mpanels; ++ip)
-          pack_a(A + (ic + ip * 32) * g.lda + pc, g.lda, std::min<int64_t>(32, mc - ip * 32), kc, Ap + ip * 32 * kcp);
-        const uint16_t* Bs = Bp + ks * slice_stride + (jc / 32) * 32 * kcp;
-        for (int64_t jp = 0; jp < npanels; ++jp)
-          for (int64_t ip = 0; ip < mpanels; ++ip)
-            micro(ksteps, Ap + ip * 32 * kcp, Bs + jp * 32 * kcp, C + (ic + ip * 32) * Np + jc + jp * 32, Np, ks > 0);
-      }
+      const int64_t ic = (task % mblocks) * mc, jc = (task / mblocks) * NC;
+      const int64_t ip_end = std::min(apanels, (ic + mc) / 32), jp_end = std::min(bpanels, (jc + NC) / 32);
+      for (int64_t jp = jc / 32; jp < jp_end; ++jp)
+        for (int64_t ip = ic / 32; ip < ip_end; ++ip) {
+          micro(ksteps, Ap + ip * 32 * Kp, Bp + jp * 32 * Kp, ct, 32, false);
+          const int64_t rows = std::min<int64_t>(32, M - ip * 32), cols = std::min<int64_t>(32, N - jp * 32);
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t h = 0; h < cols; h += 16) {
+              const int64_t n = std::min<int64_t>(16, cols - h);
+              const __mmask16 m = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
+              _mm256_mask_storeu_epi16(Cout + (ip * 32 + r) * g.ldc + jp * 32 + h, m,
+                                       bf16_round(_mm512_load_ps(ct + r * 32 + h)));
+            }
+        }
     }
     _tile_release();
-#pragma omp barrier
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < M; ++i) {
-      const float* src = C + i * Np;
-      uint16_t* dst = Cout + i * g.ldc;
-      for (int64_t j = 0; j < N; j += 16) {
-        const int64_t n = std::min<int64_t>(16, N - j);
-        const __mmask16 m = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
-        _mm256_mask_storeu_epi16(dst + j, m, bf16_round(_mm512_maskz_loadu_ps(m, src + j)));
-      }
-    }
   }
-  return err ? kb::set_error(err, "gemm (amx): out of memory") : 0;
+  return 0;
 }
 
 }  // namespace kb_amx
