@@ -114,6 +114,7 @@ class Runner:
         self.baseline_ms: dict[tuple, float] = {}
         self.flusher: CacheFlusher | None = None
         self.errors_log = self.writer.dir / "errors.log"
+        self.telemetry_entries: list = []     # (row keys, measurement): the samples over time
 
     # ---- one (case, variant) ----------------------------------------------------------------------------
     def run_one(self, p: Plan) -> dict[str, Any]:
@@ -180,6 +181,9 @@ class Runner:
             with self.sampler.measure() as m:
                 stats = measure(launcher, self.device, cfg, flush)
             row.update(m.summary(stats.n * stats.calls_per_sample))
+            self.telemetry_entries.append((dict(run_id=self.run_id, suite=suite.name, case=case.name,
+                                                variant=v.name, dtype=case.dtype_name), m))
+            _telemetry.write_timeseries(self.writer.dir, self.telemetry_entries)
         else:
             stats = measure(launcher, self.device, cfg, flush)
         sec = stats.median_ms / 1e3

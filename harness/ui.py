@@ -56,6 +56,8 @@ def results_table(rows: Iterable[dict], title: str = "") -> Table:
         status = f"[{STATUS_STYLE.get(st, '')}]{st}[/]"
         if st != "ok" and r.get("reason"):
             status += f" [dim]{str(r['reason'])[:70]}[/]"
+        if r.get("throttled") is True:          # measured while the GPU was held back by power or heat
+            status += f" [yellow]throttled {r.get('throttle_reasons') or ''}[/]"
         key = (r["suite"], r["case"], r["dtype"])
         t.add_row(r["suite"] if key != last else "", r["case"] if key != last else "", r["variant"],
                   r["dtype"] if key != last else "", status,

@@ -10,6 +10,7 @@ from tests.helpers import bench
 def test_written_files_and_schema(tmp_path):
     out = tmp_path / "r"
     p = bench("--suite", "softmax", "--test-shapes", "--filter", "1x127,129x1000", "--no-progress",
+              "--variant", "torch_eager,torch_compile",
               "--budget", "0.05", "--out", str(out))
     assert p.returncode == 0, p.stderr
     pq, csv = load(out / "results.parquet"), load(out / "results.csv")

@@ -1,0 +1,362 @@
+"""`bench.py report RUN... [--out report.html]`: one self-contained HTML file with plots as PNG images.
+
+Sections: the runs (device, commit, row counts); a roofline chart per device (every `ok` row a point at its
+arithmetic intensity flops/bytes and achieved TFLOP/s, under its device's compute ceiling per dtype and its
+bandwidth slope); speedup over the suite's baseline variant, per suite; the telemetry over time (power,
+clocks, temperature, utilization from each run's telemetry.parquet); and the table of rows, with rows
+measured while throttled by power or heat flagged. Plots are matplotlib (Agg) PNGs embedded as base64, so
+the file opens anywhere with no network and no other files.
+
+Roofline ceilings, first found: the datasheet (harness.peaks) for the device name, the peaks measured by
+`bench.py --suite peak` (results/peaks/), `peaks` in the run's manifest, and last the ceilings implied by
+the rows' own `pct_peak` (each row's `tflops/(pct_peak/100)` is at most the compute peak, with equality
+for compute-bound rows; likewise for bandwidth), marked "inferred".
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness import result_sets as RS
+from harness.telemetry import _THROTTLE_MASK as THROTTLE_MASK
+
+PNG_DPI = 96
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=PNG_DPI, bbox_inches="tight")
+    _plt().close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _num(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# ----------------------------------------------------------------------------------------------- ceilings
+
+def ceilings(device_name: str, rows: pd.DataFrame, manifests: list[dict]) -> tuple[dict[str, float], str]:
+    """({"bw_gbs": ..., "<dtype>": TFLOP/s...}, source) for a device; empty dict when nothing is known."""
+    try:
+        from harness import peaks
+        ds = peaks.datasheet(device_name) if "cpu" not in str(rows["device"].iloc[0]) else None
+        if ds:
+            return dict(ds[1]), f"datasheet:{ds[0]}"
+        measured = peaks.load_measured(device_name)
+        if measured and measured.get("bw_gbs"):
+            return {k: v for k, v in measured.items() if isinstance(v, (int, float))}, "measured (bench.py --suite peak)"
+    except Exception:                                       # noqa: BLE001 - no peaks module / unreadable file
+        pass
+    for m in manifests:
+        p = m.get("peaks")
+        if isinstance(p, dict) and p.get("bw_gbs"):
+            return {k: float(v) for k, v in p.items() if isinstance(v, (int, float))}, "manifest"
+    # pct = max(tflops/P_f, gbps/P_b): per row, c_b = gbps/pct <= P_b and c_f = tflops/pct <= P_f, with
+    # equality for the bound that binds. So P_b = max c_b, exact when some row is compute-bound (its c_b
+    # falls short of the max); P_f(dtype) = max c_f over the dtype's rows, exact when one of them is not
+    # bandwidth-bound. A ceiling that is only a lower bound is left out rather than drawn too low.
+    ok = rows[(rows["status"] == "ok")].copy()
+    with np.errstate(all="ignore"):
+        pct = pd.to_numeric(ok.get("pct_peak"), errors="coerce") / 100
+        ok["cb"] = (pd.to_numeric(ok["gbps"], errors="coerce") / pct).replace([np.inf, -np.inf], np.nan)
+        ok["cf"] = (pd.to_numeric(ok["tflops"], errors="coerce") / pct).replace([np.inf, -np.inf], np.nan)
+    ok = ok[ok["cb"].notna() & ok["cf"].notna()]
+    out: dict[str, float] = {}
+    if ok.empty:
+        return out, "none"
+    pb = float(ok["cb"].max())
+    mem_bound = ok["cb"] >= pb * (1 - 1e-6)
+    for dtype, g in ok.groupby("dtype"):
+        if (~mem_bound[g.index]).any():
+            out[str(dtype)] = float(g["cf"].max())
+    if (~mem_bound).any() or len(out):
+        out = {"bw_gbs": pb, **out}
+    elif mem_bound.all():
+        out = {"bw_gbs": pb}                # every row memory-bound: the bandwidth is exact, compute unknown
+    return out, "inferred from the rows' pct_peak"
+
+
+# -------------------------------------------------------------------------------------------------- plots
+
+def roofline_png(device_name: str, rows: pd.DataFrame, peaks: dict[str, float], source: str) -> str | None:
+    ok = rows[rows["status"] == "ok"].copy()
+    ok["ai"] = pd.to_numeric(ok["flops"], errors="coerce") / pd.to_numeric(ok["bytes"], errors="coerce")
+    ok["tf"] = pd.to_numeric(ok["tflops"], errors="coerce")
+    ok = ok[(ok["ai"] > 0) & (ok["tf"] > 0) & np.isfinite(ok["ai"]) & np.isfinite(ok["tf"])]
+    if ok.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    lo, hi = ok["ai"].min() / 4, ok["ai"].max() * 4
+    bw = peaks.get("bw_gbs")
+    dtypes = sorted(set(ok["dtype"]))
+    if bw:
+        lo = min(lo, 0.05)
+        for dtype in dtypes:
+            hi = max(hi, peaks.get(dtype, 0) * 1e3 / bw * 4 if peaks.get(dtype) else hi)
+    x = np.logspace(math.log10(lo), math.log10(hi), 200)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if bw:
+        top = max([peaks[d] for d in dtypes if peaks.get(d)] or [float("inf")])
+        xb = x[bw * x / 1e3 <= top * 1.0001] if math.isfinite(top) else x
+        ax.plot(xb, bw * xb / 1e3, color="0.25", lw=1.5, label=f"memory {bw:g} GB/s")
+    for i, dtype in enumerate(dtypes):
+        pk = peaks.get(dtype)
+        if pk and bw:
+            ax.plot(x, np.minimum(pk, bw * x / 1e3), ls="--", lw=1.2, color=colors[i % len(colors)],
+                    label=f"{dtype} compute {pk:g} TFLOP/s")
+        elif pk:
+            ax.axhline(pk, ls="--", lw=1.2, color=colors[i % len(colors)], label=f"{dtype} {pk:g} TFLOP/s")
+    markers = "osD^v<>pPX*h"
+    for j, (suite, g) in enumerate(ok.groupby("suite")):
+        for k, (dtype, gd) in enumerate(g.groupby("dtype")):
+            ax.scatter(gd["ai"], gd["tf"], s=38, marker=markers[j % len(markers)],
+                       color=colors[(dtypes.index(dtype)) % len(colors)], edgecolor="black", lw=0.5, zorder=3,
+                       label=f"{suite} [{dtype}]")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+    ax.set_ylabel("achieved TFLOP/s")
+    ax.set_title(f"Roofline: {device_name}\nceilings: {source}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def speedup_png(suite: str, rows: pd.DataFrame, label_of: dict[str, str]) -> str | None:
+    ok = rows[(rows["status"] == "ok") & pd.to_numeric(rows["speedup"], errors="coerce").notna()].copy()
+    if ok.empty:
+        return None
+    ok["speedup"] = pd.to_numeric(ok["speedup"])
+    base = ok.groupby("variant")["speedup"].apply(lambda x: bool(np.allclose(x, 1.0)))
+    ok = ok[~ok["variant"].isin(base[base].index)]                  # the baseline itself: always 1.0
+    if ok.empty:
+        return None
+    ok["cat"] = ok["case"].astype(str) + " [" + ok["dtype"].astype(str) + "]"
+    multi = ok["run_id"].nunique() > 1
+    if multi:
+        ok["cat"] = ok["run_id"].map(label_of) + ": " + ok["cat"]
+    cats = list(dict.fromkeys(ok["cat"]))
+    variants = list(dict.fromkeys(ok["variant"]))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 0.5 + 0.28 * len(cats) * max(1, len(variants))))
+    h = 0.8 / max(1, len(variants))
+    for i, v in enumerate(variants):
+        g = ok[ok["variant"] == v].set_index("cat")["speedup"]
+        ys = [c for c in range(len(cats)) if cats[c] in g.index]
+        vals = [float(g.loc[cats[c]] if np.ndim(g.loc[cats[c]]) == 0 else g.loc[cats[c]].iloc[-1]) for c in ys]
+        ax.barh([y + i * h for y in ys], vals, height=h, label=v)
+    ax.axvline(1.0, color="black", lw=1)
+    ax.set_yticks([c + h * (len(variants) - 1) / 2 for c in range(len(cats))], cats, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup over the suite's baseline variant (x)")
+    ax.set_title(f"{suite}: speedup over baseline", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(True, axis="x", alpha=0.25)
+    return _png(fig)
+
+
+TS_PANELS = [("power_w", "power (W)"), ("sm_clock_mhz", "SM clock (MHz)"), ("cpu_mhz", "CPU clock (MHz)"),
+             ("temp_c", "temperature (C)"), ("gpu_util_pct", "GPU utilization (%)"),
+             ("cpu_util_pct", "CPU utilization (%)"), ("cpu_others_pct", "CPU used by others (%)")]
+
+
+def telemetry_png(run_label: str, ts: pd.DataFrame) -> str | None:
+    panels = [(c, t) for c, t in TS_PANELS if c in ts.columns and pd.to_numeric(ts[c], errors="coerce").notna().any()]
+    if not panels or ts.empty:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.5, 1.8 * len(panels) + 0.6), sharex=True, squeeze=False)
+    groups = list(ts.groupby(["suite", "case", "variant"], sort=False))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    vcolor = {v: colors[i % len(colors)] for i, v in enumerate(dict.fromkeys(ts["variant"]))}
+    mask = pd.to_numeric(ts["throttle_mask"], errors="coerce") if "throttle_mask" in ts else pd.Series(0, index=ts.index)
+    thr = mask.fillna(0).astype(int) & THROTTLE_MASK                    # the power/heat reason bits
+    for ax, (col, title) in zip(axes[:, 0], panels):
+        seen = set()
+        for (suite, case, variant), g in groups:
+            lab = variant if variant not in seen else None
+            seen.add(variant)
+            ax.plot(g["t_s"], pd.to_numeric(g[col], errors="coerce"), ".-", ms=2.5, lw=0.8,
+                    color=vcolor[variant], label=lab)
+        hot = ts[thr > 0]
+        if len(hot):
+            ax.scatter(hot["t_s"], pd.to_numeric(hot[col], errors="coerce"), color="red", s=10, zorder=4,
+                       label="throttled (power/heat)")
+        ax.set_ylabel(title, fontsize=8)
+        ax.grid(True, alpha=0.25)
+    axes[0, 0].set_title(f"Telemetry over time: {run_label}", fontsize=10)
+    axes[0, 0].legend(fontsize=7, ncol=4, loc="upper right")
+    axes[-1, 0].set_xlabel("time since the run's first sample (s)")
+    return _png(fig)
+
+
+# -------------------------------------------------------------------------------------------------- HTML
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+td{white-space:nowrap}td.reason{white-space:normal;min-width:240px;max-width:420px}.wide{overflow-x:auto}
+th{background:#f2f2f2}tr.throttled td{background:#ffe3e3}tr.bad td{background:#fff3cd}
+img.plot{display:block;max-width:100%;margin:10px 0;border:1px solid #eee}.note{color:#666;font-size:12px}
+"""
+
+# After load, count the images that decoded (naturalWidth > 0): a check that headless tests can read.
+CHECK_JS = """
+window.addEventListener('load', function () {
+  var imgs = document.querySelectorAll('img.plot'), ok = 0;
+  imgs.forEach(function (i) { if (i.complete && i.naturalWidth > 0 && i.naturalHeight > 0) ok++; });
+  document.body.setAttribute('data-images', imgs.length);
+  document.body.setAttribute('data-images-decoded', ok);
+});
+"""
+
+TABLE_COLS = ["suite", "case", "variant", "dtype", "status", "median_ms", "tflops", "gbps", "pct_peak", "speedup",
+              "power_mean_w", "energy_per_call_j", "sm_clock_min_mhz", "temp_max_c", "cpu_others_pct", "throttled", "reason"]
+
+
+def _cell(v: Any, col: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if col == "throttled":
+        return "THROTTLED" if v is True else ("no" if v is False else "")
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.1f}%" if col == "pct_peak" else f"{v:.2f}x" if col == "speedup" else f"{v:.4g}"
+    return html.escape(str(v)[:200])
+
+
+def rows_table(df: pd.DataFrame, label_of: dict[str, str] | None = None) -> str:
+    if label_of and len(label_of) > 1:
+        df = df.assign(run=df["run_id"].astype(str).map(label_of))
+    cols = (["run"] if "run" in df.columns else []) + [c for c in TABLE_COLS if c in df.columns and any(_cell(v, c) for v in df[c])]   # no empty columns
+    out = ['<div class="wide"><table><tr>' + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
+    for _, r in df.iterrows():
+        cls = "throttled" if r.get("throttled") is True else ("bad" if r["status"] in ("incorrect", "error") else "")
+        out.append(f'<tr class="{cls}">' + "".join(f'<td class="{c}">{_cell(r[c], c)}</td>' for c in cols) + "</tr>")
+    out.append("</table></div>")
+    return "\n".join(out)
+
+
+def build(df: pd.DataFrame, title: str = "Benchmark report") -> str:
+    """The whole HTML page for the rows in `df` (with `_source` naming each row's results file)."""
+    sources = sorted(set(df["_source"])) if "_source" in df.columns else []
+    manifests = {s: RS.read_manifest(Path(s)) for s in sources}
+    runs = RS.runs(df)
+    label_of = {rid: RS.side_label(i) for i, (rid, _) in enumerate(runs)}
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f'<p class="note">generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} from '
+             f"{len(df)} rows in {len(runs)} run(s)</p>", "<h2>Runs</h2>", "<table><tr><th></th><th>run</th>"
+             "<th>device</th><th>commit</th><th>torch</th><th>rows</th><th>ok / incorrect / error / skipped</th>"
+             "<th>throttled rows</th></tr>"]
+    for rid, g in runs:
+        st = g["status"].value_counts()
+        first = g.iloc[0]
+        thr = int((g["throttled"] == True).sum()) if "throttled" in g else 0     # noqa: E712 - object column
+        parts.append(f"<tr><td>{label_of[rid]}</td><td>{html.escape(rid)}</td><td>{_cell(first.get('device_name'), '')}"
+                     f" [{_cell(first.get('device'), '')}]</td><td>{_cell(first.get('commit'), '')}</td>"
+                     f"<td>{_cell(first.get('torch'), '')}</td><td>{len(g)}</td><td>"
+                     + " / ".join(str(int(st.get(s, 0))) for s in ("ok", "incorrect", "error", "skipped"))
+                     + f"</td><td>{thr}</td></tr>")
+    parts.append("</table>")
+
+    parts.append("<h2>Roofline per device</h2>")
+    parts.append('<p class="note">Each row that ran is a point at its arithmetic intensity (declared FLOPs / '
+                 "declared bytes) and achieved TFLOP/s, under its device's bandwidth slope and compute ceiling "
+                 "per dtype. A point on a ceiling is at 100% of the roofline.</p>")
+    any_roof = False
+    for dev, g in df.groupby("device_name", sort=False):
+        pk, src = ceilings(str(dev), g, [manifests.get(s, {}) for s in set(g.get("_source", []))])
+        b64 = roofline_png(str(dev), g, pk, src)
+        if b64:
+            parts.append(_img(b64, f"roofline {dev}"))
+            ceil = ", ".join(f"{k} {v:g} {'GB/s' if k == 'bw_gbs' else 'TFLOP/s'}" for k, v in pk.items())
+            parts.append(f'<p class="note">{html.escape(str(dev))}: ceilings {html.escape(ceil) or "unknown"} '
+                         f"({html.escape(src)})</p>")
+            any_roof = True
+    if not any_roof:
+        parts.append('<p class="note">No row with both FLOPs and bytes ran.</p>')
+
+    parts.append("<h2>Speedup over baseline, per suite</h2>")
+    for suite, g in df.groupby("suite", sort=False):
+        b64 = speedup_png(str(suite), g, label_of)
+        parts.append(_img(b64, f"speedup {suite}") if b64 else
+                     f'<p class="note">{html.escape(str(suite))}: no speedups (the baseline did not run).</p>')
+
+    parts.append("<h2>Telemetry over time</h2>")
+    shown = False
+    for s in sources:
+        tp = Path(s).parent / "telemetry.parquet"
+        if not tp.is_file():
+            continue
+        try:
+            ts = pd.read_parquet(tp)
+        except Exception:                                   # noqa: BLE001
+            continue
+        rid = str(ts["run_id"].iloc[0]) if "run_id" in ts.columns and len(ts) else Path(s).parent.name
+        b64 = telemetry_png(f"{label_of.get(rid, '')} {rid}", ts)
+        if b64:
+            parts.append(_img(b64, f"telemetry {rid}"))
+            shown = True
+    if not shown:
+        reasons = [str(m.get("telemetry", {}).get("reason") or "") for m in manifests.values()]
+        why = "; ".join(r for r in reasons if r) or "no telemetry.parquet beside the results"
+        parts.append(f'<p class="note">No telemetry recorded: {html.escape(why)}.</p>')
+
+    parts.append("<h2>Rows</h2>")
+    parts.append('<p class="note">Rows measured while the device was throttled by power or heat are '
+                 'marked THROTTLED and shaded red; incorrect and error rows are shaded yellow.</p>')
+    parts.append(rows_table(df, label_of))
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style><script>{CHECK_JS}</script></head><body>\n{body}\n</body></html>\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = RS.Parser(prog="bench.py report", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="results files/directories, run ids or baseline names")
+    p.add_argument("--out", "-o", default="report.html", help="HTML file to write (default report.html)")
+    p.add_argument("--title", default="Benchmark report")
+    try:
+        a = p.parse_args(argv)
+        df = RS.load(a.runs)
+        page = build(df, a.title)
+    except RS.BadInput as e:
+        print(f"bench.py report: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(page)
+    except OSError as e:
+        print(f"bench.py report: error: cannot write {a.out}: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {a.out} ({len(page) // 1024} KiB, {page.count('<img ')} plots)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

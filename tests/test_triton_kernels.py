@@ -1,0 +1,324 @@
+"""The Triton kernels against their suites' references.
+
+On the CPU every kernel runs under Triton's interpreter (fp32 and fp16; numpy has no bf16) at odd shapes:
+each suite's "test" cases plus the looped row paths and extra attention shapes (GQA, sq != sk, one query,
+one key), with fresh random inputs (a new seed per test, printed on failure) and NaN-poisoned outputs.
+The reference, the inputs and the tolerances are the suite's own (`SUITE.compute_reference`,
+`SUITE.make_inputs`, `SUITE.tolerance`), and the comparison is harness/check.py's, so the tests check
+exactly what bench.py checks.
+
+Triton fixes its mode when it is first imported (kernels/triton/common.py): a pytest process that imported
+triton compiled (the suites import the kernels) cannot interpret. The `test_interp_*` tests therefore run
+in one child pytest with TRITON_INTERPRET=1 (about a minute on 2 cores), and each test here reports its
+child's outcome (pass, failure message, skip). Run directly under `TRITON_INTERPRET=1 pytest ...`,
+they run in-process.
+
+Tests marked gpu compare bf16/fp16 on a CUDA device, with the compiled, autotuned kernels.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.check import compare
+from harness.registry import Case, get_suite
+from kernels.triton import common
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITES = ("attention", "gemm", "norm", "softmax")
+CPU_DTYPES = ("float32", "float16")
+GPU_DTYPES = ("bfloat16", "float16")
+IN_INTERPRETER = common.HAS_TRITON and common.INTERPRETED
+
+pytestmark = pytest.mark.skipif(not common.HAS_TRITON, reason="triton is not installed")
+
+
+def _attention(b, h, hkv, sq, sk, d, causal):
+    return dict(b=b, h=h, hkv=hkv, sq=sq, sk=sk, d=d, causal=causal)
+
+
+# beyond the suite's test cases: GQA with sq < sk and sq > sk, causal both ways, a single key, a single
+# query attending to 129 keys (causal: key 0 only), head dims 64 and 128
+ATTENTION_EXTRA = [
+    _attention(1, 4, 2, 127, 129, 64, True),
+    _attention(1, 4, 2, 129, 127, 128, False),
+    _attention(1, 2, 2, 129, 127, 128, True),
+    _attention(1, 2, 1, 129, 1, 64, True),
+    _attention(2, 2, 2, 1, 129, 128, True),
+    _attention(1, 2, 2, 1, 129, 64, False),
+]
+LOOPED_SHAPES = [(1, 127), (129, 1000), (3, 1)]  # 128-column tiles under the interpreter: 1, 8, 1 tiles
+
+
+def _suite_params():
+    out = []
+    for name in SUITES:
+        suite = get_suite(name)
+        for dtype in CPU_DTYPES:
+            for case in suite.cases("test", "cpu", dtype):
+                out.append(pytest.param(name, case, id=f"{name}-{dtype}-{case.name}"))
+    return out
+
+
+def _check(suite, case, launcher, inputs, seed):
+    assert isinstance(launcher, common.Launcher)
+    assert torch.isnan(launcher.out).all(), "the output buffer must start poisoned"
+    out = launcher()
+    assert out is launcher.out
+    ref = suite.compute_reference(case, inputs)
+    res = compare(out, ref, *suite.tolerance(case))
+    assert res.ok, f"{case} seed={seed}: {res.message}"
+    return out
+
+
+def _run_variant(name, case):
+    suite = get_suite(name)
+    seed = secrets.randbits(31)
+    inputs = suite.make_inputs(case, seed)
+    launcher = suite.variants["triton"].setup(case, **inputs)
+    _check(suite, case, launcher, inputs, seed)
+    return launcher
+
+
+# --------------------------------------------------------------------------------------------------
+# the child process and the proxy
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def child_outcomes():
+    """None when this process interprets; else {test name: (outcome, message)} from one child pytest
+    that runs every test_interp_* test under TRITON_INTERPRET=1."""
+    if IN_INTERPRETER:
+        return None
+    junit = ROOT / ".cache" / "pytest-triton-interp.xml"
+    junit.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "KB_TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-k", "interp", "-p", "no:cacheprovider",
+           f"--junitxml={junit}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    if not junit.exists():
+        pytest.fail(f"the interpreter child did not run ({proc.returncode}):\n{proc.stdout[-3000:]}"
+                    f"\n{proc.stderr[-3000:]}", pytrace=False)
+    outcomes = {}
+    for tc in ET.parse(junit).getroot().iter("testcase"):
+        status, msg = "passed", ""
+        for child in tc:
+            if child.tag in ("failure", "error"):
+                status, msg = "failed", (child.get("message") or "") + "\n" + (child.text or "")
+            elif child.tag == "skipped":
+                status, msg = "skipped", child.get("message") or ""
+        outcomes[tc.get("name")] = (status, msg)
+    return outcomes
+
+
+def _interpreted(request, outcomes):
+    """True: run the test body here. Otherwise report the child's outcome for this test."""
+    if outcomes is None:
+        return True
+    name = request.node.name
+    if name not in outcomes:
+        pytest.fail(f"{name} did not run in the interpreter child", pytrace=False)
+    status, msg = outcomes[name]
+    if status == "failed":
+        pytest.fail(f"[interpreter child] {msg[-4000:]}", pytrace=False)
+    if status == "skipped":
+        pytest.skip(msg)
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
+# under the interpreter (CPU)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,case", _suite_params())
+def test_interp_suite_case(request, child_outcomes, name, case):
+    """The registered `triton` variant of each suite on each of its test cases, via the registry."""
+    if not _interpreted(request, child_outcomes):
+        return
+    assert get_suite(name).variants["triton"].requires.missing(case) is None
+    launcher = _run_variant(name, case)
+    assert common.config(launcher).startswith("interpreted:")
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("params", ATTENTION_EXTRA,
+                         ids=lambda p: f"b{p['b']}h{p['h']}kv{p['hkv']}-{p['sq']}x{p['sk']}-d{p['d']}"
+                         + ("-causal" if p["causal"] else ""))
+def test_interp_attention_shapes(request, child_outcomes, params, dtype):
+    if not _interpreted(request, child_outcomes):
+        return
+    _run_variant("attention", Case("attention", params, "cpu", dtype))
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("rows,cols", LOOPED_SHAPES)
+@pytest.mark.parametrize("kernel", ["softmax", "rmsnorm", "layernorm"])
+def test_interp_looped_rows(request, child_outcomes, kernel, rows, cols, dtype):
+    """The looped (long-row) path of the row kernels, forced at short rows so the interpreter can run it."""
+    if not _interpreted(request, child_outcomes):
+        return
+    from kernels.triton import layernorm, rmsnorm, softmax
+    if kernel == "softmax":
+        suite, case = get_suite("softmax"), Case("softmax", dict(rows=rows, cols=cols), "cpu", dtype)
+    else:
+        norm = "rms" if kernel == "rmsnorm" else "layer"
+        suite, case = get_suite("norm"), Case("norm", dict(norm=norm, rows=rows, cols=cols), "cpu", dtype)
+    seed = secrets.randbits(31)
+    inputs = suite.make_inputs(case, seed)
+    out = case.poisoned((rows, cols))
+    if kernel == "softmax":
+        cfg = softmax.softmax(inputs["x"], out, looped=True)
+    elif kernel == "rmsnorm":
+        cfg = rmsnorm.rmsnorm(inputs["x"], inputs["weight"], out, inputs["eps"], looped=True)
+    else:
+        cfg = layernorm.layernorm(inputs["x"], inputs["weight"], inputs["bias"], out, inputs["eps"], looped=True)
+    assert cfg.kwargs["LOOPED"] is True
+    res = compare(out, suite.compute_reference(case, inputs), *suite.tolerance(case))
+    assert res.ok, f"{case} seed={seed}: {res.message}"
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_interp_gemm_strided(request, child_outcomes, dtype):
+    """Any strides: a transposed (column-major) B and a C written into a wider buffer's columns."""
+    if not _interpreted(request, child_outcomes):
+        return
+    from kernels.triton import gemm
+    suite = get_suite("gemm")
+    case = Case("gemm", dict(m=65, n=47, k=129), "cpu", dtype)
+    seed = secrets.randbits(31)
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(65, 129, generator=g).to(case.dtype)
+    b = torch.randn(47, 129, generator=g).to(case.dtype).t()          # strides (1, 129)
+    wide = case.poisoned((65, 50))
+    out = wide[:, 1:48]                                                # row stride 50
+    gemm.gemm(a, b, out)
+    res = compare(out, suite.compute_reference(case, {"a": a, "b": b}), *suite.tolerance(case))
+    assert res.ok, f"seed={seed}: {res.message}"
+    assert torch.isnan(wide[:, 0]).all() and torch.isnan(wide[:, 48:]).all(), "wrote outside its columns"
+
+
+def test_interp_bf16_is_skipped_with_reason(request, child_outcomes):
+    if not _interpreted(request, child_outcomes):
+        return
+    case = Case("softmax", dict(rows=1, cols=1), "cpu", "bfloat16")
+    assert common.missing_reason(case) == common.BF16_REASON
+    assert common.missing_reason(case.with_(dtype="float16")) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# this process (no interpreter needed)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_registered_as_compiled_with_config(name):
+    v = get_suite(name).variants["triton"]
+    assert v.compiled and callable(v.config)
+    assert v.requires.check is common.missing_reason
+
+
+def test_autotune_pruning():
+    """What autotuning may try on a GPU, per dtype, head dim and row length (the lists the AOT test
+    compiled spill-free)."""
+    from kernels.triton import attention_fwd as A
+    from kernels.triton import gemm as G
+    from kernels.triton import softmax as S
+    bf16, fp32 = torch.empty(1, dtype=torch.bfloat16), torch.empty(1, dtype=torch.float32)
+    assert G._prune(G.CONFIGS, {"a_ptr": bf16}) == G.CONFIGS_16
+    assert G._prune(G.CONFIGS, {"a_ptr": fp32}) == G.CONFIGS_32
+    for d in (64, 128):
+        assert A._prune(A.CONFIGS, {"q_ptr": bf16}, HEAD_D=d) == A.CONFIGS_BY_D[d]
+        assert A._prune(A.CONFIGS, {"q_ptr": fp32}, HEAD_D=d) == A.FP32_CONFIGS_BY_D[d]
+    assert A._prune(A.CONFIGS, {"q_ptr": bf16}, HEAD_D=32) == A.CONFIGS_BY_D[64]
+
+    def warps(block):
+        return sorted(c.num_warps for c in common.prune_row_configs(S.FUSED_CONFIGS, {}, BLOCK_N=block))
+    assert warps(4096) == [4, 8, 16]       # 8..32 elements per thread
+    assert warps(16384) == [16, 32]
+    assert warps(128) == [1]               # too short for 8 per thread: the fewest warps
+    assert all(8 <= c.kwargs["BLOCK_N"] // (32 * c.num_warps) <= 32 for c in S.LOOPED_CONFIGS)
+
+
+@pytest.mark.skipif(IN_INTERPRETER, reason="checks the compiled mode's CPU skip")
+def test_cpu_skip_reason(monkeypatch):
+    monkeypatch.delenv("KB_TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    case = Case("softmax", dict(rows=1, cols=1), "cpu", "float32")
+    assert common.missing_reason(case) == common.CPU_REASON
+    # asked for, but too late: this process imported triton compiled
+    monkeypatch.setenv("KB_TRITON_INTERPRET", "1")
+    assert "TRITON_INTERPRET=1" in common.missing_reason(case)
+
+
+@pytest.mark.skipif(IN_INTERPRETER, reason="checks the compiled mode's CPU refusal")
+def test_compiled_mode_refuses_cpu_tensors():
+    from kernels.triton import softmax
+    x = torch.randn(2, 3)
+    with pytest.raises(RuntimeError, match="needs a GPU"):
+        softmax.softmax(x, torch.empty_like(x))
+
+
+def test_bench_skips_triton_on_cpu(tmp_path, monkeypatch):
+    """bench.py on the CPU: every Triton row is `skipped` with the reason, never timed."""
+    import pandas as pd
+
+    from tests.helpers import bench
+    monkeypatch.delenv("KB_TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    r = bench("--suite", "softmax,gemm", "--variant", "triton", "--device", "cpu", "--test-shapes",
+              "--no-progress", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert len(df) > 0 and (df["status"] == "skipped").all()
+    assert (df["reason"] == common.CPU_REASON).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# on a GPU
+# --------------------------------------------------------------------------------------------------
+
+
+def _gpu_params():
+    out = []
+    for name in SUITES:
+        suite = get_suite(name)
+        for dtype in GPU_DTYPES:
+            for mode in ("test", "quick"):
+                for case in suite.cases(mode, "cuda", dtype):
+                    out.append(pytest.param(name, case, id=f"{name}-{dtype}-{mode}-{case.name}"))
+        for dtype in GPU_DTYPES:
+            if name == "attention":
+                for p in ATTENTION_EXTRA:
+                    case = Case("attention", p, "cuda", dtype)
+                    out.append(pytest.param(name, case, id=f"{name}-{dtype}-extra-{case.name}"))
+    # rows long enough for the looped path (> 16384 columns)
+    for dtype in GPU_DTYPES:
+        out.append(pytest.param("softmax", Case("softmax", dict(rows=3, cols=20001), "cuda", dtype),
+                                id=f"softmax-{dtype}-looped-3x20001"))
+        for norm in ("rms", "layer"):
+            out.append(pytest.param("norm", Case("norm", dict(norm=norm, rows=3, cols=20001), "cuda", dtype),
+                                    id=f"norm-{dtype}-looped-{norm}-3x20001"))
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,case", _gpu_params())
+def test_gpu_suite_case(name, case):
+    if IN_INTERPRETER:
+        pytest.skip("this process runs Triton interpreted (TRITON_INTERPRET=1)")
+    reason = get_suite(name).variants["triton"].requires.missing(case)
+    if reason:
+        pytest.skip(reason)
+    launcher = _run_variant(name, case)
+    cfg = common.config(launcher)
+    assert "warps=" in cfg and not cfg.startswith("interpreted"), cfg
+    torch.cuda.synchronize()
