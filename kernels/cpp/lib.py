@@ -198,7 +198,9 @@ def load_error() -> str | None:
 
 
 def missing_reason(case=None) -> str | None:
-    """None when the C++ kernels can run this case, else why not (-> a skipped row)."""
+    """libkb_cpp.so built (make build), on an AVX2 or AVX-512 CPU.
+
+    Returns None when the C++ kernels can run this case, else the reason (-> a skipped row)."""
     if torch is None:
         return "torch is not importable"
     if load() is None:
