@@ -27,7 +27,9 @@
 // Measured (bench.py --suite attention --full, b=1 h=8, shared 2-core Xeon at a quiet moment; medians) against
 // torch's CPU flash kernel (scaled_dot_product_attention, flash backend):
 //   fp32, 2 threads: 1024 d64 6.03 vs 6.59 ms (1.09x, 0.36 TFLOP/s); 1024 d128 causal 1.28x; 2048 d64 causal
-//   1.27x; 2048 d128 0.94x (52.1 vs 49.1 ms -- missed: 60 KiB per-tile working set at d=128 vs 48 KiB L1);
+//   1.27x; 2048 d128 0.94x in the suite run (52.1 vs 49.1 ms), 0.99x and 1.02x in two later side-by-side
+//   runs: at parity. Tried 32-query tiles for d=128 (40 KiB working set instead of 60, under the 48 KiB L1):
+//   7% slower (more loads per FMA), so not kept;
 //   2048 d128 GQA(8/2) causal 1.15x; 4096 d128 causal 1.00x. One thread: 1.02-1.27x, 0.13-0.17 TFLOP/s.
 //   bf16: 0.26-0.45x -- torch runs bf16 on AMX, this kernel computes in fp32 (an AMX version is to do).
 #include <omp.h>
