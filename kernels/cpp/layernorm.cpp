@@ -8,9 +8,9 @@
 // the output is large (>= 16 MiB).
 // Threads: OpenMP over rows, static schedule.
 //
-// Measured (bench.py --suite norm --full, 2 threads, shared 2-core Xeon, load average 3-7; medians):
-//   8192x4096  fp32 43 ms vs F.layer_norm eager 107 ms (2.5x), torch.compile 134 ms (3.1x)
-//   4096x16384 fp32 104 ms vs 138 ms (1.3x) / 280 ms;  8192x4096 bf16 19.8 ms vs 47.8 ms (2.4x) / 50.2 ms
+// Measured (bench.py --suite norm --full, 2 threads, shared 2-core Xeon, quiet moment; medians):
+//   8192x4096  fp32 8.96 ms (30 GB/s) vs F.layer_norm eager 41.2 ms (4.6x), torch.compile 45.3 ms (5.1x)
+//   4096x16384 fp32 19.6 ms vs 81.2 / 86.5 ms (4.2x / 4.4x); 8192x4096 bf16 5.77 ms vs 26.5 / 26.5 ms (4.6x)
 //   Full table: docs/cpp-kernels.md.
 #include <omp.h>
 

@@ -8,9 +8,9 @@
 // One fused kernel; torch's F.rms_norm on the CPU is a composite of several elementwise ops.
 // Threads: OpenMP over rows, static schedule.
 //
-// Measured (bench.py --suite norm --full, 2 threads, shared 2-core Xeon, load average 3-7; medians):
-//   8192x4096 fp32 25.3 ms (10.6 GB/s) vs F.rms_norm eager 456 ms (18x), torch.compile 141 ms (5.6x)
-//   8192x4096 bf16 30.3 ms vs 477 ms (16x) / 66.9 ms (2.2x). Full table: docs/cpp-kernels.md.
+// Measured (bench.py --suite norm --full, 2 threads, shared 2-core Xeon, quiet moment; medians):
+//   8192x4096 fp32 8.08 ms (33 GB/s) vs F.rms_norm eager 123 ms (15x), torch.compile 43.1 ms (5.3x)
+//   8192x4096 bf16 4.62 ms vs 186 ms (40x) / 23.8 ms (5.2x). Full table: docs/cpp-kernels.md.
 #include <omp.h>
 
 #include <cmath>

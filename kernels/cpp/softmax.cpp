@@ -15,11 +15,12 @@
 // sum per vector lane, a second pass writes exp(x - m)/s: two reads of x from memory, one write.
 // Threads: OpenMP over rows, static schedule (rows are equal work).
 //
-// Measured (bench.py --suite softmax --full, 2 threads, shared 2-core Xeon with AVX-512, load average 3-7;
+// Measured (bench.py --suite softmax --full, 2 threads, shared 2-core Xeon with AVX-512, quiet moment;
 // medians, full table with spreads in docs/cpp-kernels.md):
-//   8192x4096  fp32 31 ms (8.7 GB/s) vs torch eager 117 ms (3.8x), torch.compile 88 ms (2.8x)
-//   4096x16384 fp32 132 ms vs 261 ms (2.0x) / 307 ms;  32768x1024 fp32 44 ms vs 221 ms (5.0x) / 161 ms
-//   8192x4096  bf16 23.8 ms vs 28.7 ms (1.2x) / 30.3 ms (1.3x)
+//   8192x4096  fp32 9.96 ms (26.9 GB/s) vs torch eager 47.2 ms (4.7x), torch.compile 51.1 ms (5.1x)
+//   4096x16384 fp32 23.1 ms vs 93.0 / 97.4 ms (4.0x / 4.2x); 32768x1024 fp32 10.2 ms vs 51.2 / 52.2 ms (5.0x)
+//   8192x4096  bf16 7.32 ms vs 28.3 / 30.0 ms (3.9x / 4.1x)
+//   Under load (load average 3-7) the ratios were 2.0-5.0x (fp32) and 1.2-2.6x (bf16).
 #include <omp.h>
 
 #include <cfloat>
