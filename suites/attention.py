@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.registry import Requires, Skip, Suite
+from kernels.cpp import lib as cpp
 from kernels.cuda import lib as cuda_lib
 from kernels.triton import attention_fwd as triton_attention
 
@@ -149,6 +150,8 @@ SUITE.variant("sdpa_math")(_sdpa("MATH"))
 SUITE.variant("sdpa_flash")(_sdpa("FLASH_ATTENTION"))       # on the CPU: torch's own flash kernel
 SUITE.variant("sdpa_efficient", requires=CUDA_ONLY)(_sdpa("EFFICIENT_ATTENTION"))
 SUITE.variant("sdpa_cudnn", requires=Requires(devices=("cuda",), min_cc=(8, 0)))(_sdpa("CUDNN_ATTENTION"))
+
+SUITE.variant("cpp", requires=Requires(devices=("cpu",), check=cpp.missing_reason))(cpp.attention_setup)
 SUITE.variant("cuda_flash", requires=Requires(devices=("cuda",), min_cc=(8, 0), check=cuda_lib.missing_reason))(cuda_lib.attention_setup)
 SUITE.variant("triton", requires=Requires(check=triton_attention.missing_reason), compiled=True,
               config=triton_attention.config)(triton_attention.setup)

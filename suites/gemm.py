@@ -11,6 +11,7 @@ import math
 import torch
 
 from harness.registry import Requires, Suite
+from kernels.cpp import lib as cpp
 from kernels.cuda import lib as cuda_lib
 from kernels.triton import gemm as triton_gemm
 
@@ -67,6 +68,7 @@ def torch_matmul(case, a, b):
     """torch.matmul (MKL/oneDNN on the CPU, cuBLAS on a GPU)"""
     return lambda: torch.matmul(a, b)
 
+SUITE.variant("cpp", requires=Requires(devices=("cpu",), check=cpp.missing_reason))(cpp.gemm_setup)
 SUITE.variant("cuda_mma", requires=Requires(devices=("cuda",), min_cc=(8, 0), dtypes=("bfloat16", "float16"), check=cuda_lib.missing_reason))(cuda_lib.gemm_setup)
 SUITE.variant("triton", requires=Requires(check=triton_gemm.missing_reason), compiled=True,
               config=triton_gemm.config)(triton_gemm.setup)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.registry import Requires, Suite
+from kernels.cpp import lib as cpp
 from kernels.cuda import lib as cuda_lib
 from kernels.triton import norm as triton_norm
 
@@ -84,6 +85,7 @@ def torch_compile(case, x, weight, bias, eps):
     fn = torch.compile(norm, dynamic=False)
     return lambda: fn(x, weight, bias, eps, case.norm)
 
+SUITE.variant("cpp", requires=Requires(devices=("cpu",), check=cpp.missing_reason))(cpp.norm_setup)
 SUITE.variant("cuda_rowcache", requires=Requires(devices=("cuda",), min_cc=(8, 0), check=cuda_lib.missing_reason))(cuda_lib.norm_setup)
 SUITE.variant("triton", requires=Requires(check=triton_norm.missing_reason), compiled=True,
               config=triton_norm.config)(triton_norm.setup)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from harness.registry import Requires, Suite
+from kernels.cpp import lib as cpp
 from kernels.cuda import lib as cuda_lib
 from kernels.triton import softmax as triton_softmax
 
@@ -67,6 +68,7 @@ def torch_compile(case, x):
     fn = torch.compile(softmax, dynamic=False)
     return lambda: fn(x)
 
+SUITE.variant("cpp", requires=Requires(devices=("cpu",), check=cpp.missing_reason))(cpp.softmax_setup)
 SUITE.variant("cuda_rowcache", requires=Requires(devices=("cuda",), min_cc=(8, 0), check=cuda_lib.missing_reason))(cuda_lib.softmax_setup)
 SUITE.variant("triton", requires=Requires(check=triton_softmax.missing_reason), compiled=True,
               config=triton_softmax.config)(triton_softmax.setup)

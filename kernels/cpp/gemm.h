@@ -1,0 +1,15 @@
+// gemm.h -- the arguments of the GEMM kernels (gemm.cpp: fp32 AVX-512/AVX2; gemm_amx_bf16.cpp: bf16 on AMX).
+#pragma once
+#include <cstdint>
+
+namespace kb {
+struct GemmArgs {
+  const void* a; const void* b; void* c;
+  int64_t M, N, K, lda, ldb, ldc;
+  int dtype, threads;
+};
+}  // namespace kb
+
+namespace kb_amx {
+int gemm_bf16(const kb::GemmArgs& g);   // bf16 in and out, fp32 accumulation; needs kb::isa() >= ISA_AMX
+}
