@@ -15,6 +15,7 @@ bench: setup build
 	$(VPY) bench.py --suite attention
 
 test: setup build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	$(VPY) -m pytest -q
 
 # System packages: compilers and CMake for the native kernels, Chromium to look at the HTML report.

@@ -90,9 +90,24 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
+def configure_compile() -> None:
+    """torch.compile variants recompile once per case shape; dynamo's default limit (8) would silently fall
+    back to eager for the later cases of a --full run and misreport them. Raise the limit, and make a hit
+    an error (an `error` row) rather than a silent fallback."""
+    try:
+        import torch._dynamo.config as dcfg
+    except ImportError:   # pragma: no cover
+        return
+    for name, value in (("recompile_limit", 512), ("accumulated_recompile_limit", 8192),
+                        ("fail_on_recompile_limit_hit", True)):
+        if hasattr(dcfg, name):
+            setattr(dcfg, name, value)
+
+
 class Runner:
     def __init__(self, opts: RunOptions, argv: list[str]):
         self.opts = opts
+        configure_compile()
         self.device = opts.device
         if opts.threads:
             torch.set_num_threads(opts.threads)

@@ -129,3 +129,8 @@ def test_filters_and_variant_selection():
                                                                                 ("wrong", "bfloat16")}
     opts = RunOptions(suites=[suite], device="cpu", dtypes=None, mode="test", filters=["fa*"])
     assert {p.variant.name for p in build_plan(opts)} == {"fast"}
+
+
+def test_compiled_variants_never_fall_back_silently(toy_run):
+    import torch._dynamo.config as dcfg
+    assert dcfg.recompile_limit >= 512 and dcfg.fail_on_recompile_limit_hit is True
