@@ -14,15 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.results import COLUMNS
 from harness.telemetry import TELEMETRY_COLUMNS, empty_summary
-
-COLUMNS = [
-    "run_id", "suite", "case", "variant", "device", "device_name", "dtype", "status", "reason",
-    "median_ms", "p20_ms", "p80_ms", "min_ms", "n", "cv", "samples_ms", "compile_s",
-    "flops", "bytes", "tflops", "gbps", "pct_peak", "peak_source", "pct_peak_measured", "speedup",
-    "max_abs_err", "max_rel_err", "config", "threads", "cold", "cuda_graph",
-    "commit", "host", "torch", "triton", "cuda", "driver", "timestamp",
-]
 
 H100 = dict(device="cuda", device_name="NVIDIA H100 80GB HBM3", cuda="12.8", driver="570.86", threads=None)
 A100 = dict(device="cuda", device_name="NVIDIA A100-SXM4-80GB", cuda="12.8", driver="570.86", threads=None)

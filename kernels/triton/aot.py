@@ -30,7 +30,6 @@ import importlib
 import inspect
 import io
 import json
-import math
 import os
 import re
 import subprocess
@@ -45,47 +44,10 @@ ARCHS = ("sm_80", "sm_90a")
 COLUMNS = ["backend", "kernel", "arch", "registers", "spill_stores_bytes", "spill_loads_bytes",
            "smem_static_bytes", "smem_dynamic_bytes", "threads_per_block", "occupancy",
            "tensor_core_instrs", "source"]
-_AOT_VERSION = "3"  # bump when the row format or the analysis changes: invalidates the cache
+_AOT_VERSION = "4"  # bump when the row format or the analysis changes: invalidates the cache
 
-# --------------------------------------------------------------------------------------------------
-# occupancy: the CUDA occupancy calculator's rules, per architecture
-# --------------------------------------------------------------------------------------------------
-_SM = {  # max warps/SM, max blocks/SM, registers/SM, max shared memory/SM usable by blocks (bytes)
-    80: dict(warps=64, blocks=32, regs=65536, smem=164 * 1024),
-    86: dict(warps=48, blocks=16, regs=65536, smem=100 * 1024),
-    89: dict(warps=48, blocks=24, regs=65536, smem=100 * 1024),
-    90: dict(warps=64, blocks=32, regs=65536, smem=228 * 1024),
-}
-_REG_UNIT = 256        # registers are allocated per warp in units of 256
-_SMEM_UNIT = 128       # shared memory is allocated per block in units of 128 bytes
-_SMEM_RESERVED = 1024  # the driver reserves 1 KiB of shared memory per block on sm_80 and newer
-
-
-def _cc(arch: str) -> int:
-    m = re.fullmatch(r"sm_(\d+)a?", arch)
-    if not m:
-        raise ValueError(f"not a CUDA arch: {arch!r}")
-    return int(m.group(1))
-
-
-def occupancy(registers: int, smem_bytes: int, threads: int, arch: str) -> float:
-    """Theoretical occupancy (resident warps / the SM's maximum) of a kernel using `registers` per
-    thread, `smem_bytes` of shared memory per block (static + dynamic) and `threads` per block."""
-    sm = _SM[_cc(arch)]
-    warps = math.ceil(threads / 32)
-    limits = [sm["blocks"], sm["warps"] // warps]
-    if registers > 0:
-        per_warp = math.ceil(registers * 32 / _REG_UNIT) * _REG_UNIT
-        limits.append((sm["regs"] // per_warp) // warps)
-    per_block = math.ceil((smem_bytes + _SMEM_RESERVED) / _SMEM_UNIT) * _SMEM_UNIT
-    limits.append(sm["smem"] // per_block)
-    return min(limits) * warps / sm["warps"]
-
-
-try:  # one formula for CUDA and Triton rows, where the harness has it
-    from harness.kernels_report import occupancy  # type: ignore[no-redef]  # noqa: F811
-except Exception:
-    pass
+# occupancy and architecture numbers: one formula for the CUDA and Triton rows of the kernels report
+from harness.kernels_report import arch_number as _cc, occupancy  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # one compile
