@@ -179,3 +179,18 @@ def prune_row_configs(configs, named_args, **kwargs):
     keep = [c for c in configs
             if MIN_PER_THREAD <= c.kwargs.get("BLOCK_N", block) // (32 * c.num_warps) <= MAX_PER_THREAD]
     return keep or [min(configs, key=lambda c: c.num_warps)]
+
+
+def row_kernels(kernel):
+    """The two launchers of a one-row-per-program kernel (softmax, RMSNorm, LayerNorm): FUSED keeps the whole
+    row in registers (BLOCK_N follows the row, autotuning varies the warps); LOOPED streams BLOCK_N tiles.
+    GPU autotune lists shared by the three; num_stages stays 1 (no tl.dot to pipeline). Under the
+    interpreter a 128-column tile exercises the loop and its ragged last tile at 129 and 1000 columns."""
+    fused_configs = [triton.Config({}, num_warps=w, num_stages=1) for w in (1, 2, 4, 8, 16, 32)]
+    # looped tiles: the same 8..32 elements-per-thread rule, applied once here
+    looped_configs = prune_row_configs([triton.Config({"BLOCK_N": b}, num_warps=w, num_stages=1)
+                                        for b in (1024, 2048, 4096) for w in (4, 8, 16)], {})
+    fused = TritonKernel(kernel, fused_configs, key=["n_cols"], interpret=triton.Config({}),
+                         prune_configs_by={"early_config_prune": prune_row_configs})
+    looped = TritonKernel(kernel, looped_configs, key=["n_cols"], interpret=triton.Config({"BLOCK_N": 128}))
+    return fused_configs, looped_configs, fused, looped

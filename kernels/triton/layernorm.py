@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from kernels.triton.common import (HAS_TRITON, Launcher, TritonKernel, config, missing_reason,  # noqa: F401
-                                   next_pow2, prune_row_configs, triton, tl)
+                                   next_pow2, prune_row_configs, row_kernels, triton, tl)
 
 MAX_FUSED = 16384
 DEFAULT_EPS = 1e-5  # torch.nn.functional.layer_norm's default
@@ -70,14 +70,7 @@ if HAS_TRITON:
                 b = tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
                 tl.store(y_row + c, ((x - mean) * rstd * w + b).to(y_ptr.dtype.element_ty), mask=mask)
 
-    FUSED_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (1, 2, 4, 8, 16, 32)]
-    # looped tiles: the same 8..32 elements-per-thread rule, applied once here
-    LOOPED_CONFIGS = prune_row_configs([triton.Config({"BLOCK_N": b}, num_warps=w, num_stages=1)
-                                       for b in (1024, 2048, 4096) for w in (4, 8, 16)], {})
-    FUSED = TritonKernel(layernorm_kernel, FUSED_CONFIGS, key=["n_cols"], interpret=triton.Config({}),
-                         prune_configs_by={"early_config_prune": prune_row_configs})
-    LOOPED = TritonKernel(layernorm_kernel, LOOPED_CONFIGS, key=["n_cols"],
-                          interpret=triton.Config({"BLOCK_N": 128}))
+    FUSED_CONFIGS, LOOPED_CONFIGS, FUSED, LOOPED = row_kernels(layernorm_kernel)
 
 
 def layernorm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, out: torch.Tensor,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from kernels.triton.common import (HAS_TRITON, MAX_PER_THREAD, Launcher, TritonKernel, config,  # noqa: F401
-                                   missing_reason, next_pow2, prune_row_configs, triton, tl)
+                                   missing_reason, next_pow2, prune_row_configs, row_kernels, triton, tl)
 
 MAX_FUSED = 16384  # longest row kept whole in registers: 16384 fp32 over 16 warps = 32 registers/thread
 
@@ -57,17 +57,7 @@ if HAS_TRITON:
                 x = tl.load(x_row + c, mask=c < n_cols, other=-float("inf")).to(tl.float32)
                 tl.store(y_row + c, (tl.exp(x - m) * inv).to(y_ptr.dtype.element_ty), mask=c < n_cols)
 
-    # GPU autotuning: the fused row only varies the warps (BLOCK_N follows cols); the looped one also
-    # the tile it streams. num_stages does not matter here (no tl.dot pipelining), so it stays 1.
-    FUSED_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (1, 2, 4, 8, 16, 32)]
-    # looped tiles: the same 8..32 elements-per-thread rule, applied once here
-    LOOPED_CONFIGS = prune_row_configs([triton.Config({"BLOCK_N": b}, num_warps=w, num_stages=1)
-                                       for b in (1024, 2048, 4096) for w in (4, 8, 16)], {})
-    FUSED = TritonKernel(softmax_kernel, FUSED_CONFIGS, key=["n_cols"], interpret=triton.Config({}),
-                         prune_configs_by={"early_config_prune": prune_row_configs})
-    # under the interpreter a 128-column tile exercises the loop (and its ragged last tile) at 129, 1000
-    LOOPED = TritonKernel(softmax_kernel, LOOPED_CONFIGS, key=["n_cols"],
-                          interpret=triton.Config({"BLOCK_N": 128}))
+    FUSED_CONFIGS, LOOPED_CONFIGS, FUSED, LOOPED = row_kernels(softmax_kernel)
 
 
 def softmax(x: torch.Tensor, out: torch.Tensor, looped: bool | None = None):
