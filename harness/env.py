@@ -73,17 +73,12 @@ def driver_version() -> str | None:
         return None
 
 
-def row_keys(device: str) -> dict:
-    """Environment keys repeated on every results row (so one table can mix machines)."""
-    return {
-        "device_name": device_name(device),
-        "commit": git_commit(),
-        "host": socket.gethostname(),
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "cuda": torch.version.cuda,
-        "driver": driver_version() if device == "cuda" else None,
-    }
+ROW_KEYS = ("device_name", "commit", "host", "torch", "triton", "cuda", "driver")
+
+
+def row_keys(manifest: dict) -> dict:
+    """Environment keys repeated on every results row (so one table can mix machines), read off the manifest."""
+    return {k: manifest.get(k) for k in ROW_KEYS}
 
 
 def manifest(device: str, argv: list[str]) -> dict:

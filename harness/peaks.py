@@ -12,6 +12,8 @@ import os
 import re
 from pathlib import Path
 
+from harness.results import atomic_write
+
 DATASHEET: list[tuple[str, dict[str, float]]] = [
     # pattern in torch.cuda.get_device_name()   GB/s,          TFLOP/s per dtype
     ("H200",        {"bw_gbs": 4800, "float32": 67.0, "bfloat16": 989.4, "float16": 989.4}),
@@ -63,9 +65,7 @@ def store_measured(device_name: str, peaks: dict[str, float]) -> Path:
     path = measured_path(device_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     merged = {**(load_measured(device_name) or {}), **peaks, "device_name": device_name}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: p.write_text(json.dumps(merged, indent=2, sort_keys=True)))
     return path
 
 

@@ -25,7 +25,8 @@ COLUMNS = [
 STATUSES = ("ok", "incorrect", "error", "skipped")
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp)` then rename over `path`: readers see the old file or the new one, never a torn one."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -71,15 +72,15 @@ class ResultWriter:
 
     def flush(self) -> None:
         df = self.frame()
-        _atomic_write(self.parquet, lambda p: df.to_parquet(p, index=False))
+        atomic_write(self.parquet, lambda p: df.to_parquet(p, index=False))
         csv = df.copy()
         csv["samples_ms"] = csv["samples_ms"].map(
             lambda s: json.dumps([round(float(x), 6) for x in s]) if isinstance(s, (list, tuple)) else "")
-        _atomic_write(self.dir / "results.csv", lambda p: csv.to_csv(p, index=False))
+        atomic_write(self.dir / "results.csv", lambda p: csv.to_csv(p, index=False))
 
     def write_manifest(self, **updates: Any) -> None:
         self.manifest.update(updates)
-        _atomic_write(self.dir / "manifest.json",
+        atomic_write(self.dir / "manifest.json",
                       lambda p: p.write_text(json.dumps(self.manifest, indent=2, default=_jsonable)))
 
 

@@ -8,6 +8,7 @@ come, so Ctrl-C keeps everything measured so far.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import fnmatch
 import math
@@ -20,16 +21,12 @@ from typing import Any, Callable
 
 import torch
 
-from harness import env, peaks
+from harness import env, peaks, telemetry
 from harness.check import compare
 from harness.registry import Case, Skip, Suite, Variant
 from harness.results import ResultWriter, param_column
 from harness.timing import CacheFlusher, TimingConfig, measure, sync
 
-try:  # telemetry is optional: the run goes on without it
-    from harness import telemetry as _telemetry
-except ImportError:  # pragma: no cover - present in a full checkout
-    _telemetry = None
 
 
 @dataclass
@@ -116,14 +113,10 @@ class Runner:
         manifest = env.manifest(self.device, argv)
         manifest.update(run_id=self.run_id, mode=opts.mode, seed=opts.seed,
                         suites=[s.name for s in opts.suites], timing=vars(opts.timing))
-        self.sampler = _telemetry.make_sampler(self.device) if _telemetry else None
-        if self.sampler is not None:
-            manifest["telemetry"] = self.sampler.info()
-        else:
-            manifest["telemetry"] = {"available": False, "reason": "harness.telemetry not installed"}
-        extra = list(getattr(_telemetry, "TELEMETRY_COLUMNS", [])) if _telemetry else []
-        self.writer = ResultWriter(Path(out), manifest, extra)
-        self.keys = env.row_keys(self.device)
+        self.sampler = telemetry.make_sampler(self.device)     # never raises; empty columns where unreadable
+        manifest["telemetry"] = self.sampler.info()
+        self.writer = ResultWriter(Path(out), manifest, telemetry.TELEMETRY_COLUMNS)
+        self.keys = env.row_keys(manifest)
         self.ds = peaks.datasheet(self.keys["device_name"]) if self.device == "cuda" else None
         self.measured = peaks.load_measured(self.keys["device_name"])
         self.baseline_ms: dict[tuple, float] = {}
@@ -187,20 +180,17 @@ class Runner:
         launcher = v.setup(case, **inputs)
         cfg = self.opts.timing
         if row["cold"] and not cfg.cold:
-            cfg = TimingConfig(**{**vars(cfg), "cold": True})
+            cfg = dataclasses.replace(cfg, cold=True)
         flush = None
         if cfg.cold:
             self.flusher = self.flusher or CacheFlusher(self.device)
             flush = self.flusher
-        if self.sampler is not None:
-            with self.sampler.measure() as m:
-                stats = measure(launcher, self.device, cfg, flush)
-            row.update(m.summary(stats.n * stats.calls_per_sample))
-            self.telemetry_entries.append((dict(run_id=self.run_id, suite=suite.name, case=case.name,
-                                                variant=v.name, dtype=case.dtype_name), m))
-            _telemetry.write_timeseries(self.writer.dir, self.telemetry_entries)
-        else:
+        with self.sampler.measure() as m:
             stats = measure(launcher, self.device, cfg, flush)
+        row.update(m.summary(stats.n * stats.calls_per_sample))
+        self.telemetry_entries.append((dict(run_id=self.run_id, suite=suite.name, case=case.name,
+                                            variant=v.name, dtype=case.dtype_name), m))
+        telemetry.write_timeseries(self.writer.dir, self.telemetry_entries)
         sec = stats.median_ms / 1e3
         row.update(status="ok", reason=None if stats.stop_reason != "budget" else
                    f"time budget ended before the median's CI reached {cfg.target_rel_ci:.0%} "

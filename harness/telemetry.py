@@ -635,11 +635,10 @@ def write_timeseries(run_dir: str | os.PathLike, entries: Iterable[tuple[dict[st
         df.insert(0, "t_s", df["t_unix"] - df["t_unix"].min())
         lead = [c for c in ("run_id", "suite", "case", "variant", "dtype") if c in df.columns]
         df = df[lead + [c for c in df.columns if c not in lead]]
+        from harness.results import atomic_write
         path = Path(run_dir) / "telemetry.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".telemetry.parquet.tmp")
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        atomic_write(path, lambda p: df.to_parquet(p, index=False))
         return path
     except Exception as e:                                 # noqa: BLE001
         _warn_once("timeseries", f"telemetry.parquet not written: {type(e).__name__}: {e}")
