@@ -230,6 +230,9 @@ class Runner:
                         on_row(row)
             except KeyboardInterrupt:
                 interrupted = True
+                # Ctrl-C may land inside writer.add, after the row joined the list but before the files
+                # were replaced: write them again so the files hold every row measured.
+                self.writer.flush()
         for suite in self.opts.suites:
             if suite.after_run and not interrupted and self.opts.mode != "test":   # test shapes: no figures
                 suite.after_run([r for r in self.writer.rows if r["suite"] == suite.name])

@@ -134,3 +134,22 @@ def test_filters_and_variant_selection():
 def test_compiled_variants_never_fall_back_silently(toy_run):
     import torch._dynamo.config as dcfg
     assert dcfg.recompile_limit >= 512 and dcfg.fail_on_recompile_limit_hit is True
+
+
+def test_ctrl_c_inside_a_write_keeps_that_row(tmp_path):
+    """SIGINT landing in writer.add, after the row joined the list but before the files were replaced."""
+    suite, _ = make_suite()
+    opts = RunOptions(suites=[suite], device="cpu", dtypes=["float32"], mode="test", out=tmp_path,
+                      variants=["good", "fast"], timing=TimingConfig(budget_s=0.02, min_samples=2), progress=False)
+    runner = Runner(opts, [])
+    real_flush, calls = runner.writer.flush, []
+
+    def flush_cut_by_ctrl_c():
+        calls.append(1)
+        if len(calls) == 2:            # the second row's write is interrupted
+            raise KeyboardInterrupt
+        real_flush()
+    runner.writer.flush = flush_cut_by_ctrl_c
+    assert runner.run(build_plan(opts)) == 130
+    assert len(runner.writer.rows) == 2
+    assert len(load(tmp_path)) == 2 and runner.writer.manifest["rows"] == 2
