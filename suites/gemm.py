@@ -33,7 +33,8 @@ SUITE = Suite(
     case_name=lambda p: f"{p['m']}x{p['n']}x{p['k']}",
 )
 SUITE.add_cases("test", [dict(m=1, n=127, k=129), dict(m=127, n=129, k=1000), dict(m=129, n=1000, k=127),
-                         dict(m=1000, n=1, k=129), dict(m=65, n=33, k=17)])
+                         dict(m=1000, n=1, k=129), dict(m=65, n=33, k=17),
+                         dict(m=65, n=136, k=72)])  # K, N multiples of 8 (the CUDA cp.async path), tails in M, N, K
 SUITE.add_cases("quick", [dict(m=1024, n=1024, k=1024), dict(m=512, n=2048, k=1024)])
 SUITE.add_cases("full", [dict(m=2048, n=2048, k=2048), dict(m=4096, n=4096, k=1024), dict(m=1000, n=4096, k=4096)],
                 devices=("cpu",))

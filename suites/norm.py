@@ -32,7 +32,8 @@ def _both(shapes):
     return [dict(norm=n, rows=r, cols=c) for n in ("rms", "layer") for r, c in shapes]
 
 
-SUITE.add_cases("test", _both([(1, 127), (129, 1000), (127, 4099), (1000, 129)]))
+SUITE.add_cases("test", _both([(1, 127), (129, 1000), (127, 4099), (1000, 129),
+                               (3, 25000)]))  # past every row-cache threshold (24,576 fp32 columns)
 SUITE.add_cases("quick", _both([(4096, 1024), (1024, 4096)]))
 SUITE.add_cases("full", _both([(8192, 4096), (4096, 16384), (32768, 1024)]))
 SUITE.add_cases("full", _both([(65536, 8192)]), devices=("cuda",))

@@ -24,7 +24,8 @@ SUITE = Suite(
     case_name=lambda p: f"{p['rows']}x{p['cols']}",
 )
 SUITE.add_cases("test", [dict(rows=1, cols=127), dict(rows=129, cols=1000), dict(rows=127, cols=4099),
-                         dict(rows=1000, cols=129), dict(rows=3, cols=1)])
+                         dict(rows=1000, cols=129), dict(rows=3, cols=1),
+                         dict(rows=3, cols=25000)])  # past every row-cache threshold (24,576 fp32 columns)
 SUITE.add_cases("quick", [dict(rows=4096, cols=1024), dict(rows=1024, cols=4096)])
 SUITE.add_cases("full", [dict(rows=8192, cols=4096), dict(rows=4096, cols=16384), dict(rows=32768, cols=1024)])
 SUITE.add_cases("full", [dict(rows=16384, cols=32768), dict(rows=131072, cols=4096)], devices=("cuda",))

@@ -201,7 +201,7 @@ def _suite_cases(device: str):
 
 
 @pytest.mark.parametrize("device", _backends())
-def test_kernels_match_suite_references(device):
+def test_kernels_match_suite_references(device, monkeypatch):
     from harness.check import compare
     from harness.registry import Skip
     from kernels.cuda import lib
@@ -210,8 +210,17 @@ def test_kernels_match_suite_references(device):
         reason = lib.missing_reason(None)
         if reason:
             pytest.skip(reason)
-    elif not lib.library_path(simulated=True).exists():
-        pytest.skip("CUDA simulation not built (build/lib/libkb_cuda_sim.so)")
+    else:
+        # Build (incrementally) and load the simulation from the current sources, never whatever
+        # libkb_cuda_sim.so happens to be on disk: a stale library would check old kernel code.
+        from kernels.cuda.sim.build import SimBuildError, missing_tools, sim_library
+        if missing_tools():
+            pytest.skip(missing_tools())
+        try:
+            simlib = lib.bind(sim_library("kb_cuda_sim")[0])
+        except SimBuildError as e:
+            pytest.fail(f"the CUDA kernels do not build under the simulation:\n{e}")
+        monkeypatch.setattr(lib, "_lib_for", lambda case: simlib)
     checked, failures = 0, []
     for i, (suite, case, setup) in enumerate(_suite_cases(device)):
         inputs = suite.make_inputs(case, seed=1234 + i)

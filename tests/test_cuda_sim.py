@@ -428,3 +428,135 @@ def test_unsupported_source_listed_as_not_simulated(tmp_path):
     assert "kernels/cuda/extra.cu is not listed" in r.stderr
     m = (tmp_path / "b" / "lib" / "kb_cuda_sim_manifest.txt").read_text()
     assert "softmax.cu not-simulated inline PTX asm" in m and "extra.cu unlisted" in m
+
+
+# ---------------------------------------------------------------------------------------------------
+# The race checker (kb_sim_race.cpp, libraries *_race): a conflicting access in the same barrier interval is
+# reported deterministically, under the natural order, with both threads and source lines. Planted races of
+# tests/sim_kernels/race.cu give right results under every seed and schedule; only the checker sees them.
+
+SCHEDULES = {"lockstep": 0, "drift": 1, "random": 2}
+
+
+@pytest.fixture(scope="module")
+def race_lib():
+    try:
+        so = ctypes.CDLL(str(sim_library("kb_sim_tests_race")[0]))
+    except SimBuildError as e:
+        pytest.fail(str(e))
+    so.kb_sim_last_error.restype = ctypes.c_char_p
+    so.kb_sim_set_schedule_seed.argtypes = [ctypes.c_longlong]
+    assert so.kb_sim_racecheck() == 1
+    return so
+
+
+def run_schedules(lib, fn):
+    """fn() under every schedule with seeds -1, 1, 2 (drift permutes warps, random picks threads)."""
+    outs = []
+    try:
+        for mode in SCHEDULES.values():
+            lib.kb_sim_set_schedule(mode)
+            outs += run_seeds(lib, fn, seeds=(-1, 1, 2))
+    finally:
+        lib.kb_sim_set_schedule(-1)
+    return outs
+
+
+def _counter(lib, racy, nb=3):
+    out = np.full(nb, -1, np.int32)
+    rc = lib.simtest_counter(ptr(out), nb, racy)
+    return rc, out
+
+
+def _reuse(lib, x, ntiles, racy):
+    y = np.full(64 * ntiles, np.nan, np.float32)
+    rc = lib.simtest_reuse(ptr(y), ptr(x), ntiles, racy)
+    i = np.arange(64)
+    src = (i // 4 * 4 + 4 * (i % 4) + 5) % 64   # y[64k + 4t + j] = 3 * tile_k[(4t + 4j + 5) % 64]
+    ref = 3 * x[:64 * ntiles].reshape(ntiles, 64)[:, src].reshape(-1)
+    return rc, y, ref
+
+
+def _swap(lib, x, racy):
+    y = np.full(32, np.nan, np.float32)
+    rc = lib.simtest_swap(ptr(y), ptr(x), racy)
+    return rc, y
+
+
+def test_planted_races_invisible_without_the_checker(lib, rng):
+    """The racy kernels give the right answer under every seed and schedule of the plain simulation."""
+    x = rng.standard_normal(64 * 3).astype(np.float32)
+    for rc, out in run_schedules(lib, lambda: _counter(lib, 1)):
+        assert rc == 0 and (out == 128).all()
+    for rc, y, ref in run_schedules(lib, lambda: _reuse(lib, x, 3, 1)):
+        assert rc == 0 and np.array_equal(y, ref)
+    assert lib.kb_sim_racecheck() == 0
+
+
+@pytest.mark.parametrize("kernel,expect", [
+    ("counter", ["race (read after write) on static __shared__ memory", "race.cu:12", "counter_kernel<true>"]),
+    ("reuse", ["race (write after read)", "issues a cp.async to it at race.cu:29", "read it at race.cu:33"]),
+    ("swap", ["race (write after read) on static __shared__ memory", "writes it at race.cu:45", "race.cu:47",
+              "no __syncthreads or __syncwarp"]),
+    ("shift", ["race (read after write)", "barrier_race.cu:12", "barrier_race.cu:10"]),
+    ("block_sum", ["race (", "barrier_race.cu:23"]),
+    ("pipeline", ["race (read after write)", "a cp.async to it at cp_async.cu:10 that has not landed",
+                  "reads it at cp_async.cu:19"]),
+])
+def test_racecheck_reports_planted_race(race_lib, rng, kernel, expect):
+    x = rng.standard_normal(64 * 5).astype(np.float32)
+    out = np.full(64 * 5, np.nan, np.float32)
+    rc = {"counter": lambda: _counter(race_lib, 1)[0], "reuse": lambda: _reuse(race_lib, x, 3, 1)[0],
+          "swap": lambda: _swap(race_lib, x, 1)[0],
+          "shift": lambda: race_lib.simtest_shift(ptr(out), ptr(x), 300, 1),
+          "block_sum": lambda: race_lib.simtest_block_sum(ptr(out), ptr(x), 300, 1),
+          "pipeline": lambda: race_lib.simtest_pipeline(ptr(out), ptr(x), 3, 1)}[kernel]()
+    msg = last_error(race_lib)
+    assert rc == ERR_LAUNCH, f"race not reported: {msg!r}"
+    for e in expect:
+        assert e in msg, f"{e!r} not in {msg!r}"
+    assert "thread " in msg and "(warp " in msg and "racecheck" in msg
+
+
+def test_racecheck_twins_clean(race_lib, rng):
+    """The correct twin of every planted bug: no report, right results, under every schedule."""
+    x = rng.standard_normal(64 * 5).astype(np.float32)
+
+    def all_twins():
+        rc, out = _counter(race_lib, 0)
+        assert rc == 0 and (out == 128).all(), last_error(race_lib)
+        rc, y, ref = _reuse(race_lib, x, 3, 0)
+        assert rc == 0 and np.array_equal(y, ref), last_error(race_lib)
+        rc, y = _swap(race_lib, x[:32], 0)
+        assert rc == 0 and np.array_equal(y, x[:32].reshape(16, 2)[:, ::-1].reshape(-1)), last_error(race_lib)
+        y = np.full(300, np.nan, np.float32)
+        assert race_lib.simtest_shift(ptr(y), ptr(x), 300, 0) == 0, last_error(race_lib)
+        assert race_lib.simtest_block_sum(ptr(y), ptr(x), 300, 0) == 0, last_error(race_lib)
+        y = np.full(64 * 5, np.nan, np.float32)
+        assert race_lib.simtest_pipeline(ptr(y), ptr(x), 5, 0) == 0, last_error(race_lib)
+        np.testing.assert_array_equal(y, 2 * x)
+        return True
+
+    assert all(run_schedules(race_lib, all_twins))
+
+
+@pytest.mark.parametrize("n", [300, 1000])
+def test_drift_schedule_exposes_missing_barrier(lib, rng, n):
+    """Warps that drift apart (one warp runs to its barrier before the next starts, in permuted warp order)
+    expose the shift kernel's missing barrier at warp boundaries; the natural lockstep order hides it."""
+    def run(racy):
+        def f():
+            x = rng.standard_normal(n).astype(np.float32)
+            y = np.full(n, np.nan, np.float32)
+            assert lib.simtest_shift(ptr(y), ptr(x), n, racy) == 0, last_error(lib)
+            ref = np.where(np.arange(n) % 256 == 0, 0.0, np.roll(x, 1)).astype(np.float32)
+            return np.array_equal(y, ref)
+        return f
+    try:
+        lib.kb_sim_set_schedule(SCHEDULES["drift"])
+        assert all(run_seeds(lib, run(0), seeds=(-1, 1, 2, 3)))
+        racy = run_seeds(lib, run(1), seeds=(-1, 1, 2, 3))
+    finally:
+        lib.kb_sim_set_schedule(-1)
+    assert racy[0], "natural warp order"
+    assert not all(racy[1:]), "drifting warps in permuted order did not expose the missing barrier"

@@ -4,7 +4,8 @@ The same .cu sources that nvcc builds into libkb_cuda.so are compiled by g++ aga
 into libkb_cuda_sim.so (built here into .cache/sim-build on first use). Each kernel is driven through the
 setup function its suite registers (kernels/cuda/lib.py, bound to the simulated library with `bind(path)`),
 on CPU tensors, at the suites' odd "test" shapes, with fresh inputs and NaN-poisoned outputs, under two
-schedule seeds, and compared with the suite's float64 reference at the suite's tolerance.
+schedules (warps drifting apart, random thread order), and compared with the suite's float64 reference at the
+suite's tolerance; and once more with the race checker, which fails a kernel on any shared- or global-memory race.
 A fresh process then runs one case of each kernel under AddressSanitizer and must produce no report.
 Timing means nothing under simulation: these tests check results only.
 """
@@ -28,7 +29,11 @@ from kernels.cuda.sim.build import ROOT, SimBuildError, asan_runtime, manifest, 
 
 pytestmark = pytest.mark.skipif(missing_tools() is not None, reason=str(missing_tools()))
 
-SEEDS = (1, 2)  # schedule seeds: each check runs under both, with fresh inputs
+# (schedule, seed): each check runs under both, with fresh inputs. drift: one warp at a time to its next barrier,
+# warps in seeded order; random: one random thread at a time, collectives fired as soon as their lanes arrive.
+# The lockstep order runs in test_kernel_race_free, under the race checker.
+SCHEDULES = (("drift", 1), ("random", 2))
+SCHEDULE_MODE = {"lockstep": 0, "drift": 1, "random": 2}
 
 # suite -> (kernels/cuda/lib.py setup, C entry points it drives, source file)
 KERNELS = {
@@ -55,6 +60,18 @@ def simlib(sim_path):
     lib.lib.kb_sim_last_error.restype = ctypes.c_char_p
     yield lib
     lib.lib.kb_sim_set_schedule_seed(-2)
+    lib.lib.kb_sim_set_schedule(-1)
+
+
+@pytest.fixture(scope="module")
+def racelib():
+    """The same kernels built with the race checker (kernels/cuda/sim/kb_sim_race.cpp)."""
+    try:
+        lib = cuda_lib.bind(sim_library("kb_cuda_sim_race")[0])
+    except SimBuildError as e:
+        pytest.fail(f"the CUDA kernels do not build under the simulation's race checker:\n{e}")
+    assert lib.lib.kb_sim_racecheck() == 1
+    return lib
 
 
 @pytest.fixture
@@ -99,20 +116,38 @@ def test_kernel_matches_reference(on_sim, suite_name, case):
     s = suite(suite_name)
     setup = KERNELS[suite_name][0]
     atol, rtol = s.tolerance(case)
-    for seed in SEEDS:
+    for schedule, seed in SCHEDULES:
         inputs = s.make_inputs(case, seed=zlib.crc32(f"{case.name}/{case.dtype_name}/{seed}".encode()))
         try:
             launcher = setup(case, **inputs)
         except Skip as e:  # the real kernel does not take this case either (same setup code)
             pytest.skip(f"{suite_name} cuda kernel: {e}")
         on_sim.lib.kb_sim_set_schedule_seed(seed)
+        on_sim.lib.kb_sim_set_schedule(SCHEDULE_MODE[schedule])
         try:
             out = launcher()
         finally:
             on_sim.lib.kb_sim_set_schedule_seed(-2)
+            on_sim.lib.kb_sim_set_schedule(-1)
         ref = s.compute_reference(case, inputs)
         r = compare(out, ref, atol, rtol)
-        assert r.ok, f"schedule seed {seed}: {r.message}"
+        assert r.ok, f"schedule {schedule} seed {seed}: {r.message}"
+
+
+@pytest.mark.parametrize("suite_name,case", cases())
+def test_kernel_race_free(racelib, monkeypatch, suite_name, case):
+    """No shared- or global-memory race in any barrier interval (RAW, WAR, WAW, cp.async destinations touched
+    before their wait), whatever the schedule: the race checker reports the two threads, address and lines."""
+    monkeypatch.setattr(cuda_lib, "_lib_for", lambda c: racelib)
+    s = suite(suite_name)
+    inputs = s.make_inputs(case, seed=zlib.crc32(f"race/{case.name}/{case.dtype_name}".encode()))
+    try:
+        launcher = KERNELS[suite_name][0](case, **inputs)
+    except Skip as e:
+        pytest.skip(f"{suite_name} cuda kernel: {e}")
+    out = launcher()   # a race is a launch error: KbCudaError with the checker's report
+    r = compare(out, s.compute_reference(case, inputs), *s.tolerance(case))
+    assert r.ok, r.message
 
 
 def test_launch_error_reaches_python(on_sim):

@@ -186,6 +186,48 @@ def test_interp_looped_rows(request, child_outcomes, kernel, rows, cols, dtype):
     assert res.ok, f"{case} seed={seed}: {res.message}"
 
 
+SPECIAL_SUITES = [n for n in ("softmax", "norm", "rmsnorm", "layernorm") if n in SUITES] + ["attention"]
+
+
+@pytest.mark.parametrize("looped", [False, True])
+@pytest.mark.parametrize("name", SPECIAL_SUITES)
+def test_interp_special_values(request, child_outcomes, name, looped):
+    """-inf rows, +inf, NaN (tests/special_values.py): NaN and inf exactly where torch's eager op puts them,
+    on the fused and the looped row paths (128-column tiles: the looped softmax's first tiles are all -inf)."""
+    if not _interpreted(request, child_outcomes):
+        return
+    from tests.special_values import assert_same_specials, attention_inputs, row_inputs, torch_expected
+    suite = get_suite(name)
+    if name == "attention":
+        if looped:
+            pytest.skip("attention has no looped path")
+        case = Case(name, dict(b=1, h=2, hkv=1, sq=129, sk=129, d=64, causal=True), "cpu", "float32")
+        inputs = attention_inputs(suite, case)
+        out = suite.variants["triton"].setup(case, **inputs)()
+    else:
+        from kernels.triton import layernorm, rmsnorm, softmax
+        base = suite.cases("test", "cpu", "float32")[0]
+        kinds = [base.get("norm")] if base.get("norm") is None else ["rms", "layer"]
+        for kind in kinds:
+            params = dict(base.params, rows=6, cols=1000)
+            if kind is not None:
+                params["norm"] = kind
+            case = Case(name, params, "cpu", "float32")
+            inputs = row_inputs(suite, case)
+            want = torch_expected(suite, case, inputs)
+            out = case.poisoned((6, 1000))
+            x = inputs["x"]
+            if name == "softmax":
+                softmax.softmax(x, out, looped=looped)
+            elif kind == "rms" or name == "rmsnorm":
+                rmsnorm.rmsnorm(x, inputs["weight"], out, inputs["eps"], looped=looped)
+            else:
+                layernorm.layernorm(x, inputs["weight"], inputs["bias"], out, inputs["eps"], looped=looped)
+            assert_same_specials(out, want, f"triton {name} {kind} looped={looped}", *suite.tolerance(case))
+        return
+    assert_same_specials(out, torch_expected(suite, case, inputs), "triton attention", *suite.tolerance(case))
+
+
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 def test_interp_gemm_strided(request, child_outcomes, dtype):
     """Any strides: a transposed (column-major) B and a C written into a wider buffer's columns."""

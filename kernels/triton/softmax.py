@@ -40,15 +40,18 @@ if HAS_TRITON:
             y = e * (1.0 / tl.sum(e, axis=0))
             tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
         else:
-            # pass 1, online: running max m and sum s of exp(x - m); every block has >= 1 real column,
-            # so the block max is finite and the first rescale is exp(-inf) * 0 = 0, never NaN
+            # pass 1, online: running max m and sum s of exp(x - m). While every element so far is -inf
+            # (a masked prefix: m_new = -inf) the shift is 0 instead of m_new, so exp(-inf - 0) = 0 is added
+            # rather than exp(-inf - -inf) = NaN; a row that is -inf throughout ends with s = 0 and m = -inf
+            # and gives NaN (0/0) like torch.
             m = -float("inf")
             s = 0.0
             for start in range(0, n_cols, BLOCK_N):
                 c = start + cols
                 x = tl.load(x_row + c, mask=c < n_cols, other=-float("inf")).to(tl.float32)
                 m_new = tl.maximum(m, tl.max(x, axis=0))
-                s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+                shift = tl.where(m_new == -float("inf"), 0.0, m_new)
+                s = s * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
                 m = m_new
             inv = 1.0 / s
             # pass 2: second read of x, one write

@@ -4,7 +4,7 @@
 # symbol in the kernel's object file (mangled with its namespace). This script finds every such symbol
 # with readelf and defines it as an alias of one per-OS-thread buffer, so that all `extern __shared__`
 # arrays start at the same address, as in CUDA. The buffer has a guard zone on each side (poisoned under
-# AddressSanitizer by the runtime, see kb_sim_runtime.cpp).
+# AddressSanitizer by the runtime, see kb_sim_scheduler.cpp).
 set(max 232448)
 set(guard 256)
 set(syms "")

@@ -3,7 +3,7 @@
 // results, never speed. In the line of MCUDA (Stratton et al., LCPC 2008: a block's threads serialized,
 // split at barriers) and HIP-CPU (a block's threads as fibers on one OS thread); written from scratch.
 //
-// Execution model (the runtime is kb_sim_runtime.cpp):
+// Execution model (the runtime is kb_sim_*.cpp, see kb_sim_internal.h):
 //   - A launch runs its blocks on a pool of OS threads (KB_SIM_THREADS, default: the number of cores).
 //   - Each CUDA thread of a block is a cooperative fiber on the OS thread that runs the block. A fiber runs
 //     until it reaches a barrier (__syncthreads), a warp collective (shuffle, ballot, __syncwarp, mma,
@@ -97,7 +97,7 @@ static inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return uint
 static inline dim3 make_dim3(unsigned x, unsigned y, unsigned z) { return dim3(x, y, z); }
 
 // ---------------------------------------------------------------------------------------------------
-// Runtime types shared with kb_sim_runtime.cpp.
+// Runtime types shared with the runtime (kb_sim_*.cpp).
 typedef struct kb_sim_stream* cudaStream_t;
 typedef enum cudaError {
   cudaSuccess = 0,
@@ -154,7 +154,7 @@ struct ThreadInfo {  // the current CUDA thread of this OS thread; switched with
 };
 extern thread_local ThreadInfo* t_cur;
 
-// Runtime entry points (kb_sim_runtime.cpp).
+// Runtime entry points (kb_sim_fiber.cpp, kb_sim_scheduler.cpp, kb_sim_api.cpp).
 void syncthreads(const char* file, int line);
 void warp_collective(CollOp* op);
 [[noreturn]] void kernel_fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -370,8 +370,8 @@ static inline float f16_bits_to_f32(uint16_t b) { _Float16 h; memcpy(&h, &b, 2);
 
 #define KB_SIM_HALF_TYPE(N, TOB, TOF)                                                              \
   struct N {                                                                                       \
-    uint16_t __x;                                                                                  \
-    N() = default;                                                                                 \
+    uint16_t __x = 0; /* constant-initialized: a thread_local (static __shared__) array of it needs */ \
+    N() = default;    /* no TLS init guard, which every thread would write (a race to the checker) */ \
     template <class T, class = typename std::enable_if<std::is_arithmetic<T>::value>::type>        \
     N(T v) : __x(::kb_sim::TOB((float)v)) {}                                                       \
     operator float() const { return ::kb_sim::TOF(__x); }                                          \
