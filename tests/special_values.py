@@ -9,9 +9,10 @@ Rows of the row kernels (softmax, RMSNorm, LayerNorm), `cols` columns each:
   3  one NaN (NaN row for all three)
   4  +inf and -inf
   5  finite (must stay finite and right)
-Attention: one key row of K is NaN (key 70 of batch 0, head 0), and one V row is +inf (key 5 of the last kv
-head): with causal masking, queries before key 70 never see it and must stay finite (a kernel that
-multiplies masked scores by 0 instead of skipping them turns them NaN).
+Attention: one key row of K is NaN (key 70 of batch 0, kv head 0): with causal masking, queries before key 70
+never see it and must stay finite (a kernel that multiplies masked scores by 0 instead of skipping them turns
+them NaN), later ones are NaN; without masking every query of that head is NaN. One query row of the last head is
+NaN (query 3): only its output row is NaN. (No inf in V: torch's P @ V gives 0 * inf = NaN for masked keys.)
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def row_inputs(suite, case, seed: int = 11) -> dict:
 def attention_inputs(suite, case, seed: int = 11) -> dict:
     inputs = suite.make_inputs(case, seed)
     inputs["k"][0, 0, 70] = float("nan")
-    inputs["v"][0, -1, 5] = float("inf")
+    inputs["q"][0, -1, 3] = float("nan")
     return inputs
 
 

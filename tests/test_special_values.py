@@ -64,6 +64,8 @@ def test_variants_put_nan_and_inf_where_torch_does(suite_name, case, simlib, mon
     for vname, variant in suite.variants.items():
         if variant.compiled:      # torch.compile: test_compiled_variants_special_values; Triton: interpreter child
             continue
+        if vname.startswith("sdpa"):  # torch's own SDPA kernels are torch; sdpa_math differs from eager here:
+            continue                  # it adds the -inf mask to NaN scores, so masked NaN keys poison every row
         if variant.setup.__module__ == "kernels.cuda.lib":
             if simlib is None:
                 continue

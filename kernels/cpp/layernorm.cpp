@@ -38,27 +38,13 @@ constexpr int64_t GRAIN = 32768;   // elements per thread at least (as ATen's GR
 
 template <class T>
 static void row(const T* x, const T* w, const T* b, T* y, int64_t n, float eps, bool nt) {
-  vf s0 = zero(), s1 = zero(), s2 = zero(), s3 = zero();
-  int64_t i = 0;
-  for (; i + 4 * W <= n; i += 4 * W) {
-    s0 = add(s0, load(x + i)); s1 = add(s1, load(x + i + W));
-    s2 = add(s2, load(x + i + 2 * W)); s3 = add(s3, load(x + i + 3 * W));
-  }
-  for (; i < n; i += W) s0 = add(s0, loadn(x + i, int(n - i < W ? n - i : W), 0.f));
-  const float mean = hsum(add(add(s0, s1), add(s2, s3))) / float(n);
+  // blocked sums (simd.h): fp32 lanes within 4096-element blocks, blocks added in double
+  const float mean = float(blocked_sum(n, [&](int64_t i, int c) { return loadn(x + i, c, 0.f); }) / double(n));
   const vf m = set1(mean);
-  s0 = s1 = s2 = s3 = zero();
-  for (i = 0; i + 4 * W <= n; i += 4 * W) {
-    vf a = sub(load(x + i), m), c = sub(load(x + i + W), m);
-    vf d = sub(load(x + i + 2 * W), m), e = sub(load(x + i + 3 * W), m);
-    s0 = fma(a, a, s0); s1 = fma(c, c, s1); s2 = fma(d, d, s2); s3 = fma(e, e, s3);
-  }
-  for (; i < n; i += W) {
-    int c = int(n - i < W ? n - i : W);
+  const float var = float(blocked_sum(n, [&](int64_t i, int c) {
     vf a = keep(sub(loadn(x + i, c, 0.f), m), c);
-    s0 = fma(a, a, s0);
-  }
-  const float var = hsum(add(add(s0, s1), add(s2, s3))) / float(n);
+    return mul(a, a);
+  }) / double(n));
   const vf rstd = set1(1.0f / std::sqrt(var + eps));
   write_row(y, n, nt, [&](int64_t j, int c) {
     return fma(sub(loadn(x + j, c, 0.f), m), mul(rstd, loadn(w + j, c, 0.f)), loadn(b + j, c, 0.f));

@@ -37,17 +37,11 @@ constexpr int64_t GRAIN = 32768;   // elements per thread at least (as ATen's GR
 
 template <class T>
 static void row(const T* x, const T* w, T* y, int64_t n, float eps, bool nt) {
-  vf s0 = zero(), s1 = zero(), s2 = zero(), s3 = zero();
-  int64_t i = 0;
-  for (; i + 4 * W <= n; i += 4 * W) {
-    vf a = load(x + i), b = load(x + i + W), c = load(x + i + 2 * W), d = load(x + i + 3 * W);
-    s0 = fma(a, a, s0); s1 = fma(b, b, s1); s2 = fma(c, c, s2); s3 = fma(d, d, s3);
-  }
-  for (; i < n; i += W) {
-    vf a = loadn(x + i, int(n - i < W ? n - i : W), 0.f);
-    s0 = fma(a, a, s0);
-  }
-  const float ms = hsum(add(add(s0, s1), add(s2, s3))) / float(n);
+  // blocked sum of squares (simd.h): fp32 lanes within 4096-element blocks, blocks added in double
+  const float ms = float(blocked_sum(n, [&](int64_t i, int c) {
+    vf a = loadn(x + i, c, 0.f);
+    return mul(a, a);
+  }) / double(n));
   const vf r = set1(1.0f / std::sqrt(ms + eps));
   write_row(y, n, nt, [&](int64_t j, int c) { return mul(mul(loadn(x + j, c, 0.f), r), loadn(w + j, c, 0.f)); });
 }
