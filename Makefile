@@ -9,7 +9,7 @@ JOBS    ?= 2
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 export TRITON_CACHE_DIR := $(CURDIR)/.cache/triton
 
-.PHONY: bench test setup build system-deps gpu clean report
+.PHONY: bench test setup build system-deps gpu clean report mutants coverage
 
 bench: setup build
 	$(VPY) bench.py --suite attention
@@ -40,6 +40,16 @@ setup: $(VENV)/.installed
 build: setup
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
+
+# Mutation testing of the real kernels (scripts/mutants.py): every mutant must be killed; prints the kill table.
+# About 20 s a mutant on this machine (one recompile + the checks); tests/test_mutants.py runs a subset.
+mutants: setup
+	$(VPY) scripts/mutants.py
+
+# Line coverage of kernels/cuda/*.cu (simulated) and kernels/cpp/*.cpp under the tests, with gcov + gcovr
+# (scripts/coverage.sh): summary printed, per-line HTML in .cache/coverage/index.html.
+coverage: setup
+	PY=$(VPY) JOBS=$(JOBS) bash scripts/coverage.sh
 
 # Everything on a GPU machine in one call: build, all tests (GPU ones included), reports, every suite timed.
 gpu:

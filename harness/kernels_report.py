@@ -4,7 +4,8 @@ theoretical occupancy each one can reach (`python bench.py --kernels-report`).
 Sources, for build/lib/libkb_cuda.so:
 - `cuobjdump --dump-resource-usage`: registers, static shared memory, local memory (per kernel, per arch);
 - the `-Xptxas -v` logs the build keeps (build/**/ptxas/*.log): spill stores and loads in bytes;
-- `cuobjdump -sass`: HMMA / HGMMA instructions per kernel (tensor-core use);
+- `cuobjdump -sass`: HMMA / HGMMA (tensor cores), UTMALDG (TMA loads) and LDGSTS (cp.async) instructions per
+  kernel and architecture, each its own column;
 - the `// kb-report: <kernel> threads=<n> smem_dynamic=<bytes>` line above each kernel in
   kernels/cuda/*.cu: the launch configuration the occupancy is computed for (the binary does not know it).
 cuobjdump is taken from nvcc's directory, then PATH, then the nvidia-cuda-cuobjdump wheel (with
@@ -33,7 +34,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["backend", "kernel", "arch", "registers", "spill_stores_bytes", "spill_loads_bytes",
            "smem_static_bytes", "smem_dynamic_bytes", "threads_per_block", "occupancy",
-           "tensor_core_instrs", "source"]
+           "tensor_core_instrs", "hmma", "hgmma", "tma_loads", "ldgsts", "source"]
 
 
 @dataclass(frozen=True)
@@ -183,18 +184,31 @@ def parse_ptxas_log(text: str) -> dict[tuple[str, str], dict]:
     return rows
 
 
-def count_tensor_core_instrs(sass: str) -> dict[tuple[str, str], int]:
-    """`cuobjdump -sass` -> {(mangled, arch): number of HMMA/HGMMA instructions}."""
+# SASS opcodes that say what a kernel really uses on an architecture: HMMA (mma.sync tensor cores, sm_80 and
+# later), HGMMA (wgmma, warpgroup MMA, sm_90a), UTMALDG (TMA bulk tensor loads, sm_90), LDGSTS (cp.async).
+SASS_COUNTS = {"hmma": r"\bHMMA\.", "hgmma": r"\bHGMMA\.", "tma_loads": r"\bUTMALDG\b", "ldgsts": r"\bLDGSTS\b"}
+
+
+def count_sass_instrs(sass: str) -> dict[tuple[str, str], dict[str, int]]:
+    """`cuobjdump -sass` -> {(mangled, arch): {"hmma", "hgmma", "tma_loads", "ldgsts": count}}."""
     counts, arch, func = {}, None, None
+    pats = {k: re.compile(v) for k, v in SASS_COUNTS.items()}
     for line in sass.splitlines():
         if m := re.match(r"\s*code for (sm_\w+)", line):
             arch = m.group(1)
         elif m := re.match(r"\s*Function : (\S+)", line):
             func = m.group(1)
-            counts.setdefault((func, arch), 0)
-        elif func and re.search(r"\b(HMMA|HGMMA)\.", line):
-            counts[(func, arch)] += 1
+            counts.setdefault((func, arch), dict.fromkeys(SASS_COUNTS, 0))
+        elif func:
+            for k, pat in pats.items():
+                if pat.search(line):
+                    counts[(func, arch)][k] += 1
     return counts
+
+
+def count_tensor_core_instrs(sass: str) -> dict[tuple[str, str], int]:
+    """`cuobjdump -sass` -> {(mangled, arch): number of HMMA/HGMMA instructions}."""
+    return {k: c["hmma"] + c["hgmma"] for k, c in count_sass_instrs(sass).items()}
 
 
 def parse_annotations(src_dir: Path) -> dict[str, dict]:
@@ -228,7 +242,7 @@ def collect_cuda(build_dir: str | os.PathLike | None = None, src_dir: str | os.P
     if cuobjdump and lib.exists():
         usage = parse_resource_usage(_run([cuobjdump, "--dump-resource-usage", str(lib)]))
         try:
-            tc = count_tensor_core_instrs(_run([cuobjdump, "-sass", str(lib)]))
+            tc = count_sass_instrs(_run([cuobjdump, "-sass", str(lib)]))
         except subprocess.CalledProcessError:  # no nvdisasm
             tc = {}
     keys = sorted(set(usage) | set(log), key=lambda k: (base_name(k[0]), k[0], k[1]))
@@ -257,7 +271,8 @@ def collect_cuda(build_dir: str | os.PathLike | None = None, src_dir: str | os.P
             spill_stores_bytes=spill_st, spill_loads_bytes=spill_ld,
             smem_static_bytes=smem_static, smem_dynamic_bytes=smem_dyn, threads_per_block=threads,
             occupancy=occupancy(regs, smem_static + smem_dyn, threads, arch) if threads else float("nan"),
-            tensor_core_instrs=tc.get((mangled, arch), float("nan")) if tc else float("nan"),
+            tensor_core_instrs=(c["hmma"] + c["hgmma"]) if (c := tc.get((mangled, arch))) else float("nan"),
+            **{k: c[k] if c else float("nan") for k in SASS_COUNTS},
             source=note.get("source", "")))
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -285,7 +300,7 @@ def print_table(df: pd.DataFrame) -> None:
 
     table = Table(title="Native kernels: compiler resource usage and theoretical occupancy")
     heads = ["backend", "kernel", "arch", "regs", "spill st/ld B", "smem static", "smem dyn", "threads",
-             "occupancy", "HMMA/HGMMA"]
+             "occupancy", "HMMA", "HGMMA", "TMA", "LDGSTS"]
     for h in heads:
         table.add_column(h, overflow="fold")
     for r in df.itertuples(index=False):
@@ -293,9 +308,9 @@ def print_table(df: pd.DataFrame) -> None:
         if (r.spill_stores_bytes or 0) > 0 or (r.spill_loads_bytes or 0) > 0:
             spill = f"[red]{spill}[/red]"
         occ = "" if pd.isna(r.occupancy) else f"{100 * r.occupancy:.1f}%"
-        tc = "" if pd.isna(r.tensor_core_instrs) else str(int(r.tensor_core_instrs))
+        counts = ["" if pd.isna(getattr(r, k)) else str(int(getattr(r, k))) for k in SASS_COUNTS]
         table.add_row(r.backend, r.kernel, r.arch, str(r.registers), spill, str(r.smem_static_bytes),
-                      str(r.smem_dynamic_bytes), str(r.threads_per_block), occ, tc)
+                      str(r.smem_dynamic_bytes), str(r.threads_per_block), occ, *counts)
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 

@@ -90,7 +90,14 @@ def test_no_kernel_spills(cuda_build, report):
 def test_tensor_core_kernels_use_hmma(report):
     if not (kr.find_tool("cuobjdump") and kr.find_tool("nvdisasm")):
         pytest.skip("cuobjdump/nvdisasm not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
-    tc = report.set_index(["kernel", "arch"]).tensor_core_instrs
+    by = report.set_index(["kernel", "arch"])
+    # what each kernel really uses: mma.sync (HMMA) on both archs, never wgmma or TMA; cp.async (LDGSTS) in
+    # the GEMM (its aligned path) and both attention kernels, not in the row kernels
+    assert (by.hgmma == 0).all() and (by.tma_loads == 0).all()
+    for (kernel, arch), n in by.ldgsts.items():
+        assert (n > 0) == kernel.startswith(("kb_gemm_tc_kernel", "kb_attn_fwd")) or (
+            kernel.startswith("kb_gemm_tc_kernel") and ", false>" in kernel), (kernel, arch, n)
+    tc = by.tensor_core_instrs
     for (kernel, arch), n in tc.items():
         if kernel.startswith(("kb_gemm_tc_kernel", "kb_attn_fwd_mma_kernel")):
             assert n > 0, f"{kernel} on {arch} has no HMMA instruction"
@@ -152,6 +159,14 @@ arch = sm_90a
         /*0000*/                   EXIT ;
 """
     assert kr.count_tensor_core_instrs(sass) == {("_Z3fooPf", "sm_80"): 2, ("_Z3barv", "sm_80"): 0}
+    sass90 = """	code for sm_90a
+		Function : _Z3bazv
+        /*0010*/                   LDGSTS.E.BYPASS.LTC128B.128 [R1], desc[UR4][R2.64] ;
+        /*0020*/                   UTMALDG.2D [UR8], [UR4] ;
+        /*0030*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8], R24 ;
+        /*0040*/                   HMMA.16816.F32.BF16 R4, R4, R8, RZ ;
+"""
+    assert kr.count_sass_instrs(sass90) == {("_Z3bazv", "sm_90a"): dict(hmma=1, hgmma=1, tma_loads=1, ldgsts=1)}
     assert kr.base_name("_Z17kb_gemm_tc_kernelI6__halffLb1EEvPKT_") == "kb_gemm_tc_kernel"
     assert kr.short_name("void kb_f<float, 64>(float const*, int)") == "kb_f<float, 64>"
 

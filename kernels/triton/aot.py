@@ -43,7 +43,7 @@ MODULES = ("attention_fwd", "softmax", "rmsnorm", "layernorm", "gemm")
 ARCHS = ("sm_80", "sm_90a")
 COLUMNS = ["backend", "kernel", "arch", "registers", "spill_stores_bytes", "spill_loads_bytes",
            "smem_static_bytes", "smem_dynamic_bytes", "threads_per_block", "occupancy",
-           "tensor_core_instrs", "source"]
+           "tensor_core_instrs", "hmma", "hgmma", "tma_loads", "ldgsts", "source"]
 _AOT_VERSION = "4"  # bump when the row format or the analysis changes: invalidates the cache
 
 # occupancy and architecture numbers: one formula for the CUDA and Triton rows of the kernels report
@@ -136,6 +136,7 @@ def compile_one(mod: str, index: int, arch: str) -> dict:
     (d / f"{name}.sass").write_text(sass)
     hmma = len(re.findall(r"\bHMMA\.", sass))     # mma.sync (sm_80 style, also legal on sm_90)
     hgmma = len(re.findall(r"\bHGMMA\.", sass))   # wgmma, warpgroup MMA (sm_90a only)
+    tma, ldgsts = len(re.findall(r"\bUTMALDG\b", sass)), len(re.findall(r"\bLDGSTS\b", sass))  # TMA, cp.async
 
     info = _ptxas_info(log, name)
     threads = cfg.num_warps * 32
@@ -152,9 +153,10 @@ def compile_one(mod: str, index: int, arch: str) -> dict:
         "threads_per_block": threads,
         "occupancy": occupancy(info.get("registers") or 0, info["smem_static_bytes"] + dyn, threads, arch),
         "tensor_core_instrs": hmma + hgmma,
+        "hmma": hmma, "hgmma": hgmma, "tma_loads": tma, "ldgsts": ldgsts,
         "source": source,
         # detail, not in the report's columns (collect_triton(detail=True) keeps them)
-        "hmma": hmma, "hgmma": hgmma, "compile_s": round(compile_s, 3), "cache_dir": str(d.relative_to(ROOT)),
+        "compile_s": round(compile_s, 3), "cache_dir": str(d.relative_to(ROOT)),
     }
     (d / "row.json").write_text(json.dumps(row))
     return row
@@ -181,7 +183,7 @@ def _child_env():
     return env
 
 
-DETAIL = ["hmma", "hgmma", "compile_s", "cache_dir"]
+DETAIL = ["compile_s", "cache_dir"]
 
 
 def collect_triton(archs=ARCHS, modules=MODULES, jobs: int | None = None, use_cache: bool = True,
@@ -199,7 +201,12 @@ def collect_triton(archs=ARCHS, modules=MODULES, jobs: int | None = None, use_ca
             for arch in (a for a in archs if len(spec) < 6 or a in spec[5]):
                 cached = CACHE / _spec_key(mod, label, fn, sig, const, cfg, arch) / "row.json"
                 if use_cache and cached.exists():
-                    rows.append(json.loads(cached.read_text()))
+                    row = json.loads(cached.read_text())
+                    if "ldgsts" not in row:  # cached before the TMA / LDGSTS columns: count them in its SASS
+                        sass = "".join(p.read_text() for p in cached.parent.glob("*.sass"))
+                        row["tma_loads"] = len(re.findall(r"\bUTMALDG\b", sass))
+                        row["ldgsts"] = len(re.findall(r"\bLDGSTS\b", sass))
+                    rows.append(row)
                 else:
                     todo.append((mod, i, arch))
     if todo:

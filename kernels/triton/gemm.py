@@ -46,8 +46,9 @@ if HAS_TRITON:
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         rk = tl.arange(0, BLOCK_K)
         # 64-bit offsets: M * stride_am passes 2**31 for big operands
-        a_ptrs = a_ptr + rm[:, None].to(tl.int64) * stride_am + rk[None, :] * stride_ak
-        b_ptrs = b_ptr + rk[:, None].to(tl.int64) * stride_bk + rn[None, :] * stride_bn
+        # (and rn * stride_bn for a column-major B, stride_bn = K: also 64 bits)
+        a_ptrs = a_ptr + rm[:, None].to(tl.int64) * stride_am + rk[None, :].to(tl.int64) * stride_ak
+        b_ptrs = b_ptr + rk[:, None].to(tl.int64) * stride_bk + rn[None, :].to(tl.int64) * stride_bn
         mask_m = rm[:, None] < M
         mask_n = rn[None, :] < N
 
@@ -58,10 +59,10 @@ if HAS_TRITON:
             a = tl.load(a_ptrs, mask=mask_m & (rk[None, :] < k_left), other=0.0)
             b = tl.load(b_ptrs, mask=(rk[:, None] < k_left) & mask_n, other=0.0)
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-            a_ptrs += BLOCK_K * stride_ak
-            b_ptrs += BLOCK_K * stride_bk
+            a_ptrs += BLOCK_K * stride_ak.to(tl.int64)
+            b_ptrs += BLOCK_K * stride_bk.to(tl.int64)
 
-        c_ptrs = c_ptr + rm[:, None].to(tl.int64) * stride_cm + rn[None, :] * stride_cn
+        c_ptrs = c_ptr + rm[:, None].to(tl.int64) * stride_cm + rn[None, :].to(tl.int64) * stride_cn
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m & mask_n)
 
     def _cfg(bm, bn, bk, warps, stages, group=8):

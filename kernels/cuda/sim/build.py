@@ -2,7 +2,7 @@
 
 `sim_library("kb_cuda_sim")` returns the path of build/lib/libkb_cuda_sim.so from a CMake build of
 kernels/cuda/sim alone in `<repo>/.cache/sim-build` (incremental: a second call costs about a second), or
-from `$KB_SIM_BUILD_DIR` when set. Raises `SimBuildError` with the compiler's message when the build fails.
+from `$KB_SIM_BUILD_DIR` when set (`$KB_SIM_BUILD_TYPE`, default Release, is its CMake build type at configure). Raises `SimBuildError` with the compiler's message when the build fails.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def sim_library(*targets: str, jobs: int = 2) -> list[Path]:
     bdir = build_dir()
     with _lock:
         if bdir not in _configured:
-            r = subprocess.run(["cmake", "-S", str(SIM_DIR), "-B", str(bdir), "-DCMAKE_BUILD_TYPE=Release"],
+            build_type = os.environ.get("KB_SIM_BUILD_TYPE", "Release")  # Debug: make coverage (-O0)
+            r = subprocess.run(["cmake", "-S", str(SIM_DIR), "-B", str(bdir), f"-DCMAKE_BUILD_TYPE={build_type}"],
                                capture_output=True, text=True)
             if r.returncode:
                 raise SimBuildError("cmake configure of kernels/cuda/sim failed:\n" + r.stdout[-4000:] + r.stderr[-4000:])

@@ -1,0 +1,40 @@
+"""Mutation testing of the real kernels, CI subset: a few mutants of scripts/mutants.py (the barrier the row
+kernels' block_sum needs before reusing its scratch, kb_common.h line 72, and the GEMM's cp.async wait depth)
+are built and must be killed by the checks the other tests run. The whole list: `make mutants` (about 20 s a
+mutant here). Each run reuses .cache/mutants (the first one builds a copy of the kernels: about a minute).
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import mutants  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("g++") is None,
+                                reason="the mutants need cmake and g++")
+CI_SUBSET = ("cuda-blocksum-bar1", "cuda-gemm-wait")
+
+
+def test_mutant_list_is_well_formed():
+    ids = [m.id for m in mutants.MUTANTS]
+    assert len(ids) == len(set(ids))
+    for m in mutants.MUTANTS:
+        text = (ROOT / m.path).read_text()
+        assert text.count(m.old) >= m.nth + 1 and (m.nth or text.count(m.old) == 1), \
+            f"{m.id}: its anchor no longer matches {m.path} exactly once: update scripts/mutants.py"
+    assert {m.backend for m in mutants.MUTANTS} == {"cuda", "cpp", "triton"}
+
+
+@pytest.mark.parametrize("mutant_id", CI_SUBSET)
+def test_mutant_killed(mutant_id):
+    mutants.sync_tree()
+    ok, log = mutants.build("cuda")
+    assert ok, log
+    m = next(m for m in mutants.MUTANTS if m.id == mutant_id)
+    res = mutants.run_mutant(m)
+    assert res["killed"], f"{m.id} ({m.what}) survived: {res}"
