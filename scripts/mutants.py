@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / ".cache" / "mutants"
+WORK = Path(os.environ.get("KB_MUTANTS_DIR", ROOT / ".cache" / "mutants"))  # the copy and its builds
 TREE = WORK / "tree"
 
 
@@ -317,7 +317,7 @@ def run_mutant(m: Mutant) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subset", action="store_true", help="only the mutants tests/test_mutants.py runs")
-    ap.add_argument("--only", default="", help="only mutants whose id contains this")
+    ap.add_argument("--only", default="", help="only mutants whose id contains this (comma: any of these)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--check", nargs="+", help=argparse.SUPPRESS)
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
     if a.check:
         print(json.dumps(_check_main(a.check[0], a.check[1:])), flush=True)
         return 0
-    chosen = [m for m in MUTANTS if (not a.subset or m.subset) and a.only in m.id]
+    chosen = [m for m in MUTANTS if (not a.subset or m.subset) and any(o in m.id for o in a.only.split(","))]
     if a.list:
         for m in chosen:
             print(f"{m.id:26} {m.path:34} {m.what}")

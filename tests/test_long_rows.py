@@ -2,7 +2,8 @@
 kernel's error against the float64 reference is within 2x torch's own (eager, fp32) error. Sequential fp32
 accumulation drifts there: the C++ LayerNorm, summing in 64 fp32 lanes, was at 12x torch's error (RMSNorm 2.2x)
 before its sums were blocked (kernels/cpp/simd.h blocked_sum). C++ kernels and the CUDA kernels under the
-simulation here; Triton in tests/test_triton_kernels.py::test_interp_long_rows (interpreter child).
+simulation here. Not covered: the Triton row kernels (their looped paths sum lane-wise in BLOCK_N fp32 lanes,
+then tree-reduce; 2^21 columns under the interpreter would cost minutes, so they are not run here).
 """
 from __future__ import annotations
 
