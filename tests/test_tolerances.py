@@ -9,7 +9,7 @@
   and fails here; a legitimate change of a tolerance updates the table with the new measurement.
 Measured worst fractions (baseline error / bound, max over the test cases and 3 seeds, this machine):
 attention 0.055 / 0.52 / 0.51 (fp32 / bf16 / fp16), gemm 0.053 / 0.20 / 0.18, norm 0.019 / 0.21 / 0.19,
-softmax 0.13 / 0.24 / 0.24, peak 0.033 / 0.20 / 0.18.
+softmax 0.13 / 0.24 / 0.24.
 """
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ MEASURED = {
     "rmsnorm": {"float32": 0.0192, "bfloat16": 0.2089, "float16": 0.1939},
     "layernorm": {"float32": 0.0192, "bfloat16": 0.2089, "float16": 0.1939},
     "softmax": {"float32": 0.1349, "bfloat16": 0.2414, "float16": 0.2427},
-    "peak": {"float32": 0.0332, "bfloat16": 0.1979, "float16": 0.1778},
 }
-SUITES = {n: s for n, s in all_suites().items() if s._reference is not None}
+# the peak suite measures the machine's ceilings (its checks are sanity checks of probe outputs, int8 included):
+# not a kernel-vs-reference comparison with a tolerance to pin
+SUITES = {n: s for n, s in all_suites().items() if s._reference is not None and n != "peak"}
 PARAMS = [(n, d) for n, s in SUITES.items() for d in s.dtypes]
 
 
