@@ -39,7 +39,7 @@ TREE = WORK / "tree"
 class Mutant:
     id: str
     path: str       # relative to the repository root
-    old: str        # exact text, unique in the file (or the `nth` occurrence)
+    old: str        # exact text; its `nth` occurrence (0: the first) is replaced
     new: str
     what: str
     nth: int = 0
@@ -90,8 +90,9 @@ MUTANTS = [
     Mutant("cuda-attn-rescale-l", A, "      row_sum[h] *= alpha;\n", "", "online-softmax rescale of the row sum dropped"),
     Mutant("cuda-attn-shfl", A, "mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));",
            "mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 4));", "row-max shuffle lane 2 -> 4"),
-    Mutant("cuda-attn-frag", A, "const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};",
-           "const uint32_t b0[2] = {r[1], r[0]}, b1[2] = {r[2], r[3]};", "K fragment registers b0/b1 swapped"),
+    Mutant("cuda-attn-frag", A, "const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};\n"
+           "        kb::Mma<T>::run(s[2 * np]", "const uint32_t b0[2] = {r[1], r[0]}, b1[2] = {r[2], r[3]};\n"
+           "        kb::Mma<T>::run(s[2 * np]", "K fragment registers b0/b1 swapped"),
     Mutant("cuda-attn-frag-p", A, "kb::Mma<T>::pack(s[2 * ks][2], s[2 * ks][3]),\n                              "
            "kb::Mma<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]),",
            "kb::Mma<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]),\n                              "
@@ -295,7 +296,7 @@ def run_mutant(m: Mutant) -> dict:
     path = TREE / m.path
     original = path.read_text()
     count = original.count(m.old)
-    if count == 0 or (m.nth == 0 and count > 1):
+    if count < m.nth + 1:
         return {"killed": False, "how": "STALE", "detail": f"anchor found {count} times in {m.path}: update the mutant"}
     i = -1
     for _ in range(m.nth + 1):

@@ -25,8 +25,8 @@ def test_mutant_list_is_well_formed():
     assert len(ids) == len(set(ids))
     for m in mutants.MUTANTS:
         text = (ROOT / m.path).read_text()
-        assert text.count(m.old) >= m.nth + 1 and (m.nth or text.count(m.old) == 1), \
-            f"{m.id}: its anchor no longer matches {m.path} exactly once: update scripts/mutants.py"
+        assert text.count(m.old) >= m.nth + 1, \
+            f"{m.id}: its anchor no longer matches {m.path}: update scripts/mutants.py"
     assert {m.backend for m in mutants.MUTANTS} == {"cuda", "cpp", "triton"}
 
 
