@@ -54,7 +54,7 @@ class Mutant:
         name = Path(self.path).stem
         if name in ("kb_common", "common"):
             return ("softmax", "norm")
-        if name in ("rmsnorm", "layernorm"):
+        if name in ("rmsnorm", "layernorm", "simd"):
             return ("norm",)
         if name.startswith("gemm"):
             return ("gemm",)
@@ -156,9 +156,9 @@ MUTANTS = [
     Mutant("cpp-softmax-tail", "kernels/cpp/softmax.cpp",
            "for (; i < n; i += W) m0 = max(m0, loadn(x + i, int(n - i < W ? n - i : W), -FLT_MAX));",
            "", "softmax: max pass tail loop dropped"),
-    Mutant("cpp-layernorm-tail", "kernels/cpp/layernorm.cpp",
-           "for (; i < n; i += W) s0 = add(s0, loadn(x + i, int(n - i < W ? n - i : W), 0.f));", "",
-           "layernorm: mean tail loop dropped"),
+    Mutant("cpp-blocked-sum-tail", "kernels/cpp/simd.h",
+           "    for (; i < b1; i += W) s0 = add(s0, f(i, int(b1 - i < W ? b1 - i : W)));\n", "",
+           "blocked_sum (LayerNorm/RMSNorm sums): tail loop of each block dropped"),
     # --- Triton ---
     Mutant("triton-softmax-rescale", "kernels/triton/softmax.py", "s = s * tl.exp(m - shift) + ", "s = s + ",
            "looped softmax: online rescale dropped"),
