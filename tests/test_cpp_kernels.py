@@ -116,6 +116,43 @@ def test_attention(isa, params, dtype):
     run_case(attention_suite, cpp.attention_setup, params, dtype, isa)
 
 
+# The tile attention (attention_fwd_amx.cpp): bf16, head dims 64/128, on each tile back end the CPU has (AMX, and
+# the AVX512-BF16 model, which an AMX CPU also runs when forced to "avx512"). Tails in every dimension: queries
+# and keys not multiples of the 32-query / 64-key blocks, 1000, one key, sq != sk under causal masking, GQA.
+ATTENTION_TILES = [p for p in ATTENTION if p["d"] in (64, 128)] + [
+    dict(b=1, h=2, hkv=1, sq=1000, sk=1000, d=128, causal=True),
+    dict(b=1, h=2, hkv=2, sq=127, sk=1000, d=64, causal=False),
+    dict(b=2, h=4, hkv=1, sq=129, sk=127, d=64, causal=True),
+    dict(b=1, h=1, hkv=1, sq=64, sk=64, d=128, causal=True),       # exact blocks
+    dict(b=1, h=1, hkv=1, sq=300, sk=1, d=64, causal=False),        # one key
+]
+TILE_ISAS = [i for i in ISAS if LIB is not None and i in ("amx", "avx512") and
+             (LIB.dll.kb_cpp_tile_backend() == 2 or (i == "avx512" and LIB.dll.kb_cpp_tile_backend() == 1))]
+
+
+@pytest.fixture(params=TILE_ISAS or [None])
+def tile_isa(request):
+    if request.param is None:
+        pytest.skip("this CPU has neither AMX nor AVX512-BF16: the tile kernels cannot run")
+    LIB.set_isa(request.param)
+    yield LIB.tile_backend
+    LIB.set_isa(None)
+
+
+@pytest.mark.parametrize("params", ATTENTION_TILES, ids=_id)
+def test_attention_tiles(tile_isa, params):
+    run_case(attention_suite, cpp.attention_amx_setup, params, "bfloat16", tile_isa)
+
+
+def test_attention_tiles_refuses_what_it_lacks(tile_isa):
+    q = torch.randn(1, 1, 4, 32, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="head dim"):
+        LIB.bind_attention_fwd_amx(q, q, q, False, torch.empty_like(q))()
+    with pytest.raises(TypeError, match="bfloat16"):
+        x = torch.randn(1, 1, 4, 64)
+        LIB.bind_attention_fwd_amx(x, x, x, False, torch.empty_like(x))
+
+
 def test_fresh_inputs_change_the_output():
     """A kernel that returned a cached answer would pass one check; two seeds must give two answers."""
     case = Case("softmax", dict(rows=3, cols=100), "cpu", "float32")
