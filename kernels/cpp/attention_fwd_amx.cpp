@@ -70,24 +70,20 @@ inline __m256i bf16_round(__m512 v) {   // fp32 -> bf16, nearest even, NaN kept 
   r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
 }
-inline __m512 bf16_widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
 
-// 2^x for x <= 0 (softmax arguments; -inf -> 0): x = n + f, 2^f by a degree-6 polynomial on [-0.5, 0.5]
-// (relative error ~2e-7, below bf16's 4e-3), 2^n by exponent arithmetic; below 2^-126 -> 0. ~12 ops per 16 values.
+// 2^x for x <= 0 (softmax arguments; below 2^-126, and -inf, -> exactly 0): x = n + f, 2^f by a degree-4
+// polynomial on [-0.5, 0.5] (relative error 4e-5, under bf16's 3.9e-3 rounding of p), 2^n by vscalefps.
+// 7 operations per 16 values.
 inline __m512 exp2_neg(__m512 x0) {
-  const __m512 x = _mm512_max_ps(x0, _mm512_set1_ps(-126.0f));
+  const __m512 x = _mm512_max_ps(x0, _mm512_set1_ps(-127.0f));
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(1.5353362e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3398874e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6182970e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503406e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022652e-1f));
+  __m512 p = _mm512_set1_ps(9.6181291e-3f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(x0, _mm512_set1_ps(-126.0f), _CMP_GE_OQ), p,
-                             _mm512_castsi512_ps(e));   // masked keys (-inf) give exactly 0
+  return _mm512_maskz_scalef_ps(_mm512_cmp_ps_mask(x0, _mm512_set1_ps(-126.0f), _CMP_GE_OQ), p, n);
 }
 
 // K of one kv head -> Kp[SKp/16][D/32][16 pairs][16 keys] (uint32 = one bf16 pair of a key's row), zero-padded.
@@ -129,7 +125,8 @@ struct Work {   // one thread's buffers, 64-byte aligned rows
   alignas(64) float s[BM * BN];       // scores of one key block
   alignas(64) uint16_t p[BM * BN];    // probabilities, bf16 (A tiles of P V)
   alignas(64) float o[BM * 128];      // output accumulator
-  alignas(64) float m[BM], l[BM], alpha[BM];
+  alignas(64) float l[BM * 16];              // row sums, 16 partial sums per row
+  alignas(64) float m[BM], alpha[BM];
 };
 
 template <int D>
@@ -142,7 +139,7 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
       _mm512_store_si512(w.q + r * D + c, r < nq ? _mm512_loadu_si512(Qh + (q0 + r) * D + c) : _mm512_setzero_si512());
   std::fill(w.o, w.o + BM * D, 0.0f);
   std::fill(w.m, w.m + BM, -INFINITY);
-  std::fill(w.l, w.l + BM, 0.0f);
+  std::fill(w.l, w.l + BM * 16, 0.0f);
   const int64_t kend = causal ? std::min(SK, q0 + nq) : SK;   // keys past the last query's diagonal: skipped
   for (int64_t j0 = 0; j0 < kend; j0 += BN) {
     const int64_t halves = std::min<int64_t>(2, (kend - j0 + 31) / 32);   // 32-key halves holding visible keys
@@ -161,18 +158,27 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
       T.store<0>(s, BN * 4); T.store<1>(s + 16, BN * 4);
       T.store<2>(s + 16 * BN, BN * 4); T.store<3>(s + 16 * BN + 16, BN * 4);
     }
-    // online softmax on the valid rows; columns past the row's last visible key -> p = 0
+    // online softmax on the valid rows; columns past the row's last visible key -> p = 0. Per 16 scores: ~13
+    // vector operations (scale, max, subtract, exp2, sum, half a vcvtne2ps2bf16); the row sum l stays a vector.
     const int64_t ncols = halves * 32;
+    const __m512 vscale = _mm512_set1_ps(qscale);
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t vis = std::min(causal ? std::min(SK, q0 + r + 1) : SK, j0 + ncols) - j0;   // may be <= 0
       float* s = w.s + r * BN;
       __m512 mx = _mm512_set1_ps(-INFINITY);
-      for (int64_t c = 0; c < ncols; c += 16) {
-        const __mmask16 live = vis - c >= 16 ? __mmask16(0xffff) : vis - c <= 0 ? 0 : __mmask16((1u << (vis - c)) - 1u);
-        __m512 x = _mm512_maskz_mul_ps(live, _mm512_load_ps(s + c), _mm512_set1_ps(qscale));
-        x = _mm512_mask_blend_ps(live, _mm512_set1_ps(-INFINITY), x);
-        _mm512_store_ps(s + c, x);
-        mx = _mm512_max_ps(mx, x);
+      if (vis >= ncols) {   // all visible: no masks (every block but the diagonal and the last)
+        for (int64_t c = 0; c < ncols; c += 16) {
+          const __m512 x = _mm512_mul_ps(_mm512_load_ps(s + c), vscale);
+          _mm512_store_ps(s + c, x);
+          mx = _mm512_max_ps(mx, x);
+        }
+      } else {
+        for (int64_t c = 0; c < ncols; c += 16) {
+          const __mmask16 live = vis - c >= 16 ? __mmask16(0xffff) : vis - c <= 0 ? 0 : __mmask16((1u << (vis - c)) - 1u);
+          const __m512 x = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), live, _mm512_load_ps(s + c), vscale);
+          _mm512_store_ps(s + c, x);
+          mx = _mm512_max_ps(mx, x);
+        }
       }
       const float m_old = w.m[r], m_new = std::max(m_old, _mm512_reduce_max_ps(mx));
       if (m_new == -INFINITY) {   // nothing visible yet (cannot happen top-left causal, kept for safety)
@@ -180,20 +186,23 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
         for (int64_t c = 0; c < ncols; c += 16) _mm256_store_si256((__m256i*)(w.p + r * BN + c), _mm256_setzero_si256());
         continue;
       }
-      const float alpha = std::exp2(m_old - m_new);
-      __m512 sum = _mm512_setzero_ps();
-      for (int64_t c = 0; c < ncols; c += 16) {
-        const __m256i pb = bf16_round(exp2_neg(_mm512_sub_ps(_mm512_load_ps(s + c), _mm512_set1_ps(m_new))));
-        _mm256_store_si256((__m256i*)(w.p + r * BN + c), pb);
-        sum = _mm512_add_ps(sum, bf16_widen(pb));   // l sums the rounded p that P V multiplies
+      const float alpha = m_old == m_new ? 1.0f : std::exp2(m_old - m_new);
+      const __m512 vm = _mm512_set1_ps(m_new);
+      __m512 sum = _mm512_mul_ps(_mm512_load_ps(w.l + 16 * r), _mm512_set1_ps(alpha));
+      for (int64_t c = 0; c < ncols; c += 32) {
+        const __m512 p0 = exp2_neg(_mm512_sub_ps(_mm512_load_ps(s + c), vm));
+        const __m512 p1 = exp2_neg(_mm512_sub_ps(_mm512_load_ps(s + c + 16), vm));
+        _mm512_store_si512(w.p + r * BN + c, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));   // 32 bf16, nearest even
+        sum = _mm512_add_ps(sum, _mm512_add_ps(p0, p1));
       }
+      _mm512_store_ps(w.l + 16 * r, sum);
       w.m[r] = m_new;
-      w.l[r] = w.l[r] * alpha + _mm512_reduce_add_ps(sum);
       w.alpha[r] = alpha;
     }
-    // O = O * alpha + P Vb
+    // O = O * alpha + P Vb (rows whose maximum did not move keep alpha = 1: no pass over them)
     if (j0 > 0)
       for (int64_t r = 0; r < nq; ++r) {
+        if (w.alpha[r] == 1.0f) continue;
         const __m512 a = _mm512_set1_ps(w.alpha[r]);
         for (int64_t c = 0; c < D; c += 16) _mm512_store_ps(w.o + r * D + c, _mm512_mul_ps(_mm512_load_ps(w.o + r * D + c), a));
       }
@@ -215,7 +224,7 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
     }
   }
   for (int64_t r = 0; r < nq; ++r) {
-    const __m512 inv = _mm512_set1_ps(1.0f / w.l[r]);
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_load_ps(w.l + 16 * r)));
     for (int64_t c = 0; c < D; c += 16)
       _mm256_storeu_si256((__m256i*)(Oh + (q0 + r) * D + c), bf16_round(_mm512_mul_ps(_mm512_load_ps(w.o + r * D + c), inv)));
   }

@@ -8,8 +8,8 @@
 //                 memory (8 KiB, L1), obeying the same tile configuration (rows, bytes per row; loads zero the
 //                 rest of a tile, as tileloadd does). It is the model that tests the tile kernels' blocking,
 //                 packing and tails on any AVX512-BF16 CPU (AMD Zen 4 has no AMX) and their fast path there:
-//                 one 16x16x32 tdpbf16ps = 256 vdpbf16ps (64 FLOPs each), 16 B rows held in zmm registers,
-//                 8 independent accumulator chains (vdpbf16ps latency ~6 cycles).
+//                 one 16x16x32 tdpbf16ps = 256 vdpbf16ps (64 FLOPs each) on 16 accumulator registers (16
+//                 independent chains against vdpbf16ps's ~6-cycle latency), one B row load per 16.
 // The int8 tdpbssd (signed x signed bytes, groups of 4 along K, int32 accumulation) is modelled in scalar
 // code on the ZMM back end: it exists to test the int8 packing (int8_tiles.cpp), not to be fast there.
 // Kernels hold one `Tiles` object per thread (empty on AMX) and name tiles by compile-time numbers.
@@ -18,6 +18,9 @@
 
 #include <cstdint>
 #include <cstring>
+
+// inlined into the kernels (as the instructions are on AMX); never a call through the PLT
+#define KB_TILE_INLINE inline __attribute__((always_inline))
 
 namespace kb_tiles {
 
@@ -72,53 +75,80 @@ struct Tiles {
   static constexpr const char* name = "avx512-bf16";
   TileConfig cfg;
   alignas(64) uint8_t t[8][16][64];
+  // Where each tile's rows are: t[i] (stride 64), or -- a full tile loaded without KB_TILES_STRICT -- the memory it
+  // was loaded from, read when a dp uses it (no copy). Tile kernels never write a loaded tile's memory before the
+  // tile's last use (the ASan build defines KB_TILES_STRICT: every load copies, exactly as tileloadd does).
+  const uint8_t* src[8];
+  int64_t ld[8];
 
-  void configure(const TileConfig& c) { cfg = c; std::memset(t, 0, sizeof t); }
+  void configure(const TileConfig& c) {
+    cfg = c;
+    std::memset(t, 0, sizeof t);
+    for (int i = 0; i < 8; ++i) { src[i] = t[i][0]; ld[i] = 64; }
+  }
   void release() {}
-  template <int T> void zero() { std::memset(t[T], 0, sizeof t[T]); }
-  template <int T> void load(const void* p, int64_t stride) {
+  template <int T> KB_TILE_INLINE void zero() { std::memset(t[T], 0, sizeof t[T]); src[T] = t[T][0]; ld[T] = 64; }
+  template <int T> KB_TILE_INLINE void load(const void* p, int64_t stride) {
     const int rows = cfg.rows[T], cols = cfg.colsb[T];
+#if !defined(KB_TILES_STRICT)
+    if (rows == 16 && cols == 64) { src[T] = static_cast<const uint8_t*>(p); ld[T] = stride; return; }
+#endif
     const __mmask64 m = cols >= 64 ? ~__mmask64(0) : (__mmask64(1) << cols) - 1;
     for (int r = 0; r < 16; ++r) {
       __m512i v = r < rows ? _mm512_maskz_loadu_epi8(m, static_cast<const uint8_t*>(p) + r * stride)
                            : _mm512_setzero_si512();
       _mm512_store_si512(t[T][r], v);
     }
+    src[T] = t[T][0]; ld[T] = 64;
   }
-  template <int T> void store(void* p, int64_t stride) {
+  template <int T> KB_TILE_INLINE void store(void* p, int64_t stride) {
     const int rows = cfg.rows[T], cols = cfg.colsb[T];
     const __mmask64 m = cols >= 64 ? ~__mmask64(0) : (__mmask64(1) << cols) - 1;
     for (int r = 0; r < rows; ++r)
-      _mm512_mask_storeu_epi8(static_cast<uint8_t*>(p) + r * stride, m, _mm512_load_si512(t[T][r]));
+      _mm512_mask_storeu_epi8(static_cast<uint8_t*>(p) + r * stride, m, _mm512_loadu_si512(src[T] + r * ld[T]));
+  }
+  template <int T> KB_TILE_INLINE float* own() {   // the tile's rows in t[T], for an accumulator
+    if (src[T] != t[T][0]) {
+      for (int r = 0; r < 16; ++r) _mm512_store_si512(t[T][r], _mm512_loadu_si512(src[T] + r * ld[T]));
+      src[T] = t[T][0]; ld[T] = 64;
+    }
+    return reinterpret_cast<float*>(t[T]);
   }
   // C[m][n] += sum_k A[m][2k] B[k][2n] + A[m][2k+1] B[k][2n+1]; M = rows(C), N = colsb(C)/4, K = colsb(A)/4.
-  template <int C, int A, int B> void dpbf16() {
+  template <int C, int A, int B> KB_TILE_INLINE void dpbf16() {
     const int M = cfg.rows[C], N = cfg.colsb[C] / 4, K = cfg.colsb[A] / 4;
-    const __mmask16 nm = N >= 16 ? __mmask16(0xffff) : __mmask16((1u << N) - 1u);
-    __m512bh b[16];
-    for (int k = 0; k < 16; ++k) b[k] = (__m512bh)_mm512_load_si512(t[B][k]);   // rows >= K are not used
-    const uint32_t* a = reinterpret_cast<const uint32_t*>(t[A]);
-    int m = 0;
-    if (K == 16)   // full depth: 8 rows at a time, 8 independent chains of 16 vdpbf16ps
-      for (; m + 8 <= M; m += 8) {
-        __m512 c[8];
-        for (int i = 0; i < 8; ++i) c[i] = _mm512_load_ps(reinterpret_cast<const float*>(t[C][m + i]));
-        for (int k = 0; k < 16; ++k)
-          for (int i = 0; i < 8; ++i)
-            c[i] = _mm512_dpbf16_ps(c[i], (__m512bh)_mm512_set1_epi32(int(a[(m + i) * 16 + k])), b[k]);
-        for (int i = 0; i < 8; ++i)
-          _mm512_mask_store_ps(reinterpret_cast<float*>(t[C][m + i]), nm, c[i]);
+    const uint8_t* a = src[A];
+    const uint8_t* b = src[B];
+    const int64_t lda = ld[A], ldb = ld[B];
+    float* c = own<C>();
+    auto bcast = [&](int m, int k) { return (__m512bh)_mm512_set1_epi32(*reinterpret_cast<const int*>(a + m * lda + 4 * k)); };
+    if (M == 16 && N == 16 && K == 16) {   // full tiles: 16 accumulator registers, one B row per k
+      __m512 acc[16];
+#pragma GCC unroll 16
+      for (int m = 0; m < 16; ++m) acc[m] = _mm512_load_ps(c + 16 * m);
+#pragma GCC unroll 4
+      for (int k = 0; k < 16; ++k) {
+        const __m512bh bk = (__m512bh)_mm512_loadu_si512(b + k * ldb);
+#pragma GCC unroll 16
+        for (int m = 0; m < 16; ++m) acc[m] = _mm512_dpbf16_ps(acc[m], bcast(m, k), bk);
       }
-    for (; m < M; ++m) {
-      __m512 c = _mm512_load_ps(reinterpret_cast<const float*>(t[C][m]));
-      for (int k = 0; k < K; ++k)
-        c = _mm512_dpbf16_ps(c, (__m512bh)_mm512_set1_epi32(int(a[m * 16 + k])), b[k]);
-      _mm512_mask_store_ps(reinterpret_cast<float*>(t[C][m]), nm, c);
+#pragma GCC unroll 16
+      for (int m = 0; m < 16; ++m) _mm512_store_ps(c + 16 * m, acc[m]);
+      return;
+    }
+    const __mmask16 nm = N >= 16 ? __mmask16(0xffff) : __mmask16((1u << N) - 1u);
+    for (int m = 0; m < M; ++m) {
+      __m512 acc = _mm512_load_ps(c + 16 * m);
+      for (int k = 0; k < K; ++k) acc = _mm512_dpbf16_ps(acc, bcast(m, k), (__m512bh)_mm512_loadu_si512(b + k * ldb));
+      _mm512_mask_store_ps(c + 16 * m, nm, acc);
     }
   }
   // C[m][n] += sum_k sum_i int8 A[m][4k+i] * int8 B[k][4n+i] (int32, wrapping as the hardware does)
   template <int C, int A, int B> void dpbssd() {
     const int M = cfg.rows[C], N = cfg.colsb[C] / 4, K = cfg.colsb[A] / 4;
+    own<C>();
+    const int8_t* a = reinterpret_cast<const int8_t*>(src[A]);
+    const int8_t* b = reinterpret_cast<const int8_t*>(src[B]);
     for (int m = 0; m < M; ++m)
       for (int n = 0; n < N; ++n) {
         int32_t c;
@@ -126,7 +156,7 @@ struct Tiles {
         uint32_t acc = uint32_t(c);
         for (int k = 0; k < K; ++k)
           for (int i = 0; i < 4; ++i)
-            acc += uint32_t(int32_t(int8_t(t[A][m][4 * k + i])) * int32_t(int8_t(t[B][k][4 * n + i])));
+            acc += uint32_t(int32_t(a[m * ld[A] + 4 * k + i]) * int32_t(b[k * ld[B] + 4 * n + i]));
         std::memcpy(&t[C][m][4 * n], &acc, 4);
       }
   }
