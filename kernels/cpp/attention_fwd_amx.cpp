@@ -12,12 +12,12 @@
 // FLOPs 4 * sq * sk * d per head (2 for Q K^T, 2 for P V; half when causal) + sq * sk exp2.
 // Packing (once per call, per kv head, shared by its query heads): K into B tiles of Q K^T -- Kp[16-key
 // block][d/32][16 d-pairs][16 keys][2] -- and V into B tiles of P V -- Vp[32-key step][d/16][16 key pairs]
-// [16 columns][2]; keys zero-padded to a multiple of BN = 64. Bytes: read q, k, v, write o once (+ k, v
+// [16 columns][2]; keys zero-padded to a multiple of 128. Bytes: read q, k, v, write o once (+ k, v
 // re-read from L2 per query block: 2 * sk * d * 2 B = 1 MiB at sk = 2048, d = 128).
 // Per task (b, h, block of BM = 32 queries; heaviest causal blocks first):
 //   Qb = the 32 x d query rows (zero-padded tail)                                       4 KiB at d = 128
-//   for each key block of BN = 64 keys up to the causal limit (blocks past the diagonal are never touched):
-//     S[32][64] = Qb Kb^T: 2 halves x (d/32 k-steps x 4 tdpbf16ps into tmm0-3), stored fp32   8 KiB
+//   for each key block of BN = 64 keys (128 at d = 64) up to the causal limit (blocks past the diagonal are never touched):
+//     S[32][64] = Qb Kb^T: 2 32-key parts x (d/32 k-steps x 4 tdpbf16ps into tmm0-3), stored fp32   8 KiB
 //     online softmax per row (AVX-512, exp2 with scale*log2(e) folded in): m, l, alpha; P -> bf16 [32][64]
 //     O[32][d] (fp32, L1, 16 KiB at d = 128) = O * alpha + P Vb: per 32 columns of d, tmm0-3 loaded from O,
 //       2 k-steps x 4 tdpbf16ps, stored back
@@ -60,7 +60,9 @@ namespace KB_TNS {
 namespace {
 
 using kb_tiles::Tiles;
-constexpr int64_t BM = 32, BN = 64;
+// BM queries per task; BN keys per block: 64 at d = 128, 128 at d = 64 (the per-row softmax work -- two
+// reductions -- is then spread over as many tdpbf16ps at both head dims)
+constexpr int64_t BM = 32, BN_MAX = 128;
 
 inline __m256i bf16_round(__m512 v) {   // fp32 -> bf16, nearest even, NaN kept quiet
   __m512i u = _mm512_castps_si512(v);
@@ -122,14 +124,14 @@ void pack_v(const uint16_t* V, int64_t SK, int64_t SKp, int64_t D, uint16_t* Vp)
 
 struct Work {   // one thread's buffers, 64-byte aligned rows
   alignas(64) uint16_t q[BM * 128];   // query block, bf16, zero-padded rows
-  alignas(64) float s[BM * BN];       // scores of one key block
-  alignas(64) uint16_t p[BM * BN];    // probabilities, bf16 (A tiles of P V)
+  alignas(64) float s[BM * BN_MAX];       // scores of one key block
+  alignas(64) uint16_t p[BM * BN_MAX];    // probabilities, bf16 (A tiles of P V)
   alignas(64) float o[BM * 128];      // output accumulator
   alignas(64) float l[BM * 16];              // row sums, 16 partial sums per row
   alignas(64) float m[BM], alpha[BM];
 };
 
-template <int D>
+template <int D, int64_t BN>
 void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint16_t* Vp, uint16_t* Oh,
            int64_t q0, int64_t nq, int64_t SK, bool causal, float qscale) {
   constexpr int64_t KS = D / 32;   // k-steps of Q K^T
@@ -142,7 +144,7 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
   std::fill(w.l, w.l + BM * 16, 0.0f);
   const int64_t kend = causal ? std::min(SK, q0 + nq) : SK;   // keys past the last query's diagonal: skipped
   for (int64_t j0 = 0; j0 < kend; j0 += BN) {
-    const int64_t halves = std::min<int64_t>(2, (kend - j0 + 31) / 32);   // 32-key halves holding visible keys
+    const int64_t halves = std::min<int64_t>(BN / 32, (kend - j0 + 31) / 32);   // 32-key parts holding visible keys
     // S = Qb Kb^T, 32 x 32 per half
     for (int64_t hf = 0; hf < halves; ++hf) {
       T.zero<0>(); T.zero<1>(); T.zero<2>(); T.zero<3>();
@@ -235,7 +237,7 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
 int attention_fwd_bf16(const kb::AttnTileArgs& a) {
   const int64_t B = a.B, H = a.H, HKV = a.HKV, SQ = a.SQ, SK = a.SK, D = a.D;
   if (B == 0 || SQ == 0) return 0;
-  const int64_t SKp = (SK + BN - 1) / BN * BN, group = H / HKV;
+  const int64_t SKp = (SK + BN_MAX - 1) / BN_MAX * BN_MAX, group = H / HKV;
   const int64_t per_head = SKp * D;   // bf16 elements of one packed K (and of one packed V)
   kb::Scratch kpack(size_t(B * HKV * per_head) * 2), vpack(size_t(B * HKV * per_head) * 2);
   if (!kpack.p || !vpack.p) return kb::set_error(kb::E_NOMEM, "attention_fwd_amx: out of memory");
@@ -273,9 +275,9 @@ int attention_fwd_bf16(const kb::AttnTileArgs& a) {
       const uint16_t* Qh = a.q + bh * SQ * D;
       uint16_t* Oh = a.o + bh * SQ * D;
       if (D == 64)
-        block<64>(T, *w, Qh, Kp + kvh * per_head / 2, Vp + kvh * per_head, Oh, q0, nq, SK, a.causal, qscale);
+        block<64, 128>(T, *w, Qh, Kp + kvh * per_head / 2, Vp + kvh * per_head, Oh, q0, nq, SK, a.causal, qscale);
       else
-        block<128>(T, *w, Qh, Kp + kvh * per_head / 2, Vp + kvh * per_head, Oh, q0, nq, SK, a.causal, qscale);
+        block<128, 64>(T, *w, Qh, Kp + kvh * per_head / 2, Vp + kvh * per_head, Oh, q0, nq, SK, a.causal, qscale);
     }
     T.release();
   }
