@@ -154,6 +154,24 @@ def test_attention_tiles_refuses_what_it_lacks(tile_isa):
         LIB.bind_attention_fwd_amx(x, x, x, False, torch.empty_like(x))
 
 
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (17, 33, 63), (33, 17, 65), (127, 129, 200), (32, 32, 64),
+                                   (40, 50, 0), (5, 70, 300)])
+def test_int8_tiles(tile_isa, m, n, k):
+    """The int8 tile path (int8_tiles.cpp): exact against float64 (int32 sums of int8 products are exact there),
+    full int8 range including -128 * -128, tails of the 16-row/16-column/64-deep tiles in every dimension."""
+    g = torch.Generator().manual_seed(_seed("int8", m, n, k))
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+    if m and k:
+        a[0, :] = -128
+    if k and n:
+        b[:, -1] = -128
+    out = torch.full((m, n), -7, dtype=torch.int32)   # poisoned: every element must be written
+    LIB.gemm_s8s8s32_tiles(a, b, out)
+    ref = (a.double() @ b.double()).to(torch.int32)
+    assert torch.equal(out, ref), (out - ref).abs().max()
+
+
 def test_fresh_inputs_change_the_output():
     """A kernel that returned a cached answer would pass one check; two seeds must give two answers."""
     case = Case("softmax", dict(rows=3, cols=100), "cpu", "float32")

@@ -46,6 +46,8 @@ _SIGNATURES = {
     "kb_cpp_tile_backend": (_i32, []),
     # q, k, v, o, batch, heads, kv_heads, seq_q, seq_k, head_dim, causal, scale, threads (bf16 only)
     "kb_cpp_attention_fwd_amx": (_i32, [_vp, _vp, _vp, _vp, _i64, _i64, _i64, _i64, _i64, _i64, _i32, _f32, _i32]),
+    # a, b, c, M, N, K, lda, ldb, ldc, threads (int8 x int8 -> int32 on tiles)
+    "kb_cpp_gemm_s8s8s32_tiles": (_i32, [_vp, _vp, _vp, _i64, _i64, _i64, _i64, _i64, _i64, _i32]),
 }
 ISA_NAMES = {0: "none", 1: "avx2", 2: "avx512", 3: "amx"}
 TILE_BACKENDS = {0: "none", 1: "avx512-bf16", 2: "amx"}   # kb_cpp_tile_backend(): what the tile kernels run on
@@ -171,6 +173,20 @@ class KbCpp:
         args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), B, H, HKV, SQ, SK, D, int(bool(causal)),
                 float(scale), self.threads())
         return self._bound("attention_fwd_amx", args, out, (q, k, v))
+
+    def gemm_s8s8s32_tiles(self, a, b, out):
+        """out (int32) = a (int8) @ b (int8) on the int8 tile path (tdpbssd; int8_tiles.cpp)."""
+        a = a if a.stride(-1) == 1 else a.contiguous()
+        b = b if b.stride(-1) == 1 else b.contiguous()
+        if a.dtype != torch.int8 or b.dtype != torch.int8 or out.dtype != torch.int32 or out.stride(-1) != 1:
+            raise TypeError("gemm_s8s8s32_tiles: int8 a, b and an int32 out with unit column stride")
+        M, K = a.shape
+        N = b.shape[1]
+        if b.shape[0] != K or tuple(out.shape) != (M, N):
+            raise ValueError(f"gemm_s8s8s32_tiles: shapes {tuple(a.shape)} @ {tuple(b.shape)} -> {tuple(out.shape)}")
+        args = (a.data_ptr(), b.data_ptr(), out.data_ptr(), M, N, K, a.stride(0), b.stride(0), out.stride(0),
+                self.threads())
+        return self._bound("gemm_s8s8s32_tiles", args, out, (a, b))()
 
     @property
     def tile_backend(self) -> str:
