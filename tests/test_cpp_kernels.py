@@ -72,7 +72,7 @@ NORM = _cases(norm_suite, [dict(norm=n, rows=r, cols=c) for n in ("rms", "layer"
                            for r, c in ((1, 1), (1, 4096), (3, 70001), (33, 15))])
 GEMM = _cases(gemm_suite, [dict(m=1, n=1, k=1), dict(m=14, n=32, k=256), dict(m=15, n=33, k=257),
                            dict(m=300, n=70, k=600), dict(m=129, n=129, k=0),
-                           dict(m=29, n=70, k=12289)])   # bf16 on AVX512-BF16: 4 K-slices of 4096 (first, middle, last), odd K
+                           dict(m=29, n=70, k=12289)])   # bf16 AVX512-BF16: 4 K-slices of 4096, odd K
 ATTENTION = _cases(attention_suite, [
     dict(b=1, h=4, hkv=2, sq=1, sk=1000, d=128, causal=False),
     dict(b=1, h=2, hkv=1, sq=200, sk=97, d=64, causal=True),      # sq > sk, causal top-left

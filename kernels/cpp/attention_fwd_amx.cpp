@@ -16,7 +16,8 @@
 // re-read from L2 per query block: 2 * sk * d * 2 B = 1 MiB at sk = 2048, d = 128).
 // Per task (b, h, block of BM = 32 queries; heaviest causal blocks first):
 //   Qb = the 32 x d query rows (zero-padded tail)                                       4 KiB at d = 128
-//   for each key block of BN = 64 keys (128 at d = 64) up to the causal limit (blocks past the diagonal are never touched):
+//   for each key block of BN = 64 keys (128 at d = 64) up to the causal limit (blocks past the diagonal: never
+//   touched):
 //     S[32][64] = Qb Kb^T: 2 32-key parts x (d/32 k-steps x 4 tdpbf16ps into tmm0-3), stored fp32   8 KiB
 //     online softmax per row (AVX-512, exp2 with scale*log2(e) folded in): m, l, alpha; P -> bf16 [32][64]
 //     O[32][d] (fp32, L1, 16 KiB at d = 128) = O * alpha + P Vb: per 32 columns of d, tmm0-3 loaded from O,
@@ -185,7 +186,8 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
         }
       } else {
         for (int64_t c = 0; c < ncols; c += 16) {
-          const __mmask16 live = vis - c >= 16 ? __mmask16(0xffff) : vis - c <= 0 ? 0 : __mmask16((1u << (vis - c)) - 1u);
+          const int64_t n = std::clamp<int64_t>(vis - c, 0, 16);
+          const __mmask16 live = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
           const __m512 x = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), live, _mm512_load_ps(s + c), vscale);
           _mm512_store_ps(s + c, x);
           mx = _mm512_max_ps(mx, x);
@@ -194,7 +196,8 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
       const float m_old = w.m[r], m_new = std::max(m_old, _mm512_reduce_max_ps(mx));
       if (m_new == -INFINITY) {   // nothing visible yet (cannot happen top-left causal, kept for safety)
         w.alpha[r] = 1.0f;
-        for (int64_t c = 0; c < ncols; c += 16) _mm256_store_si256((__m256i*)(w.p + r * BN + c), _mm256_setzero_si256());
+        for (int64_t c = 0; c < ncols; c += 16)
+          _mm256_store_si256((__m256i*)(w.p + r * BN + c), _mm256_setzero_si256());
         continue;
       }
       const float alpha = m_old == m_new ? 1.0f : std::exp2(m_old - m_new);
@@ -215,7 +218,8 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
       for (int64_t r = 0; r < nq; ++r) {
         if (w.alpha[r] == 1.0f) continue;
         const __m512 a = _mm512_set1_ps(w.alpha[r]);
-        for (int64_t c = 0; c < D; c += 16) _mm512_store_ps(w.o + r * D + c, _mm512_mul_ps(_mm512_load_ps(w.o + r * D + c), a));
+        for (int64_t c = 0; c < D; c += 16)
+          _mm512_store_ps(w.o + r * D + c, _mm512_mul_ps(_mm512_load_ps(w.o + r * D + c), a));
       }
     const uint16_t* vb = Vp + (j0 / 32) * (D / 16) * 512;
     for (int64_t dc = 0; dc < D; dc += 32) {
@@ -237,7 +241,8 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
   for (int64_t r = 0; r < nq; ++r) {
     const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_load_ps(w.l + 16 * r)));
     for (int64_t c = 0; c < D; c += 16)
-      _mm256_storeu_si256((__m256i*)(Oh + (q0 + r) * D + c), bf16_round(_mm512_mul_ps(_mm512_load_ps(w.o + r * D + c), inv)));
+      _mm256_storeu_si256((__m256i*)(Oh + (q0 + r) * D + c),
+                          bf16_round(_mm512_mul_ps(_mm512_load_ps(w.o + r * D + c), inv)));
   }
 }
 

@@ -20,7 +20,12 @@
 // slices in an fp32 copy of C and the last slice rounds into C (no separate rounding pass).
 // Threads: one barrier (after packing B), then a dynamic schedule over blocks of C, as gemm.cpp.
 //
-// Measured: see the bottom of the header.
+// Measured (AMD EPYC Zen 4, shared with other engineers, load average 22-25 -- docs/measured-cpu.md):
+//   one thread, CPU time per call, torch.matmul (oneDNN, AVX512-BF16) in the same process: 1000x4096x4096 204 vs
+//   194 GFLOP/s (1.05x), 2048^3 209 vs 201 (1.04x), 4096x4096x1024 210 vs 190 (1.10x) = 88-91% of one core's
+//   vdpbf16ps ceiling (232 GFLOP/s, a throwaway loop of independent chains); torch 82-87%.
+//   bench.py --suite gemm --full --dtype bfloat16, 2 threads, side by side (others took 94% of the CPU):
+//   2048^3 0.99x, 4096x4096x1024 1.12x, 1000x4096x4096 0.96x. v1 on this CPU (fp32 FMAs): ~99 GFLOP/s, 0.5x.
 #include <omp.h>
 
 #include <algorithm>

@@ -121,7 +121,9 @@ struct Tiles {
     const uint8_t* b = src[B];
     const int64_t lda = ld[A], ldb = ld[B];
     float* c = own<C>();
-    auto bcast = [&](int m, int k) { return (__m512bh)_mm512_set1_epi32(*reinterpret_cast<const int*>(a + m * lda + 4 * k)); };
+    auto bcast = [&](int m, int k) {
+      return (__m512bh)_mm512_set1_epi32(*reinterpret_cast<const int*>(a + m * lda + 4 * k));
+    };
     if (M == 16 && N == 16 && K == 16) {   // full tiles: 16 accumulator registers, one B row per k
       __m512 acc[16];
 #pragma GCC unroll 16

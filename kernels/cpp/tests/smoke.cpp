@@ -18,7 +18,8 @@ int kb_cpp_gemm(const void*, const void*, void*, int64_t, int64_t, int64_t, int6
 int kb_cpp_attention_fwd(const void*, const void*, const void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t,
                          int64_t, int, float, int, int);
 int kb_cpp_tile_backend(void);
-int kb_cpp_gemm_s8s8s32_tiles(const void*, const void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int);
+int kb_cpp_gemm_s8s8s32_tiles(const void*, const void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              int);
 }
 
 static int failures = 0;
