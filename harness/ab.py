@@ -4,7 +4,9 @@ The recommended CI gate. Both refs are checked out (git worktrees, harness/ab_tr
 worker process per tree (harness/ab_worker.py) imports that tree's suites and kernels. Row by row, each
 worker checks the row against the float64 reference, then the row is timed in rounds: round i measures it
 once in each worker, back to back, in alternating order (ABBA: base-cur, cur-base, ...), each slot a short
-fixed time budget. Drift, thermal state and neighbours hit both sides of a round equally, so the per-round
+fixed time budget, on inputs and a launcher built afresh in every round (a setup's luck - alignment, pages,
+a library's choice of path - would otherwise bias every round of one side alike: measured here, one such row
+came out 8.6x slower between two trees of the same commit when the launcher was built once per row). Drift, thermal state and neighbours hit both sides of a round equally, so the per-round
 log-ratio log(cur_i / base_i) is free of them; its spread across rounds is the noise, measured in the same job.
 
 Decision (harness/gate_verdicts.py): paired moderated t-test per row, Holm's correction over every row of
@@ -128,7 +130,9 @@ def measure_row(idx: dict[str, int], j: int, key: dict, sides: dict[str, Side], 
         order = ("base", "current") if (r + j) % 2 == 0 else ("current", "base")
         for pos, name in enumerate(order):
             try:
-                ans = sides[name].ask({"op": "measure", "budget": budget})
+                ans = sides[name].ask({"op": "rebuild"}) if r else {"status": "ok"}   # new allocations per round
+                if ans["status"] == "ok":
+                    ans = sides[name].ask({"op": "measure", "budget": budget})
             except WorkerDied as e:
                 ans = {"status": "crashed", "reason": str(e)}
             if ans["status"] != "ok":

@@ -1,6 +1,7 @@
 """The two trees of `bench.py ab`: git worktrees of the refs, each built in its own build directory.
 
-A ref's tree is a detached `git worktree` under <repository>/.cache/ab/<commit>/ (ignored by git), kept
+A ref's tree is a detached `git worktree` under <repository>/.cache/ab/<commit>/ (ignored by git; $KB_AB_CACHE
+moves it), kept
 between runs: a second `ab` against the same baseline commit reuses its tree and its build (CMake rebuilds
 nothing), which is what makes a per-pull-request A/B affordable; CI can cache the directory. Without
 --current-ref the current side is the working tree itself, uncommitted changes included (what CI checked
@@ -9,13 +10,18 @@ output goes to TREE/.ab-build.log, and a tree that does not build is bad input (
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.result_sets import ROOT, BadInput
 
-CACHE = ROOT / ".cache" / "ab"
+
+
+def cache_dir() -> Path:
+    """Where the trees live: $KB_AB_CACHE, else <repository>/.cache/ab."""
+    return Path(os.environ.get("KB_AB_CACHE", ROOT / ".cache" / "ab"))
 
 
 @dataclass
@@ -41,13 +47,13 @@ def resolve_ref(ref: str) -> str:
 def worktree(ref: str, label: str) -> Tree:
     """A detached worktree of `ref` under .cache/ab/<commit>, created once and reused."""
     commit = resolve_ref(ref)
-    path = CACHE / commit[:16]
+    path = cache_dir() / commit[:16]
     if (path / ".git").exists():
         head = _git("rev-parse", "HEAD", cwd=path)
         if head.returncode == 0 and head.stdout.strip() == commit:
             return Tree(label, ref, commit, path)
         _git("worktree", "remove", "--force", str(path))
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache_dir().mkdir(parents=True, exist_ok=True)
     _git("worktree", "prune")
     r = _git("worktree", "add", "--detach", "--force", str(path), commit)
     if r.returncode != 0:
@@ -79,9 +85,11 @@ def build(tree: Tree, cmake_args: list[str], jobs: int) -> None:
             except OSError as e:
                 raise BadInput(f"cannot build the {tree.label} tree: {e}") from None
             if r.returncode != 0:
-                last = [ln for ln in log.read_text(errors="replace").splitlines() if "rror" in ln][-1:] or ["?"]
+                lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+                first = next((i for i, ln in enumerate(lines) if "rror" in ln), len(lines) - 1)
+                what = " ".join(lines[first:first + 2])[:200] if lines else "?"   # the error and its message
                 raise BadInput(f"the {tree.label} tree ({tree.ref or 'working tree'} {tree.commit[:12]}) does not "
-                               f"build: {last[0].strip()[:200]} (full log: {log})")
+                               f"build: {what} (full log: {log})")
 
 
 def describe(t: Tree) -> str:

@@ -15,6 +15,7 @@ stdout (fd 1 is pointed at stderr, so whatever a kernel or compiler prints canno
         -> {"rows": [{"suite", "case", "variant", "dtype", "device"}, ...], "env": {...}}
     {"op": "prepare", "row": i, "seed": s}    check row i against the float64 reference on fresh inputs, then
         -> {"status": "ok" | "incorrect" | "error" | "skipped", "reason"}     build its launcher on other inputs
+    {"op": "rebuild"}                         fresh timing inputs and launcher for the prepared row
     {"op": "measure", "budget": seconds}      time the prepared launcher -> {"median_ms", "n", "samples_ms"}
     {"op": "release"}                         drop the launcher and its inputs
 Errors inside a request are answers ({"status": "error", "reason"}), never a dead worker; a crash (a
@@ -62,7 +63,7 @@ class Worker:
     def __init__(self, tree: str, side: str):
         self.tree, self.side = tree, side
         self.rows: list = []
-        self.launcher = self._inputs = None
+        self.launcher = self._inputs = self._timed = None
         self.device = "cpu"
 
     def plan(self, req: dict) -> dict:
@@ -127,15 +128,29 @@ class Worker:
             del inputs, ref, out
             if not ok:
                 return {"status": "incorrect", "reason": why[:500]}
-            inputs = s.make_inputs(case, _seed(seed, s.name, case.name, case.dtype_name, v.name, "time"))
-            self.launcher = v.setup(case, **inputs)
-            self._inputs = inputs
-            return {"status": "ok", "reason": None}
+            self._timed = (s, case, v, seed)
+            return self.rebuild({})
         except Skip as exc:
             return {"status": "skipped", "reason": str(exc)}
         except Exception as exc:                           # noqa: BLE001 - a failing kernel is an answer
             traceback.print_exc()
             return {"status": "error", "reason": _first_line(exc)}
+
+    def rebuild(self, req: dict) -> dict:
+        """Fresh timing inputs and launcher for the prepared row (same seed, new allocations): done every round,
+        so that what one setup happens to get (alignment, pages, a kernel's choice of path) is sampled anew
+        each round instead of biasing every round of one side the same way."""
+        s, case, v, seed = self._timed
+        self.launcher = self._inputs = None
+        gc.collect()
+        try:
+            inputs = s.make_inputs(case, _seed(seed, s.name, case.name, case.dtype_name, v.name, "time"))
+            self.launcher = v.setup(case, **inputs)
+        except Exception as exc:                           # noqa: BLE001
+            traceback.print_exc()
+            return {"status": "error", "reason": _first_line(exc)}
+        self._inputs = inputs
+        return {"status": "ok", "reason": None}
 
     def measure(self, req: dict) -> dict:
         from harness.timing import TimingConfig, measure

@@ -85,6 +85,7 @@ def slowed(setup: Callable[..., Callable[[], Any]], fraction: float) -> Callable
                 _sync(case.device)      # the wait follows the work, not the launch (no-op on the CPU)
                 _busy(delay)
             return out
+        run.delay_s = delay                 # what was injected, for tests and logs
         return run
     wrapped.__doc__ = f"test-only copy, +{fraction:.0%} calibrated busy-wait per call"
     return wrapped

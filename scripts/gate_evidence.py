@@ -99,6 +99,7 @@ def mode_ab(a, env, log, copies) -> list[dict]:
             raise SystemExit(f"gate_evidence: bench.py ab exited {rc}; see {a.work / 'log.txt'}")
         out.append(outcome(d / "v.json", copies, rc))
         print(f"ab {i + 1}/{a.runs}: {summary_line(out[-1])}", flush=True)
+        a.save("ab", out)
     return out
 
 
@@ -128,6 +129,7 @@ def mode_stored(a, env, log, copies) -> list[dict]:
             raise SystemExit(f"gate_evidence: bench.py gate exited {rc}")
         out.append(outcome(d / "v.json", copies, rc))
         print(f"stored {i + 1}/{a.runs}: {summary_line(out[-1])}", flush=True)
+        a.save("stored", out)
     return out
 
 
@@ -211,17 +213,22 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     results, raw = {}, {}
-    with open(a.work / "log.txt", "a") as log:
-        for mode in [m.strip() for m in a.modes.split(",") if m.strip()]:
-            if mode not in ("ab", "stored"):
-                print(f"gate_evidence: unknown mode {mode!r}: ab or stored", file=sys.stderr)
-                return 2
-            raw[mode] = (mode_ab if mode == "ab" else mode_stored)(a, env, log, copies)
-            results[mode] = figures(raw[mode], copies)
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    if set(modes) - {"ab", "stored"}:
+        print(f"gate_evidence: unknown mode(s) {', '.join(set(modes) - {'ab', 'stored'})}: ab or stored",
+              file=sys.stderr)
+        return 2
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(report(a, results, copies, started, load0, argv))
-    a.out.with_suffix(".json").write_text(json.dumps({"started": started, "argv": argv, "figures": results,
-                                                      "runs": raw}, indent=1))
+
+    def save(mode: str, runs: list[dict]) -> None:       # after every gate run: an interrupted evidence keeps its part
+        raw[mode], results[mode] = runs, figures(runs, copies)
+        a.out.write_text(report(a, results, copies, started, load0, argv))
+        a.out.with_suffix(".json").write_text(json.dumps({"started": started, "argv": argv, "figures": results,
+                                                          "runs": raw}, indent=1))
+    a.save = save
+    with open(a.work / "log.txt", "a") as log:
+        for mode in modes:
+            (mode_ab if mode == "ab" else mode_stored)(a, env, log, copies)
     print(a.out.read_text())
     return 0
 
