@@ -17,6 +17,7 @@ import pytest
 from harness.result_sets import ROOT
 
 
+@pytest.mark.slow
 def test_evidence_script_reduced(tmp_path):
     cache = tmp_path / "ab"
     out = tmp_path / "ev.md"
