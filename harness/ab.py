@@ -6,7 +6,8 @@ worker checks the row against the float64 reference, then the row is timed in ro
 once in each worker, back to back, in alternating order (ABBA: base-cur, cur-base, ...), each slot a short
 fixed time budget, on inputs and a launcher built afresh in every round (a setup's luck - alignment, pages,
 a library's choice of path - would otherwise bias every round of one side alike: measured here, one such row
-came out 8.6x slower between two trees of the same commit when the launcher was built once per row). Drift, thermal state and neighbours hit both sides of a round equally, so the per-round
+came out 8.6x slower between two trees of the same commit when the launcher was built once per row).
+Drift, thermal state and neighbours hit both sides of a round equally, so the per-round
 log-ratio log(cur_i / base_i) is free of them; its spread across rounds is the noise, measured in the same job.
 
 Decision (harness/gate_verdicts.py): paired moderated t-test per row, Holm's correction over every row of
@@ -138,14 +139,16 @@ def measure_row(idx: dict[str, int], j: int, key: dict, sides: dict[str, Side], 
             if ans["status"] != "ok":
                 if name == "current":
                     return {"verdict": "broken", "note": f"current {ans['status']} while timing: {ans['reason']}"[:300]}
-                return {"verdict": "not compared", "note": f"baseline {ans['status']} while timing: {ans['reason']}"[:300]}
+                why = f"baseline {ans['status']} while timing: {ans['reason']}"
+                return {"verdict": "not compared", "note": why[:300]}
             m = ans["median_ms"]
             if not (isinstance(m, (int, float)) and math.isfinite(m) and m > 0):
                 if name == "current":
                     return {"verdict": "broken", "note": f"current time {m} ms (NaN or non-positive)"}
                 return {"verdict": "not compared", "note": f"baseline time {m} ms (NaN or non-positive)"}
             med[name].append(m)
-            slots.append(dict(key, round=r, side=name, order=pos, median_ms=m, n=ans["n"]))
+            slots.append(dict(key, round=r, side=name, order=pos, median_ms=m, n=ans["n"],
+                              samples_ms=ans.get("samples_ms")))
     for s in sides.values():
         try:
             s.ask({"op": "release"})
@@ -182,7 +185,8 @@ def run_ab(trees: dict[str, T.Tree], plan_req: dict, rounds: int, budget: float,
         todo = [k for k in ckeys if k in bidx]
         for k in bkeys:
             if k not in set(ckeys):
-                rows.append(blank(dict(zip(KEY, k)), verdict="missing", note="in the baseline tree, not in the current"))
+                rows.append(blank(dict(zip(KEY, k)), verdict="missing",
+                                  note="in the baseline tree, not in the current"))
         for k in ckeys:
             if k not in bidx:
                 rows.append(blank(dict(zip(KEY, k)), verdict="new", note="not in the baseline tree"))

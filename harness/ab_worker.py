@@ -98,7 +98,8 @@ class Worker:
                         keys.append(dict(suite=s.name, case=case.name, variant=v.name, dtype=dtype,
                                          device=self.device))
         import harness
-        env = {"harness": os.path.dirname(os.path.abspath(harness.__file__)), "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()}
+        env = {"harness": os.path.dirname(os.path.abspath(harness.__file__)), "torch": torch.__version__,
+               "python": platform.python_version(), "threads": torch.get_num_threads()}
         return {"rows": keys, "env": env}
 
     def prepare(self, req: dict) -> dict:

@@ -149,7 +149,8 @@ def _one(key: dict, b: pd.DataFrame | None, c: pd.DataFrame | None, cfg: GateCon
         return {**out, "verdict": "new", "note": f"not in the baseline ({_statuses(c)})"}
     if not len(ok_c):
         reason = val(c.iloc[0], "reason") or ""
-        return {**out, "verdict": "skipped", "note": f"{_statuses(c)} now, {_statuses(b)} in the baseline: {reason}"[:300]}
+        note = f"{_statuses(c)} now, {_statuses(b)} in the baseline: {reason}"
+        return {**out, "verdict": "skipped", "note": note[:300]}
     ok_b = b[(b["status"] == "ok") & b.apply(lambda r: bad_time(r) is None, axis=1)]
     if not len(ok_b):
         return {**out, "verdict": "fixed", "note": f"ok now, {_statuses(b)} in the baseline"}

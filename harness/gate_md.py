@@ -26,7 +26,8 @@ def _fmt(x: Any, spec: str = ".4g") -> str:
 
 
 def _cell(s: Any) -> str:
-    return ("" if s is None or (isinstance(s, float) and math.isnan(s)) else str(s)).replace("|", "\\|").replace("\n", " ")
+    text = "" if s is None or (isinstance(s, float) and math.isnan(s)) else str(s)
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _pct(x: Any) -> str:
@@ -109,7 +110,8 @@ def render(verdicts: pd.DataFrame, cfg: GateConfig, summary: dict, design: str, 
         verdicts.loc[verdicts["verdict"] == "missing", "note"] += " (fails: --allow-missing relaxes)"
         fails = failing_rows(verdicts, cfg)
     other = ["not compared", "skipped", "new", "fixed"] + (["missing"] if cfg.allow_missing else [])
-    for name, part, stats in (("Failures", fails, True), ("Improvements", verdicts[verdicts["verdict"] == "improved"], True),
+    for name, part, stats in (("Failures", fails, True),
+                              ("Improvements", verdicts[verdicts["verdict"] == "improved"], True),
                               ("Not compared", verdicts[verdicts["verdict"].isin(other)], False)):
         if len(part):
             out += ["", f"### {name} ({len(part)})", "", table(part, stats, n_label)]

@@ -39,12 +39,18 @@ class _Case:
 
 # ------------------------------------------------------------------------------------------------ injection
 
-def test_inject_adds_calibrated_copies():
+def test_inject_adds_calibrated_copies(monkeypatch):
+    launch = _fake_suite().variants["v"].setup(_Case())
+    assert I.one_call_s(launch, "cpu") >= 0.002                  # a busy-wait of 2 ms takes at least 2 ms
+    monkeypatch.setattr(I, "one_call_s", lambda launch, device: 0.002)     # the machine's load out of the way
     suites = {"fake": _fake_suite()}
     added = I.apply(suites, "fake/v=slow50:0.5,same:0")
     assert added == ["fake/v_slow50", "fake/v_same"]
     slow = suites["fake"].variants["v_slow50"].setup(_Case())
-    assert slow() == 1 and 0.0005 < slow.delay_s < 0.004        # half of a ~2 ms call (loose: a shared machine)
+    assert slow() == 1 and slow.delay_s == pytest.approx(0.001)  # half of one call
+    t0 = time.perf_counter()
+    slow()
+    assert time.perf_counter() - t0 >= 0.003                     # the call (2 ms) and the wait (1 ms)
     assert suites["fake"].variants["v_same"].setup(_Case()).delay_s == 0
     assert I.apply(suites, "fake/v=slow50:0.5") == []            # idempotent (all_suites() is cached)
     assert suites["fake"].variants["v_slow50"].setup is not suites["fake"].variants["v"].setup
@@ -65,19 +71,20 @@ def test_inject_bad_spec(spec, msg):
 class _FakeSide:
     def __init__(self, answers):
         self.answers = answers
+        self.ops: list[str] = []
 
     def ask(self, req):
+        self.ops.append(req["op"])
         a = self.answers.get(req["op"], {"status": "ok"})
         if isinstance(a, Exception):
             raise a
         return a() if callable(a) else a
 
 
-def _row(base, cur, rounds=4):
+def _row(base, cur, rounds=4, sides=None):
     slots = []
-    res = AB.measure_row({"base": 0, "current": 0}, 0, {"suite": "s"}, {"base": _FakeSide(base),
-                                                                         "current": _FakeSide(cur)},
-                         rounds, 0.01, 0, slots)
+    sides = sides or {"base": _FakeSide(base), "current": _FakeSide(cur)}
+    res = AB.measure_row({"base": 0, "current": 0}, 0, {"suite": "s"}, sides, rounds, 0.01, 0, slots)
     return res, slots
 
 
@@ -87,6 +94,10 @@ def test_measure_row_outcomes():
     res, slots = _row(ok, ok)
     assert res["_stats"].df == 3 and len(slots) == 8 and {s["order"] for s in slots} == {0, 1}
     assert [s["side"] for s in slots[:4]] == ["base", "current", "current", "base"]     # ABBA
+    sides = {"base": _FakeSide(ok), "current": _FakeSide(ok)}
+    _row(ok, ok, sides=sides)
+    for side in sides.values():                      # checked once, then a fresh launcher every later round
+        assert side.ops == ["prepare", "measure"] + ["rebuild", "measure"] * 3 + ["release"]
     died = AB.WorkerDied("current worker died (exit -11)")
     assert _row(ok, {**ok, "measure": died})[0]["verdict"] == "broken"
     assert "died" in _row(ok, {**ok, "prepare": died})[0]["note"]
