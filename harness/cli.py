@@ -53,6 +53,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cold", action="store_true", help="flush caches before every sample")
     p.add_argument("--cuda-graph", action="store_true", help="replay the timed calls from a CUDA graph")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--reset-peaks", nargs="?", const="all", default=None, metavar="PROBES",
+                   help="forget this device's stored peaks (all, or these probes, comma-separated) before the run")
+    p.add_argument("--allocator", default=None,
+                   help="memory allocator of the measuring process: system (glibc), jemalloc or tcmalloc "
+                        "(LD_PRELOAD; recorded in the manifest; default: whatever is loaded)")
+    p.add_argument("--no-auto-peak", action="store_true",
+                   help="no quick peak probe on a first run (%% peak stays empty until --suite peak)")
     p.add_argument("--kernels-report", action="store_true",
                    help="print the compiler resource report of the CUDA and Triton kernels and exit")
     p.set_defaults(mode="quick")
@@ -106,8 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.kernels_report:
         return kernels_report(args.out)
     try:
+        if args.allocator is not None:
+            from harness import allocator
+            if args.allocator not in allocator.CHOICES:
+                raise allocator.AllocatorError(f"unknown allocator {args.allocator!r}; choose from: "
+                                               f"{', '.join(allocator.CHOICES)}")
+            allocator.ensure(args.allocator, argv)          # may restart bench.py with LD_PRELOAD
         return run(args, argv)
     except Exception as exc:
+        from harness.allocator import AllocatorError
+        if isinstance(exc, AllocatorError):
+            print(f"bench.py: error: {exc}", file=sys.stderr)
+            return 2
         from harness.registry import UsageError
         if isinstance(exc, UsageError):
             print(f"bench.py: error: {exc}", file=sys.stderr)
@@ -165,6 +182,14 @@ def resolve(args: argparse.Namespace):
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
 
+    reset_peaks = None
+    if args.reset_peaks is not None:
+        from harness.peaks import PROBES
+        reset_peaks = [] if args.reset_peaks == "all" else _split(args.reset_peaks)
+        for name in reset_peaks:
+            if name not in PROBES:
+                raise UsageError(f"unknown probe {name!r} in --reset-peaks; choose from: all, {', '.join(PROBES)}")
+
     budget = args.budget if args.budget is not None else (3.0 if args.mode == "full" else 1.0)
     if budget <= 0:
         raise UsageError("--budget must be positive")
@@ -173,7 +198,8 @@ def resolve(args: argparse.Namespace):
                       threads=args.threads,
                       timing=TimingConfig(budget_s=budget, target_rel_ci=args.target_ci, cold=args.cold,
                                           cuda_graph=args.cuda_graph),
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, reset_peaks=reset_peaks,
+                      auto_peak=not args.no_auto_peak and os.environ.get("KB_AUTO_PEAK", "1") != "0")
     plan = build_plan(opts)
     if not plan:
         what = f" matching --filter {args.filter!r}" if args.filter else ""
@@ -188,6 +214,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.ui import console, out_console, results_table
 
     runner = Runner(opts, argv)
+    for w in runner.writer.manifest.get("system_warnings") or []:
+        console.print(f"[yellow]warning: {w}[/]")
     console.print(f"[bold]run {runner.run_id}[/]: {len(plan)} rows on {runner.keys['device_name']} -> "
                   f"{runner.writer.dir}")
     code = runner.run(plan)

@@ -209,3 +209,27 @@ def test_all_cases_listed():
     assert any(p["h"] != p["hkv"] for p in ATTENTION) and any(p["causal"] for p in ATTENTION)
     assert any(p["m"] % 14 and p["n"] % 32 for p in GEMM)
     assert len(list(itertools.product(ISAS, DTYPES))) >= 3
+
+
+# The ceiling probes (kernels/cpp/probes*.cpp), through the peak suite's declarations: streaming copies of
+# odd lengths at every misalignment of source and destination, the FMA chains on both ISA paths.
+@pytest.mark.parametrize("n", [1, 15, 127, 1000, 65537])
+@pytest.mark.parametrize("offset", [0, 1, 3, 17])
+def test_stream_copy_probe(isa, n, offset):
+    from kernels.cpp import probes
+    src = torch.randn(n + 32)[offset:offset + n]
+    dst = torch.full((n + 32,), float("nan"))
+    view = dst[(offset * 7) % 16:(offset * 7) % 16 + n]
+    probes.stream_copy(src, view)()
+    assert torch.equal(view, src)
+    assert torch.isnan(dst[:(offset * 7) % 16]).all() and torch.isnan(dst[(offset * 7) % 16 + n:]).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fma_probes(isa, dtype):
+    from kernels.cpp import probes
+    from suites import peak
+    case = Case("peak", dict(op="fma", blocks=5, iters=777), "cpu", dtype)
+    if peak.cpp_peak and probes.missing_reason(case):
+        pytest.skip(probes.missing_reason(case))
+    run_case(peak, peak.cpp_peak, case.params, dtype, isa)
