@@ -150,18 +150,24 @@ def measure(fn: Callable[[], Any], device: str = "cpu", cfg: TimingConfig | None
     cfg = cfg or TimingConfig()
     clock = _CudaClock() if device == "cuda" else _CpuClock()
 
-    # Warm-up: at least 2 calls and warmup_s; gives the first estimate of one call's cost.
-    calls, t_start = 0, time.perf_counter()
+    # Warm-up: at least 2 calls and warmup_s; gives the first estimate of one call's cost. The estimate is
+    # the fastest warm-up call, not elapsed / calls: on a contended machine some calls include other
+    # processes' time slices, and an inflated estimate would batch too few calls per sample (seen: 9 calls
+    # of 20 us where 50 were due, so samples fell short of min_sample_s).
+    calls, t_start, fastest = 0, time.perf_counter(), math.inf
     while True:
+        t_call = time.perf_counter()
         fn()
-        calls += 1
         sync(device)
-        elapsed = time.perf_counter() - t_start
+        now = time.perf_counter()
+        fastest = min(fastest, now - t_call)
+        calls += 1
+        elapsed = now - t_start
         if calls >= 2 and elapsed >= cfg.warmup_s:
             break
         if elapsed > max(cfg.warmup_s, cfg.budget_s):   # a very slow call: two are enough
             break
-    per_call = elapsed / calls
+    per_call = fastest
     k = 1 if cfg.cold else max(1, min(10_000, math.ceil(cfg.min_sample_s / max(per_call, 1e-9))))
 
     batch: Callable[[], Any]

