@@ -13,6 +13,9 @@ from harness.registry import Case, Skip, all_suites
 from kernels.cuda import lib as cuda_lib
 from tests.special_values import ROW_SUITES, assert_same_specials, attention_inputs, row_inputs, torch_expected
 
+# Known disagreements, found by this test, owned elsewhere: expected to fail until fixed (strict: a fix flips it).
+KNOWN_BAD = {("attention", "cpp_amx"): "the AMX attention (issue 22) drops NaN keys: rows that see a NaN key "
+                                       "come out finite where torch gives NaN"}
 ROW_SHAPES = ((6, 1000), (6, 25000))
 ATTENTION_SHAPES = (dict(b=1, h=2, hkv=1, sq=129, sk=129, d=64, causal=True),
                     dict(b=1, h=2, hkv=2, sq=65, sk=129, d=128, causal=False))
@@ -76,7 +79,14 @@ def test_variants_put_nan_and_inf_where_torch_does(suite_name, case, simlib, mon
             launcher = variant.setup(case, **inputs)
         except Skip:
             continue
-        assert_same_specials(launcher(), want, f"{suite_name} {vname} {case.name} {case.dtype_name}", atol, rtol)
+        what = f"{suite_name} {vname} {case.name} {case.dtype_name}"
+        if (suite_name, vname) in KNOWN_BAD:
+            try:
+                assert_same_specials(launcher(), want, what, atol, rtol)
+            except AssertionError:
+                continue
+            pytest.fail(f"{what} now agrees with torch: remove it from KNOWN_BAD ({KNOWN_BAD[suite_name, vname]})")
+        assert_same_specials(launcher(), want, what, atol, rtol)
         ran.append(vname)
     assert "cpp" in ran and len(ran) >= 2, ran
 
