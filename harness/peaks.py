@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+from harness.result_sets import results_root
 from harness.results import atomic_write
 
 DATASHEET: list[tuple[str, dict[str, float]]] = [
@@ -35,7 +36,7 @@ DATASHEET: list[tuple[str, dict[str, float]]] = [
     ("T4",          {"bw_gbs": 320, "float32": 8.1, "float16": 65.0}),
 ]
 
-PEAKS_DIR = Path(os.environ.get("KB_PEAKS_DIR", Path(__file__).resolve().parent.parent / "results" / "peaks"))
+PEAKS_DIR = Path(os.environ.get("KB_PEAKS_DIR") or results_root() / "peaks")   # results root: $KB_RESULTS_DIR
 
 
 def datasheet(device_name: str) -> tuple[str, dict[str, float]] | None:

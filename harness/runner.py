@@ -36,7 +36,7 @@ from harness.registry import Case, Suite, UsageError, Variant
 from harness.results import ResultWriter, param_column
 from harness.row import RowContext, configure_compile, derive_seed, measure_row  # noqa: F401 (derive_seed: API)
 from harness.timing import TimingConfig
-from harness.worker import WorkerPool, WorkerSpec, task_for
+from harness.worker import WorkerPool, WorkerSpec, suite_ref, task_for
 
 
 @dataclass
@@ -137,6 +137,11 @@ class Runner:
         self.memory_limit = opts.worker_memory if opts.worker_memory is not None else (
             default_memory_limit() if self.device == "cpu" else None)
         if opts.isolate:                         # start the worker now: its torch import overlaps our set-up
+            for suite in opts.suites:
+                try:
+                    suite_ref(suite)
+                except ValueError as exc:
+                    raise UsageError(str(exc)) from None
             self.pool = WorkerPool(WorkerSpec(device=self.device, threads=opts.threads,
                                               memory_bytes=self.memory_limit or None))
         try:

@@ -188,7 +188,7 @@ def load(path: str | Path | None = None) -> KbCpp | None:
             try:
                 _LIB = KbCpp(p)
             except Exception as exc:  # a stale or foreign build: say so, do not crash the suite
-                _LOAD_ERROR = f"{BUILD_HINT} (loading {p} failed: {exc})"
+                _LOAD_ERROR = f"C++ kernels built but not loadable: {p}: {exc}"
     return _LIB
 
 
@@ -204,7 +204,7 @@ def missing_reason(case=None) -> str | None:
     if torch is None:
         return "torch is not importable"
     if load() is None:
-        return BUILD_HINT
+        return _LOAD_ERROR or BUILD_HINT           # the loader's own words: "not built" only when it is not
     if case is not None and getattr(case, "device", "cpu") != "cpu":
         return "C++ kernels run on the CPU only"
     if _LIB.dll.kb_cpp_isa() == 0:
