@@ -224,6 +224,7 @@ def resolve(args: argparse.Namespace):
 def _number(opt: str, x: float, lo: float, hi: float, what: str, low_open: bool = False,
             high_open: bool = False) -> None:
     """A finite number within [lo, hi] (open ends where asked), else UsageError naming the option."""
+    from harness.registry import UsageError
     ok = math.isfinite(x) and (x > lo if low_open else x >= lo) and (x < hi if high_open else x <= hi)
     if not ok:
         lo_s, hi_s = ("(" if low_open else "["), (")" if high_open else "]")
