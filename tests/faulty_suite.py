@@ -53,6 +53,9 @@ def abort(case, x):
 @SUITE.variant("hang")
 def hang(case, x):
     def run():
+        mark = os.environ.get("KB_FAULTY_HANG_MARK")     # tests: "the worker is inside the hang now"
+        if mark:
+            open(mark, "w").write(str(os.getpid()))
         while True:
             time.sleep(3600)
     return run

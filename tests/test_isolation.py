@@ -51,6 +51,36 @@ def test_each_fault_is_an_error_row_and_the_rows_after_it_are_measured(tmp_path)
     assert not list(out.glob(".*"))                               # no temporary file left
 
 
+def test_a_killed_bench_takes_its_hanging_worker_with_it(tmp_path):
+    """SIGKILL gives bench.py no chance to clean up: the worker must die by itself (PR_SET_PDEATHSIG)."""
+    import signal
+    import time
+    mark = tmp_path / "hanging"
+    p = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), "--suite", "faulty", "--variant", "hang",
+                          "--test-shapes", "--no-progress", "--row-timeout", "600", "--out", str(tmp_path / "r")],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=bench_env(KB_FAULTY_HANG_MARK=str(mark)))
+    deadline = time.time() + 300
+    while not mark.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.1)
+    assert mark.exists(), "the worker never reached the hang"
+    time.sleep(0.2)
+    worker = int(mark.read_text())
+    p.kill()
+    p.wait()
+    deadline = time.time() + 10
+    while _alive(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _case(n=127):
     return faulty_suite.SUITE.cases("test", "cpu", "float32")[0] if n == 127 else None
 
