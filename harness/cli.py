@@ -186,6 +186,26 @@ def resolve(args: argparse.Namespace):
         for v in variants:
             if v not in known:
                 raise UsageError(f"unknown variant {v!r}; choose from: {', '.join(known)}")
+    budget, worker_memory = check_numbers(args)
+    opts = RunOptions(suites=suites, device=device, dtypes=dtypes, mode=args.mode, filters=_split(args.filter),
+                      variants=variants, seed=args.seed, out=Path(args.out) if args.out else None,
+                      threads=args.threads,
+                      timing=TimingConfig(budget_s=budget, target_rel_ci=args.target_ci, cold=args.cold,
+                                          cuda_graph=args.cuda_graph),
+                      progress=not args.no_progress, isolate=not args.no_isolate, row_timeout=args.row_timeout,
+                      worker_memory=worker_memory, resume=args.resume)
+    plan = build_plan(opts)
+    if not plan:
+        what = f" matching --filter {args.filter!r}" if args.filter else ""
+        raise UsageError(f"nothing to run{what}: no case/variant/dtype of {', '.join(s.name for s in suites)} "
+                         f"selected (see bench.py --list)")
+    return opts, plan
+
+
+def check_numbers(args: argparse.Namespace) -> tuple[float, int | None]:
+    """The numeric options, finite and in range (UsageError otherwise), without importing torch.
+    Returns the timing budget and the worker memory limit in bytes (None: the default)."""
+    from harness.registry import UsageError
     if args.threads is not None and not 1 <= args.threads <= 4096:
         raise UsageError(f"--threads must be between 1 and 4096, not {args.threads}")
     if not 0 <= args.seed < 2**63:
@@ -206,19 +226,7 @@ def resolve(args: argparse.Namespace):
         raise UsageError("--row-timeout and --worker-memory apply to isolated workers; drop --no-isolate")
     if args.resume and not args.out:
         raise UsageError("--resume needs --out DIR (the run to continue)")
-    opts = RunOptions(suites=suites, device=device, dtypes=dtypes, mode=args.mode, filters=_split(args.filter),
-                      variants=variants, seed=args.seed, out=Path(args.out) if args.out else None,
-                      threads=args.threads,
-                      timing=TimingConfig(budget_s=budget, target_rel_ci=args.target_ci, cold=args.cold,
-                                          cuda_graph=args.cuda_graph),
-                      progress=not args.no_progress, isolate=not args.no_isolate, row_timeout=args.row_timeout,
-                      worker_memory=worker_memory, resume=args.resume)
-    plan = build_plan(opts)
-    if not plan:
-        what = f" matching --filter {args.filter!r}" if args.filter else ""
-        raise UsageError(f"nothing to run{what}: no case/variant/dtype of {', '.join(s.name for s in suites)} "
-                         f"selected (see bench.py --list)")
-    return opts, plan
+    return budget, worker_memory
 
 
 def _number(opt: str, x: float, lo: float, hi: float, what: str, low_open: bool = False,
@@ -232,12 +240,23 @@ def _number(opt: str, x: float, lo: float, hi: float, what: str, low_open: bool 
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    opts, plan = resolve(args)
+    _, worker_memory = check_numbers(args)
+    pool = None
+    if not args.no_isolate and args.device in ("auto", "cpu", "cuda"):
+        # Start the worker first: its imports (torch, the suites) run while this process does the same.
+        from harness.worker import WorkerPool, worker_spec
+        pool = WorkerPool(worker_spec(args.device, args.threads, worker_memory))
+    try:
+        opts, plan = resolve(args)
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
     from harness.runner import Runner, _signals_as_interrupts
     from harness.ui import console, out_console, results_table
 
     with _signals_as_interrupts():           # SIGTERM/SIGHUP while starting up: exit 128+signal too
-        runner = Runner(opts, argv)
+        runner = Runner(opts, argv, pool)
         try:
             resumed = f", {runner.resumed_rows} kept from the interrupted run" if opts.resume else ""
             console.print(f"[bold]run {runner.run_id}[/]: {len(plan)} rows on {runner.keys['device_name']} -> "

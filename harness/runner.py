@@ -23,7 +23,6 @@ import datetime as _dt
 import fnmatch
 import json
 import math
-import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from harness.registry import Case, Suite, UsageError, Variant
 from harness.results import ResultWriter, param_column
 from harness.row import RowContext, configure_compile, derive_seed, measure_row  # noqa: F401 (derive_seed: API)
 from harness.timing import TimingConfig
-from harness.worker import WorkerPool, WorkerSpec, suite_ref, task_for
+from harness.worker import WorkerPool, default_memory_limit, suite_ref, task_for, worker_spec
 
 
 @dataclass
@@ -105,15 +104,6 @@ def row_key(row: dict[str, Any]) -> tuple:
 ROW_KEY = ("suite", "case", "variant", "dtype", "device")   # with the run's settings: one measurement
 
 
-def default_memory_limit() -> int | None:
-    """RLIMIT_DATA of a worker: 3/4 of this machine's memory, so one runaway kernel cannot take it all."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):   # pragma: no cover
-        return None
-    return int(total * 0.75)
-
-
 class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGHUP, handled like Ctrl-C (SIGINT): rows kept, the manifest says which signal."""
 
@@ -127,23 +117,28 @@ class DiskFull(Exception):
 
 
 class Runner:
-    def __init__(self, opts: RunOptions, argv: list[str]):
+    def __init__(self, opts: RunOptions, argv: list[str], pool: WorkerPool | None = None):
+        """`pool`: a worker pool started earlier for these options (bench.py starts it before importing the
+        suites, so that the worker's start-up overlaps its own); by default one is started here."""
         self.opts = opts
         configure_compile()
         self.device = opts.device
         if opts.threads:
             torch.set_num_threads(opts.threads)
         self.pool: WorkerPool | None = None
-        self.memory_limit = opts.worker_memory if opts.worker_memory is not None else (
-            default_memory_limit() if self.device == "cpu" else None)
-        if opts.isolate:                         # start the worker now: its torch import overlaps our set-up
+        if opts.worker_memory is None:
+            self.memory_limit = default_memory_limit(self.device)
+        else:
+            self.memory_limit = opts.worker_memory or None          # 0: no limit
+        if opts.isolate:
             for suite in opts.suites:
                 try:
                     suite_ref(suite)
                 except ValueError as exc:
+                    if pool is not None:
+                        pool.close()
                     raise UsageError(str(exc)) from None
-            self.pool = WorkerPool(WorkerSpec(device=self.device, threads=opts.threads,
-                                              memory_bytes=self.memory_limit or None))
+            self.pool = pool or WorkerPool(worker_spec(opts.device, opts.threads, opts.worker_memory))
         try:
             self._open(opts, argv)
         except BaseException:

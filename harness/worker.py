@@ -53,12 +53,30 @@ STDERR_TAIL_BYTES = 4096
 
 @dataclass
 class WorkerSpec:
-    device: str
+    device: str                            # "cpu", "cuda", or "auto" (the worker picks as bench.py does)
     threads: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     root: Path = ROOT
     python: str = sys.executable
-    memory_bytes: int | None = None        # RLIMIT_DATA of the worker; None: no limit
+    memory_bytes: int | str | None = None  # RLIMIT_DATA of the worker; None: no limit; "default": see below
+
+
+def default_memory_limit(device: str) -> int | None:
+    """A worker's default memory limit: 3/4 of RAM on the CPU (one runaway kernel cannot take the machine);
+    none on CUDA (the driver reserves address space; the GPU's own out-of-memory error is a Python one)."""
+    if device != "cpu":
+        return None
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.75)
+    except (ValueError, OSError, AttributeError):   # pragma: no cover
+        return None
+
+
+def worker_spec(device: str, threads: int | None = None, worker_memory: int | None = None) -> WorkerSpec:
+    """The workers of a bench.py run from its options (`--worker-memory` in bytes: None the default, 0 none).
+    Needs no torch: bench.py starts its worker before importing torch itself."""
+    memory = "default" if worker_memory is None else (worker_memory or None)
+    return WorkerSpec(device=device, threads=threads, memory_bytes=memory)
 
 
 def suite_ref(suite) -> str:
@@ -298,13 +316,23 @@ def _serve(rfd: int, wfd: int, config: dict[str, Any]) -> int:
     import resource
     import traceback
     faulthandler.enable()                      # a segfault or abort prints the Python stack to stderr
-    if config.get("memory_bytes"):
-        lim = int(config["memory_bytes"])
-        resource.setrlimit(resource.RLIMIT_DATA, (lim, lim))
     inbox, outbox = Connection(rfd, writable=False), Connection(wfd, readable=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides; it kills the group when it must
+    device, limit = config["device"], config.get("memory_bytes")
 
+    def set_limit() -> None:
+        if isinstance(limit, int) and limit > 0:
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    if device != "auto":
+        limit = default_memory_limit(device) if limit == "default" else limit
+        set_limit()                            # before torch's import, when the device is known
     import torch
+
+    if device == "auto":
+        from harness.env import best_device
+        device = best_device()
+        limit = default_memory_limit(device) if limit == "default" else limit
+        set_limit()
 
     from harness.registry import Case
     from harness.row import RowContext, RowOutcome, configure_compile, first_line, measure_row
@@ -312,9 +340,15 @@ def _serve(rfd: int, wfd: int, config: dict[str, Any]) -> int:
     configure_compile()
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
-    ctx = RowContext(device=config["device"])
+    ctx = RowContext(device=device)
     suites: dict[str, Any] = {}
-    outbox.send({"ready": True, "pid": os.getpid(), "threads": torch.get_num_threads(), "torch": torch.__version__})
+    try:                                       # import the suites (and their kernels) now, not in the first row
+        from harness.registry import all_suites
+        all_suites()
+    except Exception:   # noqa: BLE001 - a broken suite module: its rows will say so
+        pass
+    outbox.send({"ready": True, "pid": os.getpid(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                 "device": device, "memory_bytes": limit if isinstance(limit, int) else None})
     while True:
         try:
             msg = inbox.recv()
