@@ -282,3 +282,23 @@ def test_a_full_tmpfs_stops_the_run_cleanly(tmp_path):
         assert len(load(out)) == 8
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=lambda s: s.name)
+def test_hangup_and_terminate_are_interrupts_with_their_signal(tmp_path, sig):
+    """In-process (fast): the signal arrives after the second row; rows kept, 128+signal, manifest says which."""
+    runner, plan = _runner(tmp_path / "run")
+    seen = []
+
+    def on_row(row):
+        seen.append(row)
+        if len(seen) == 2:
+            os.kill(os.getpid(), sig)
+    try:
+        assert runner.run(plan, on_row) == 128 + sig
+    finally:
+        runner.close()
+    assert signal.getsignal(sig) is signal.SIG_DFL or callable(signal.getsignal(sig))   # handlers restored
+    df = load(tmp_path / "run")
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert len(df) == 2 and m["interrupted"] is True and m["signal"] == sig.name and m["rows"] == 2
