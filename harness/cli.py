@@ -63,6 +63,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-memory", type=float, default=None, metavar="GIB",
                    help="memory limit of a worker in GiB (RLIMIT_DATA); 0: none (default: 3/4 of RAM on the "
                         "CPU, none on CUDA)")
+    p.add_argument("--reset-peaks", nargs="?", const="all", default=None, metavar="PROBES",
+                   help="forget this device's stored peaks (all, or these probes, comma-separated) before the run")
+    p.add_argument("--no-auto-peak", action="store_true",
+                   help="no quick peak probe on a first run (%% peak stays empty until --suite peak)")
     p.add_argument("--kernels-report", action="store_true",
                    help="print the compiler resource report of the CUDA and Triton kernels and exit")
     p.set_defaults(mode="quick")
@@ -187,13 +191,22 @@ def resolve(args: argparse.Namespace):
             if v not in known:
                 raise UsageError(f"unknown variant {v!r}; choose from: {', '.join(known)}")
     budget, worker_memory = check_numbers(args)
+
+    reset_peaks = None
+    if args.reset_peaks is not None:
+        from harness.peaks import PROBES
+        reset_peaks = [] if args.reset_peaks == "all" else _split(args.reset_peaks)
+        for name in reset_peaks:
+            if name not in PROBES:
+                raise UsageError(f"unknown probe {name!r} in --reset-peaks; choose from: all, {', '.join(PROBES)}")
     opts = RunOptions(suites=suites, device=device, dtypes=dtypes, mode=args.mode, filters=_split(args.filter),
                       variants=variants, seed=args.seed, out=Path(args.out) if args.out else None,
                       threads=args.threads,
                       timing=TimingConfig(budget_s=budget, target_rel_ci=args.target_ci, cold=args.cold,
                                           cuda_graph=args.cuda_graph),
                       progress=not args.no_progress, isolate=not args.no_isolate, row_timeout=args.row_timeout,
-                      worker_memory=worker_memory, resume=args.resume)
+                      worker_memory=worker_memory, resume=args.resume, reset_peaks=reset_peaks,
+                      auto_peak=not args.no_auto_peak and os.environ.get("KB_AUTO_PEAK", "1") != "0")
     plan = build_plan(opts)
     if not plan:
         what = f" matching --filter {args.filter!r}" if args.filter else ""

@@ -22,7 +22,6 @@ import dataclasses
 import datetime as _dt
 import fnmatch
 import json
-import math
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +61,8 @@ class RunOptions:
     row_timeout: float | None = None     # seconds per row in a worker; None: default_row_timeout(budget)
     worker_memory: int | None = None     # bytes (RLIMIT_DATA) per worker; None: 3/4 of RAM on CPU; 0: none
     resume: bool = False                 # continue the run in `out`, skipping rows it already has
+    reset_peaks: list[str] | None = None  # None: keep the stored peaks; []: forget all; [probe...]: those
+    auto_peak: bool = True                # no ceiling known for this device: measure one first (seconds)
 
 
 def _match(pattern: str, name: str) -> bool:
@@ -84,6 +85,8 @@ def build_plan(opts: RunOptions) -> list[Plan]:
         for dtype in suite_dtypes(suite, opts.device, opts.dtypes):
             for case in suite.cases(opts.mode, opts.device, dtype):
                 for v in variants:
+                    if suite.applies is not None and not suite.applies(case, v.name):
+                        continue
                     if opts.filters and not any(_match(f, case.name) or _match(f, v.name) for f in opts.filters):
                         continue
                     plan.append(Plan(suite, case, v))
@@ -177,8 +180,8 @@ class Runner:
         except OSError as exc:                                  # checked before anything is measured
             raise UsageError(f"cannot write to {self.rundir.path}: {exc.strerror or exc}") from None
         self.keys = env.row_keys(manifest)
-        self.ds = peaks.datasheet(self.keys["device_name"]) if self.device == "cuda" else None
-        self.measured = peaks.load_measured(self.keys["device_name"])
+        self.peaks = self._choose_peaks(opts)
+        self.writer.write_manifest(peaks=self.peaks.manifest())   # what every row's % peak is against (report)
         self.baseline_ms: dict[tuple, float] = {}
         for r in self.rundir.rows:                               # speedups of resumed cases
             s = next((s for s in opts.suites if s.name == r.get("suite")), None)
@@ -194,6 +197,20 @@ class Runner:
         if self.opts.row_timeout is not None:
             return self.opts.row_timeout
         return default_row_timeout(self.opts.timing.budget_s)
+
+    def _choose_peaks(self, opts: RunOptions) -> peaks.PeakChoice:
+        """The ceilings of this run (harness/peaks.py chooses); on a first run with none known, a quick probe."""
+        name = self.keys["device_name"]
+        if opts.reset_peaks is not None:
+            gone = peaks.reset(name, opts.reset_peaks or None)
+            print(f"peak: forgot {len(gone)} stored figure(s) of {name}" + (f" ({', '.join(gone)})" if gone else ""))
+        choice = peaks.choose(self.device, name)
+        if peaks.needs_probe(choice) and opts.mode != "test" and opts.auto_peak and \
+                not any(s.name == "peak" for s in opts.suites):
+            from harness import autopeak
+            autopeak.probe(self.device, name)
+            choice = peaks.choose(self.device, name)
+        return choice
 
     # ---- one (case, variant) ----------------------------------------------------------------------------
     def base_row(self, p: Plan) -> dict[str, Any]:
@@ -251,15 +268,7 @@ class Runner:
         row.update(tflops=flops / sec / 1e12 if flops else None, gbps=nbytes / sec / 1e9 if nbytes else None)
         suite = next(s for s in self.opts.suites if s.name == row["suite"])
         peak_dtype = row["dtype"] if suite.compute_class == "matmul" else "float32"
-        measured_pct = peaks.roofline_pct(flops, nbytes, sec, self.measured, peak_dtype)
-        if self.ds is not None:
-            row.update(pct_peak=peaks.roofline_pct(flops, nbytes, sec, self.ds[1], peak_dtype),
-                       peak_source=f"datasheet:{self.ds[0]}")
-        elif self.measured:
-            row.update(pct_peak=measured_pct, peak_source="measured")
-        else:
-            row.update(pct_peak=None, peak_source="none: run `python bench.py --suite peak`")
-        row["pct_peak_measured"] = measured_pct if not math.isnan(measured_pct) else None
+        row.update(peaks.row_columns(self.peaks, flops, nbytes, sec, peak_dtype))
         bkey = (row["suite"], row["case"], row["dtype"])
         if row["variant"] == suite.baseline:
             self.baseline_ms[bkey] = row["median_ms"]
@@ -304,7 +313,7 @@ class Runner:
         if interrupted is None and stopped is None:
             for suite in self.opts.suites:
                 if suite.after_run and self.opts.mode != "test":   # test shapes: no figures
-                    suite.after_run([r for r in self.writer.rows if r["suite"] == suite.name])
+                    suite.after_run([r for r in self.writer.rows if r["suite"] == suite.name], self.opts.mode)
         end = dict(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                    interrupted=interrupted is not None, rows=len(self.writer.rows) - (stopped is not None))
         if interrupted is not None:
