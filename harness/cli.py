@@ -254,13 +254,18 @@ def _number(opt: str, x: float, lo: float, hi: float, what: str, low_open: bool 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     _, worker_memory = check_numbers(args)
+    from harness.worker import WorkerPool, worker_spec
     pool = None
-    if not args.no_isolate and args.device in ("auto", "cpu", "cuda"):
-        # Start the worker first: its imports (torch, the suites) run while this process does the same.
-        from harness.worker import WorkerPool, worker_spec
+    if not args.no_isolate and args.device == "cuda":
+        # A CUDA worker starts first, as a fresh interpreter: its imports overlap this process's own.
         pool = WorkerPool(worker_spec(args.device, args.threads, worker_memory))
     try:
         opts, plan = resolve(args)
+        if opts.isolate and pool is None:
+            # CPU: fork this process now that torch and the suites are imported (no second import; no thread
+            # started yet). A CUDA device picked by "auto": a fresh interpreter (CUDA does not survive fork).
+            pool = WorkerPool(worker_spec(opts.device, opts.threads, worker_memory,
+                                          start="fork" if opts.device == "cpu" else "exec"))
     except BaseException:
         if pool is not None:
             pool.close()

@@ -59,6 +59,7 @@ class WorkerSpec:
     root: Path = ROOT
     python: str = sys.executable
     memory_bytes: int | str | None = None  # RLIMIT_DATA of the worker; None: no limit; "default": see below
+    start: str = "exec"                    # "exec": a fresh interpreter; "fork": a copy of this process
 
 
 def default_memory_limit(device: str) -> int | None:
@@ -72,11 +73,12 @@ def default_memory_limit(device: str) -> int | None:
         return None
 
 
-def worker_spec(device: str, threads: int | None = None, worker_memory: int | None = None) -> WorkerSpec:
+def worker_spec(device: str, threads: int | None = None, worker_memory: int | None = None,
+                start: str = "exec") -> WorkerSpec:
     """The workers of a bench.py run from its options (`--worker-memory` in bytes: None the default, 0 none).
-    Needs no torch: bench.py starts its worker before importing torch itself."""
+    Needs no torch."""
     memory = "default" if worker_memory is None else (worker_memory or None)
-    return WorkerSpec(device=device, threads=threads, memory_bytes=memory)
+    return WorkerSpec(device=device, threads=threads, memory_bytes=memory, start=start)
 
 
 def suite_ref(suite) -> str:
@@ -159,10 +161,13 @@ class Worker:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         config = {"device": s.device, "threads": s.threads, "memory_bytes": s.memory_bytes}
         try:
-            self.proc = subprocess.Popen(
-                [s.python, "-m", "harness.worker", str(child_r), str(child_w), json.dumps(config)],
-                cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=self._err, stderr=self._err,
-                pass_fds=(child_r, child_w), process_group=0)
+            if s.start == "fork":
+                self.proc = _fork(child_r, child_w, (parent_r, parent_w), self._err.fileno(), config)
+            else:
+                self.proc = subprocess.Popen(
+                    [s.python, "-m", "harness.worker", str(child_r), str(child_w), json.dumps(config)],
+                    cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=self._err, stderr=self._err,
+                    pass_fds=(child_r, child_w), process_group=0)
         finally:
             os.close(child_r)
             os.close(child_w)
@@ -253,6 +258,69 @@ class Worker:
         self._to = self._from = self._err = None
 
 
+class _Forked:
+    """The little of subprocess.Popen that Worker uses, for a forked child."""
+
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -signal.SIGKILL
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _fork(child_r: int, child_w: int, parent_ends: tuple[int, int], errfd: int, config: dict) -> _Forked:
+    """A worker that is a copy of this process: no second import of torch and the suites (they are loaded
+    here already). Only safe before this process starts threads of its own or initializes CUDA: bench.py
+    forks its first CPU worker right after building the plan; replacements are started with exec."""
+    for f in (sys.stdout, sys.stderr):
+        f.flush()
+    pid = os.fork()
+    if pid:
+        try:
+            os.setpgid(pid, pid)               # also here: no window where killpg misses the child
+        except OSError:
+            pass
+        return _Forked(pid)
+    code = 1
+    try:                                       # the child: never returns into the parent's code
+        os.setpgid(0, 0)
+        os.dup2(errfd, 1)
+        os.dup2(errfd, 2)
+        for fd in parent_ends:
+            os.close(fd)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        _die_with_parent()
+        code = _serve(child_r, child_w, config)
+    except BaseException:                      # noqa: BLE001
+        import traceback
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
 class WorkerPool:
     """One worker at a time for one spec: reused across rows, replaced after a failure."""
 
@@ -290,6 +358,8 @@ class WorkerPool:
     def _replace(self) -> None:
         if self.worker is not None:
             self.worker.close()
+        if self.spec.start == "fork":        # this process has threads now (progress bar, telemetry): exec
+            self.spec = dataclasses.replace(self.spec, start="exec")
         self._start()                        # in the background: its import overlaps the parent's writing
 
     def close(self) -> None:

@@ -104,6 +104,23 @@ def test_worker_is_reused_across_rows_and_replaced_after_a_failure():
         pool.close()
 
 
+def test_a_forked_worker_measures_and_is_replaced_by_a_fresh_interpreter():
+    """bench.py forks its first CPU worker (torch already imported: no second import); after a failure this
+    process may run threads (progress bar, telemetry), so the replacement is a fresh interpreter."""
+    suite, case = faulty_suite.SUITE, _case()
+    timing = TimingConfig(budget_s=0.02, min_samples=3)
+    pool = WorkerPool(WorkerSpec(device="cpu", start="fork"))
+    try:
+        ok = pool.run(task_for(suite, case, suite.variants["good"], 0, timing), timeout=120)
+        assert ok.status == "ok" and ok.fields["max_abs_err"] >= 0
+        crash = pool.run(task_for(suite, case, suite.variants["segfault"], 0, timing), timeout=120)
+        assert crash.fields["reason"].startswith("worker crashed: SIGSEGV")
+        assert pool.spec.start == "exec" and pool.started == 2
+        assert pool.run(task_for(suite, case, suite.variants["also_good"], 0, timing), timeout=120).status == "ok"
+    finally:
+        pool.close()
+
+
 def test_in_process_and_worker_rows_come_from_the_same_function():
     """--no-isolate calls measure_row here; the worker calls it there: the same fields, the same check."""
     suite, case = faulty_suite.SUITE, _case()
