@@ -20,7 +20,7 @@ from tests import faulty_suite
 from tests.helpers import ROOT
 
 KEY = ["suite", "case", "variant", "dtype", "device"]
-GOOD = ["--suite", "faulty", "--variant", "good,also_good", "--no-progress"]     # 4 quick cases x 2 = 8 rows
+GOOD = ["--suite", "faulty", "--variant", "good,also_good", "--no-progress", "--no-auto-peak"]   # 4 x 2 = 8 rows
 
 
 @pytest.fixture(autouse=True)
@@ -145,7 +145,7 @@ def test_concurrent_runs_keep_every_row_of_both(tmp_path):
              start(*args, "--out", str(tmp_path / "same"), **env), start(*args, "--out", str(tmp_path / "same"), **env)]
     res = [finish(p) for p in procs]
     assert [r[0] for r in res[:3]] == [0, 0, 0], [r[2] for r in res]
-    runs = sorted((tmp_path / "results").iterdir())
+    runs = sorted(d for d in (tmp_path / "results").iterdir() if d.name != "peaks")
     assert len(runs) == 2 and len({json.loads((r / "manifest.json").read_text())["run_id"] for r in runs}) == 2
     for d in runs + [tmp_path / "mine"]:
         df = load(d)
@@ -229,7 +229,7 @@ def _runner(out, **kw):
     suite = faulty_suite.SUITE
     opts = RunOptions(suites=[suite], device="cpu", dtypes=["float32"], mode="quick", out=out,
                       variants=["good", "also_good"], timing=TimingConfig(budget_s=0.02, min_samples=3),
-                      progress=False, isolate=False, **kw)
+                      progress=False, isolate=False, auto_peak=False, **kw)
     return Runner(opts, []), build_plan(opts)
 
 
