@@ -204,7 +204,8 @@ def missing_reason(case=None) -> str | None:
     if torch is None:
         return "torch is not importable"
     if load() is None:
-        return _LOAD_ERROR or BUILD_HINT           # the loader's own words: "not built" only when it is not
+        # "not built" only when it is not; a library that is there but does not load: the loader's own words
+        return _LOAD_ERROR if _LOAD_ERROR and not _LOAD_ERROR.startswith(BUILD_HINT) else BUILD_HINT
     if case is not None and getattr(case, "device", "cpu") != "cpu":
         return "C++ kernels run on the CPU only"
     if _LIB.dll.kb_cpp_isa() == 0:
