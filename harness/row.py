@@ -137,6 +137,7 @@ def _check_and_time(suite: Suite, case: Case, v: Variant, ctx: RowContext, row: 
     with ctx.get_sampler().measure() as m:
         stats = measure(launcher, ctx.device, cfg, flush)
     row.update(m.summary(stats.n * stats.calls_per_sample))
+    row.update(stats.regime())                           # page faults, context switches per call
     row.update(status="ok", reason=None if stats.stop_reason != "budget" else
                f"time budget ended before the median's CI reached {cfg.target_rel_ci:.0%} "
                f"(reached {stats.rel_ci:.1%})",
