@@ -118,7 +118,7 @@ def resolve(args: argparse.Namespace):
     import torch
 
     from harness import env
-    from harness.registry import DTYPES, UsageError, all_suites, dtype_name, get_suite
+    from harness.registry import DTYPES, UsageError, all_suites, dtype_name, get_suites
     from harness.runner import RunOptions, build_plan
     from harness.timing import TimingConfig
 
@@ -126,7 +126,7 @@ def resolve(args: argparse.Namespace):
     names = _split(args.suite) or ["attention"]
     if "all" in names and len(names) > 1:
         raise UsageError("--suite all cannot be combined with other suite names")
-    suites = list(suites_all.values()) if names == ["all"] else [get_suite(n) for n in names]
+    suites = list(suites_all.values()) if names == ["all"] else [s for n in names for s in get_suites(n)]
 
     device = args.device
     if device == "auto":

@@ -132,6 +132,7 @@ class Variant:
     compiled: bool = False
     config: Callable[[Callable[[], Any]], str] | None = None
     description: str = ""
+    kernel: Any = None          # the declaration (kernels/native.py Kernel, kernels/triton/common.py Declared)
 
 
 @dataclass
@@ -178,15 +179,23 @@ class Suite:
         return fn
 
     def variant(self, name: str, *, requires: Requires = ANY, compiled: bool = False,
-                config: Callable | None = None, description: str = ""):
+                config: Callable | None = None, description: str = "", kernel: Any = None):
         if name in self.variants:
             raise ValueError(f"suite {self.name}: variant {name!r} registered twice")
 
         def register(fn):
             self.variants[name] = Variant(name, fn, requires, compiled, config,
-                                          description or (fn.__doc__ or "").strip().split("\n")[0])
+                                          description or (fn.__doc__ or "").strip().split("\n")[0], kernel)
             return fn
         return register
+
+    def add(self, name: str, kernel: Any, **overrides) -> Variant:
+        """Register a declared kernel as a variant in one line: `SUITE.add("cpp", cpp.SOFTMAX)`. The
+        declaration (kernels/native.py, kernels/triton/common.py) gives the setup, requirements, description."""
+        spec = {**kernel.variant_spec(), **overrides}
+        setup = spec.pop("setup")
+        self.variant(name, **spec)(setup)
+        return self.variants[name]
 
     # ---- use ------------------------------------------------------------------------------------------
     def cases(self, mode: str, device: str = "cpu", dtype: str = "float32") -> list[Case]:
@@ -243,8 +252,17 @@ def all_suites() -> dict[str, Suite]:
     return dict(_SUITES)
 
 
+# A name that stands for several suites (`--suite norm` ran RMSNorm and LayerNorm before they were split).
+ALIASES: dict[str, tuple[str, ...]] = {"norm": ("rmsnorm", "layernorm")}
+
+
 def get_suite(name: str) -> Suite:
     suites = all_suites()
     if name not in suites:
-        raise UsageError(f"unknown suite {name!r}; choose from: {', '.join(suites)}, all")
+        raise UsageError(f"unknown suite {name!r}; choose from: {', '.join(suites)}, {', '.join(ALIASES)}, all")
     return suites[name]
+
+
+def get_suites(name: str) -> list[Suite]:
+    """The suite called `name`, or the suites an alias stands for."""
+    return [get_suite(n) for n in ALIASES[name]] if name in ALIASES else [get_suite(name)]

@@ -12,9 +12,7 @@ import dataclasses
 import datetime as _dt
 import fnmatch
 import math
-import time
 import traceback
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,10 +20,10 @@ from typing import Any, Callable
 import torch
 
 from harness import env, peaks, telemetry
-from harness.check import compare
+from harness.check import check_variant, derive_seed  # noqa: F401  (derive_seed: runner's users)
 from harness.registry import Case, Skip, Suite, Variant
 from harness.results import ResultWriter, param_column
-from harness.timing import CacheFlusher, TimingConfig, measure, sync
+from harness.timing import CacheFlusher, TimingConfig, measure
 
 
 
@@ -49,11 +47,6 @@ class RunOptions:
     threads: int | None = None
     timing: TimingConfig = field(default_factory=TimingConfig)
     progress: bool = True
-
-
-def derive_seed(seed: int, *parts: Any) -> int:
-    """A distinct, reproducible seed per (case, variant, purpose): fresh inputs for every check."""
-    return (seed * 1_000_003 + zlib.crc32("/".join(map(str, parts)).encode())) % (2**63 - 1)
 
 
 def _match(pattern: str, name: str) -> bool:
@@ -156,21 +149,12 @@ class Runner:
     def _check_and_time(self, suite: Suite, case: Case, v: Variant, row: dict, flops: float,
                         nbytes: float) -> dict[str, Any]:
         # 1. Correctness on fresh inputs, poisoned outputs, against the float64 reference.
-        inputs = suite.make_inputs(case, derive_seed(self.opts.seed, suite.name, case.name, case.dtype_name,
-                                                     v.name, "check"))
-        ref = suite.compute_reference(case, inputs)
-        launcher = v.setup(case, **inputs)
-        t0 = time.perf_counter()
-        out = launcher()
-        sync(self.device)
-        first_call_s = time.perf_counter() - t0
-        atol, rtol = suite.tolerance(case)
-        res = compare(out, ref, atol, rtol)
+        checked = check_variant(suite, case, v, self.opts.seed)
+        res = checked.result
         row.update(max_abs_err=res.max_abs_err, max_rel_err=res.max_rel_err,
-                   compile_s=first_call_s if v.compiled else None)
+                   compile_s=checked.first_call_s if v.compiled else None)
         if v.config is not None:
-            row["config"] = v.config(launcher)
-        del out, ref, launcher, inputs
+            row["config"] = checked.config
         if not res.ok:
             return {**row, "status": "incorrect", "reason": res.message}
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from harness.registry import Requires, Skip, Suite
 from kernels.cpp import lib as cpp
-from kernels.cuda import lib as cuda_lib
+from kernels.cuda import lib as cuda
 from kernels.triton import attention_fwd as triton_attention
 
 SUITE = Suite(
@@ -45,6 +45,18 @@ SUITE.add_cases("test", [
     _case(1, 4, 1, 1, 127, 64, False),
     _case(1, 2, 2, 1, 1, 128, True),
     _case(1, 3, 3, 65, 65, 128, True),
+    # GQA with sq < sk and sq > sk, causal both ways, one key, one query, head dims 32, 64, 128
+    _case(1, 4, 2, 1, 1000, 128, False),
+    _case(1, 2, 1, 200, 97, 64, True),
+    _case(1, 2, 2, 97, 200, 64, True),
+    _case(2, 6, 3, 49, 65, 128, False),
+    _case(1, 1, 1, 33, 33, 32, True),
+    _case(1, 4, 2, 127, 129, 64, True),
+    _case(1, 4, 2, 129, 127, 128, False),
+    _case(1, 2, 2, 129, 127, 128, True),
+    _case(1, 2, 1, 129, 1, 64, True),
+    _case(2, 2, 2, 1, 129, 128, True),
+    _case(1, 2, 2, 1, 129, 64, False),
 ])
 SUITE.add_cases("quick", [
     _case(1, 8, 8, 512, 512, 64, False),
@@ -151,7 +163,6 @@ SUITE.variant("sdpa_flash")(_sdpa("FLASH_ATTENTION"))       # on the CPU: torch'
 SUITE.variant("sdpa_efficient", requires=CUDA_ONLY)(_sdpa("EFFICIENT_ATTENTION"))
 SUITE.variant("sdpa_cudnn", requires=Requires(devices=("cuda",), min_cc=(8, 0)))(_sdpa("CUDNN_ATTENTION"))
 
-SUITE.variant("cpp", requires=Requires(devices=("cpu",), check=cpp.missing_reason))(cpp.attention_setup)
-SUITE.variant("cuda_flash", requires=Requires(devices=("cuda",), min_cc=(8, 0), check=cuda_lib.missing_reason))(cuda_lib.attention_setup)
-SUITE.variant("triton", requires=Requires(check=triton_attention.missing_reason), compiled=True,
-              config=triton_attention.config)(triton_attention.setup)
+SUITE.add("cpp", cpp.ATTENTION)
+SUITE.add("cuda_flash", cuda.ATTENTION)
+SUITE.add("triton", triton_attention.VARIANT)

@@ -32,6 +32,7 @@ import math
 
 import torch
 
+from kernels.triton.common import declare
 from kernels.triton.common import (HAS_TRITON, Launcher, Skip, TritonKernel, config,  # noqa: F401
                                    dot_precision, missing_reason, triton, tl)
 
@@ -185,6 +186,9 @@ def setup(case, q, k, v, causal=None, **_):
         raise Skip("exact-fp32 attention at head dim > 64 spills on sm_90 (triton 3.7.1); use bf16/fp16")
     out = case.poisoned(tuple(q.shape))
     return Launcher(lambda: attention_fwd(q, k, v, out, causal), out)
+
+
+VARIANT = declare(setup, __file__)   # SUITE.add("triton", VARIANT)
 
 
 def aot_specs():
