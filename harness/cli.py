@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     size.add_argument("--full", action="store_const", dest="mode", const="full", help="the full shape set")
     size.add_argument("--test-shapes", action="store_const", dest="mode", const="test",
                       help="the odd correctness shapes")
+    p.add_argument("--shape", action="append", default=None, metavar="NAME=V,...",
+                   help="run these case parameters instead of the declared shapes (repeatable), e.g. "
+                   "--shape rows=8,cols=393216; attention: causal_align=bottom-right")
     p.add_argument("--filter", default=None,
                    help="keep cases or variants whose name contains one of these (comma-separated; globs ok)")
     p.add_argument("--variant", default=None, help="run only these variants (comma-separated exact names)")
@@ -149,6 +152,12 @@ def resolve(args: argparse.Namespace):
             raise UsageError(f"dtype {', '.join(dtypes)} not supported by {', '.join(s.name for s in suites)}; "
                              f"choose from: {', '.join(supported)}")
 
+    mode = args.mode
+    if args.shape:
+        from harness import shapes
+        shapes.apply(suites, args.shape)
+        mode = "shape"
+
     variants = _split(args.variant) or None
     if variants:
         known = sorted({v for s in suites for v in s.variants})
@@ -161,7 +170,7 @@ def resolve(args: argparse.Namespace):
     budget = args.budget if args.budget is not None else (3.0 if args.mode == "full" else 1.0)
     if budget <= 0:
         raise UsageError("--budget must be positive")
-    opts = RunOptions(suites=suites, device=device, dtypes=dtypes, mode=args.mode, filters=_split(args.filter),
+    opts = RunOptions(suites=suites, device=device, dtypes=dtypes, mode=mode, filters=_split(args.filter),
                       variants=variants, seed=args.seed, out=Path(args.out) if args.out else None,
                       threads=args.threads,
                       timing=TimingConfig(budget_s=budget, target_rel_ci=args.target_ci, cold=args.cold,

@@ -23,7 +23,7 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
                  "f16": "float16", "fp64": "float64", "double": "float64"}
-MODES = ("test", "quick", "full")
+MODES = ("test", "quick", "full", "shape")   # "shape": the command line's --shape cases
 
 
 class Skip(Exception):
@@ -148,6 +148,8 @@ class Suite:
     default_dtype: Mapping[str, str] = field(default_factory=lambda: {"cpu": "float32", "cuda": "bfloat16"})
     case_name: Callable[[Mapping[str, Any]], str] | None = None
     after_run: Callable[[list[dict]], None] | None = None   # e.g. the peak suite stores what it measured
+    # optional case parameters a --shape may set, with their allowed values (the first is the default)
+    options: Mapping[str, tuple] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._cases: dict[str, list[dict]] = {m: [] for m in MODES}
@@ -161,6 +163,11 @@ class Suite:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self._cases[mode].extend((dict(c), tuple(devices)) for c in cases)
+
+    def set_cases(self, mode: str, cases: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the cases of a mode (harness/shapes.py puts the --shape cases in mode "shape")."""
+        self._cases[mode] = []
+        self.add_cases(mode, cases)
 
     def inputs(self, fn):
         self._inputs = fn

@@ -318,6 +318,14 @@ class Kernel:
         return self.bind(lib or self.lib.require(), case, tensors, out)()
 
 
+def top_left_causal_only(case) -> str | None:
+    """For attention kernels that mask top-left only: why a bottom-right causal case is not theirs."""
+    if (case is not None and case.get("causal") and case.get("causal_align", "top-left") == "bottom-right"
+            and case.get("sq") != case.get("sk")):
+        return "implements the top-left causal alignment only (causal_align=bottom-right with sq != sk)"
+    return None
+
+
 def _flatten(items):
     for a in items:
         if isinstance(a, (list, tuple)):

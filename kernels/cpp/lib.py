@@ -12,7 +12,7 @@ import ctypes
 import math
 
 from kernels.native import (Kernel, Library, contiguous, dtype, f32, i32, ptr, rows, size, stride, threads,
-                            unit_last)
+                            top_left_causal_only, unit_last)
 
 BUILD_HINT = "C++ kernels not built: run 'make build'"
 LIB = Library("kb_cpp", device="cpu", error_symbol="kb_cpp_last_error", hint=BUILD_HINT, env_var="KB_CPP_LIB")
@@ -90,6 +90,8 @@ GEMM = _cpp("kb_cpp_gemm",
 
 
 def _attention_unsupported(case, q, k, v, **_):
+    if top_left_causal_only(case):
+        return top_left_causal_only(case)
     if q.shape[1] % k.shape[1] != 0:
         return f"heads {q.shape[1]} is not a multiple of kv heads {k.shape[1]}"
     return None

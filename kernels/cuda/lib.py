@@ -14,7 +14,7 @@ import math
 import torch
 
 from kernels.native import (Kernel, Library, NativeError, aligned16, contiguous, dtype, f32, i32, ptr, rows,
-                            size, stream, stride, strides, unit_last)
+                            size, stream, stride, strides, top_left_causal_only, unit_last)
 
 NOT_BUILT = "CUDA kernels not built: run 'make build'"
 KbCudaError = NativeError          # the error a failing entry point raises (its message from kb_cuda_last_error)
@@ -81,6 +81,8 @@ GEMM = _cuda("kb_cuda_gemm",
 
 
 def _attention_unsupported(case, q, **_):
+    if top_left_causal_only(case):
+        return top_left_causal_only(case)
     if q.shape[-1] not in (64, 128):
         return f"head dim {q.shape[-1]} not supported (64 or 128)"
     return None

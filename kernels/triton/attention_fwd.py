@@ -32,6 +32,7 @@ import math
 
 import torch
 
+from kernels.native import top_left_causal_only
 from kernels.triton.common import declare
 from kernels.triton.common import (HAS_TRITON, Launcher, Skip, TritonKernel, config,  # noqa: F401
                                    dot_precision, missing_reason, triton, tl)
@@ -179,6 +180,8 @@ def setup(case, q, k, v, causal=None, **_):
 
     Registry setup; `causal` from the inputs, else the case's `causal` parameter (default False)."""
     causal = bool(causal if causal is not None else case.get("causal", False))
+    if top_left_causal_only(case):
+        raise Skip(top_left_causal_only(case))
     d = q.shape[-1]
     if d not in HEAD_DIMS:
         raise Skip(f"head dim {d} not supported by the Triton kernel (supported: {HEAD_DIMS})")
