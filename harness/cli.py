@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cold", action="store_true", help="flush caches before every sample")
     p.add_argument("--cuda-graph", action="store_true", help="replay the timed calls from a CUDA graph")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--reset-peaks", nargs="?", const="all", default=None, metavar="PROBES",
+                   help="forget this device's stored peaks (all, or these probes, comma-separated) before the run")
+    p.add_argument("--no-auto-peak", action="store_true",
+                   help="no quick peak probe on a first run (%% peak stays empty until --suite peak)")
     p.add_argument("--kernels-report", action="store_true",
                    help="print the compiler resource report of the CUDA and Triton kernels and exit")
     p.set_defaults(mode="quick")
@@ -167,6 +172,14 @@ def resolve(args: argparse.Namespace):
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
 
+    reset_peaks = None
+    if args.reset_peaks is not None:
+        from harness.peaks import PROBES
+        reset_peaks = [] if args.reset_peaks == "all" else _split(args.reset_peaks)
+        for name in reset_peaks:
+            if name not in PROBES:
+                raise UsageError(f"unknown probe {name!r} in --reset-peaks; choose from: all, {', '.join(PROBES)}")
+
     budget = args.budget if args.budget is not None else (3.0 if args.mode == "full" else 1.0)
     if budget <= 0:
         raise UsageError("--budget must be positive")
@@ -175,7 +188,8 @@ def resolve(args: argparse.Namespace):
                       threads=args.threads,
                       timing=TimingConfig(budget_s=budget, target_rel_ci=args.target_ci, cold=args.cold,
                                           cuda_graph=args.cuda_graph),
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, reset_peaks=reset_peaks,
+                      auto_peak=not args.no_auto_peak and os.environ.get("KB_AUTO_PEAK", "1") != "0")
     plan = build_plan(opts)
     if not plan:
         what = f" matching --filter {args.filter!r}" if args.filter else ""

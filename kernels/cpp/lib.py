@@ -33,6 +33,14 @@ def available(case=None) -> str | None:
     return None
 
 
+def missing_reason(case=None) -> str | None:
+    """libkb_cpp.so built (make build), on an AVX2 or AVX-512 CPU: None, else why not (for code that drives
+    the library without a declaration, e.g. kernels/cpp/probes.py)."""
+    if case is not None and getattr(case, "device", "cpu") != "cpu":
+        return "C++ kernels run on the CPU only"
+    return LIB.reason() or available(case)
+
+
 def isa() -> str:
     return ISA_NAMES.get(_isa_code(LIB.require()), "?")
 
