@@ -18,10 +18,13 @@ test: setup build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	$(VPY) -m pytest -q
 
-# System packages: compilers and CMake for the native kernels, Chromium to look at the HTML report.
+# System packages: compilers and CMake for the native kernels, Chromium to look at the HTML report, the
+# allocators of `bench.py --allocator jemalloc|tcmalloc`.
 system-deps:
 	@need=""; for t in cmake:cmake g++:g++ chromium:chromium; do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || need="$$need $${t##*:}"; done; \
+	for l in libjemalloc.so.2:libjemalloc2 libtcmalloc_minimal.so.4:libtcmalloc-minimal4; do \
+	  ldconfig -p 2>/dev/null | grep -q "$${l%%:*}" || need="$$need $${l##*:}"; done; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$need"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \

@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--reset-peaks", nargs="?", const="all", default=None, metavar="PROBES",
                    help="forget this device's stored peaks (all, or these probes, comma-separated) before the run")
+    p.add_argument("--allocator", default=None,
+                   help="memory allocator of the measuring process: system (glibc), jemalloc or tcmalloc "
+                        "(LD_PRELOAD; recorded in the manifest; default: whatever is loaded)")
     p.add_argument("--no-auto-peak", action="store_true",
                    help="no quick peak probe on a first run (%% peak stays empty until --suite peak)")
     p.add_argument("--kernels-report", action="store_true",
@@ -112,8 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.kernels_report:
         return kernels_report(args.out)
     try:
+        if args.allocator is not None:
+            from harness import allocator
+            if args.allocator not in allocator.CHOICES:
+                raise allocator.AllocatorError(f"unknown allocator {args.allocator!r}; choose from: "
+                                               f"{', '.join(allocator.CHOICES)}")
+            allocator.ensure(args.allocator, argv)          # may restart bench.py with LD_PRELOAD
         return run(args, argv)
     except Exception as exc:
+        from harness.allocator import AllocatorError
+        if isinstance(exc, AllocatorError):
+            print(f"bench.py: error: {exc}", file=sys.stderr)
+            return 2
         from harness.registry import UsageError
         if isinstance(exc, UsageError):
             print(f"bench.py: error: {exc}", file=sys.stderr)
@@ -204,6 +217,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.ui import console, out_console, results_table
 
     runner = Runner(opts, argv)
+    for w in runner.writer.manifest.get("system_warnings") or []:
+        console.print(f"[yellow]warning: {w}[/]")
     console.print(f"[bold]run {runner.run_id}[/]: {len(plan)} rows on {runner.keys['device_name']} -> "
                   f"{runner.writer.dir}")
     code = runner.run(plan)

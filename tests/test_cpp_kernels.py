@@ -193,3 +193,32 @@ def test_all_cases_listed():
     assert any(p["h"] != p["hkv"] for p in att) and any(p["causal"] for p in att)
     assert any(p["m"] % 14 and p["n"] % 32 for p in gemm)
     assert len(list(itertools.product(ISAS, ("float32", "bfloat16", "float16")))) >= 3
+
+
+# The ceiling probes (kernels/cpp/probes*.cpp) of the peak suite, bound by kernels/cpp/probes.py: streaming
+# copies of odd lengths at every misalignment of source and destination, the FMA chains on both ISA paths.
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "amx"])
+@pytest.mark.parametrize("n", [1, 15, 127, 1000, 65537])
+@pytest.mark.parametrize("offset", [0, 1, 3, 17])
+def test_stream_copy_probe(forced_isa, isa, n, offset):
+    from kernels.cpp import probes
+    forced_isa(isa)
+    src = torch.randn(n + 32)[offset:offset + n]
+    dst = torch.full((n + 32,), float("nan"))
+    view = dst[(offset * 7) % 16:(offset * 7) % 16 + n]
+    probes.stream_copy(src, view)()
+    assert torch.equal(view, src)
+    assert torch.isnan(dst[:(offset * 7) % 16]).all() and torch.isnan(dst[(offset * 7) % 16 + n:]).all()
+
+
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "amx"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fma_probes(forced_isa, isa, dtype):
+    from kernels.cpp import probes
+    forced_isa(isa)
+    suite = all_suites()["peak"]
+    case = Case("peak", dict(op="fma", blocks=5, iters=777), "cpu", dtype)
+    if probes.missing_reason(case):
+        pytest.skip(probes.missing_reason(case))
+    checked = check_variant(suite, case, suite.variants["cpp"])
+    assert checked.ok, checked.result.message
