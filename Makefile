@@ -9,7 +9,7 @@ JOBS    ?= 2
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 export TRITON_CACHE_DIR := $(CURDIR)/.cache/triton
 
-.PHONY: bench test setup build system-deps gpu clean report
+.PHONY: bench test setup build system-deps gpu clean report gate-evidence
 
 bench: setup build
 	$(VPY) bench.py --suite attention
@@ -47,6 +47,11 @@ build: setup
 # Everything on a GPU machine in one call: build, all tests (GPU ones included), reports, every suite timed.
 gpu:
 	bash scripts/gpu-all.sh
+
+# The regression gate's evidence (scripts/gate_evidence.py): 20 A/A + injected-slowdown gate runs per mode,
+# the real bench.py end to end; writes docs/gate-evidence.md. Hours on a shared 2-core machine.
+gate-evidence: setup build
+	$(VPY) scripts/gate_evidence.py --runs 20
 
 clean:
 	rm -rf $(BUILD) .cache

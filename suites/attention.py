@@ -191,5 +191,6 @@ SUITE.variant("sdpa_efficient", requires=CUDA_ONLY)(_sdpa("EFFICIENT_ATTENTION")
 SUITE.variant("sdpa_cudnn", requires=Requires(devices=("cuda",), min_cc=(8, 0)))(_sdpa("CUDNN_ATTENTION"))
 
 SUITE.add("cpp", cpp.ATTENTION)
+SUITE.add("cpp_amx", cpp.ATTENTION_AMX)
 SUITE.add("cuda_flash", cuda.ATTENTION)
 SUITE.add("triton", triton_attention.VARIANT)

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.skipif(LIB is None, reason=cpp.load_error() or cpp.BUIL
 # every code path the CPU can run: AMX (bf16 GEMM), AVX-512, AVX2/FMA
 _BEST = cpp._isa_code(LIB) if LIB is not None else 0
 ISAS = [i for i in ("amx", "avx512", "avx2") if {"avx2": 1, "avx512": 2, "amx": 3}[i] <= _BEST]
+# the tile kernels' back ends: AMX, and the AVX512-BF16 model (which an AMX CPU also runs when forced to avx512)
+_TILES = cpp._tile_code(LIB) if LIB is not None else 0
+TILE_ISAS = [i for i in ISAS if i in ("amx", "avx512") and (_TILES == 2 or (i == "avx512" and _TILES == 1))]
 
 
 def _table():
@@ -35,9 +38,14 @@ def _table():
             if getattr(v.kernel, "backend", None) != "cpp":
                 continue
             for dtype in suite.dtypes:
+                if v.kernel.dtypes is not None and dtype not in v.kernel.dtypes:
+                    continue
                 for case in suite.cases("test", "cpu", dtype):
-                    # AMX changes only the bf16 GEMM: other kernels run on the AVX paths
+                    # AMX changes only the bf16 GEMM: other kernels run on the AVX paths; the tile kernels run
+                    # on the tile back ends the CPU has
                     isas = [i for i in ISAS if i != "amx" or v.kernel is cpp.GEMM]
+                    if v.kernel.available is cpp.tiles_available:
+                        isas = TILE_ISAS
                     for isa in isas:
                         out.append(pytest.param(suite.name, v.name, case, isa,
                                                 id=f"{suite.name}-{v.name}-{dtype}-{case.name}-{isa}"))
@@ -64,7 +72,7 @@ def test_variant_matches_reference(forced_isa, suite_name, variant, case, isa):
 def test_every_cpp_kernel_is_registered():
     """A declared kernel no suite registers would never be checked nor benchmarked."""
     registered = {id(v.kernel) for s in all_suites().values() for v in s.variants.values() if v.kernel}
-    unregistered = [k.symbol for k in cpp.LIB.kernels if id(k) not in registered]
+    unregistered = [k.symbol for k in cpp.LIB.kernels if id(k) not in registered and k.symbol not in cpp.UNREGISTERED]
     assert not unregistered, f"declared in kernels/cpp/lib.py but registered in no suite: {unregistered}"
 
 
@@ -220,5 +228,59 @@ def test_fma_probes(forced_isa, isa, dtype):
     case = Case("peak", dict(op="fma", blocks=5, iters=777), "cpu", dtype)
     if probes.missing_reason(case):
         pytest.skip(probes.missing_reason(case))
+    checked = check_variant(suite, case, suite.variants["cpp"])
+    assert checked.ok, checked.result.message
+
+
+# The tile attention (attention_fwd_amx.cpp) beyond the suite's test cases: blocks of 32 queries / 64 keys with
+# tails, 1000 queries and keys, one key, exact blocks (the suite's own test cases run in the table above).
+ATTENTION_TILES = [
+    dict(b=1, h=2, hkv=1, sq=1000, sk=1000, d=128, causal=True),
+    dict(b=1, h=2, hkv=2, sq=127, sk=1000, d=64, causal=False),
+    dict(b=2, h=4, hkv=1, sq=129, sk=127, d=64, causal=True),
+    dict(b=1, h=1, hkv=1, sq=64, sk=64, d=128, causal=True),
+    dict(b=1, h=1, hkv=1, sq=300, sk=1, d=64, causal=False),
+]
+
+
+@pytest.mark.parametrize("isa", TILE_ISAS or ["none"])
+@pytest.mark.parametrize("params", ATTENTION_TILES, ids=lambda p: "-".join(f"{k}{int(v)}" for k, v in p.items()))
+def test_attention_tiles(forced_isa, isa, params):
+    if isa == "none":
+        pytest.skip("this CPU has neither AMX nor AVX512-BF16: the tile kernels cannot run")
+    forced_isa(isa)
+    suite = all_suites()["attention"]
+    case = Case("attention", params, "cpu", "bfloat16", suite.case_name(params))
+    checked = check_variant(suite, case, suite.variants["cpp_amx"])
+    assert checked.ok, checked.result.message
+
+
+@pytest.mark.parametrize("isa", TILE_ISAS or ["none"])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (17, 33, 63), (33, 17, 65), (127, 129, 200), (32, 32, 64),
+                                   (40, 50, 0), (5, 70, 300)])
+def test_int8_tiles(forced_isa, isa, m, n, k):
+    """The int8 tile path (int8_tiles.cpp): exact against float64 (int32 sums of int8 products are exact there),
+    full int8 range including -128 * -128, tails of the 16-row/16-column/64-deep tiles in every dimension."""
+    if isa == "none":
+        pytest.skip("this CPU has neither AMX nor AVX512-BF16: the tile kernels cannot run")
+    forced_isa(isa)
+    g = torch.Generator().manual_seed(m * 10007 + n * 101 + k)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+    if m and k:
+        a[0, :] = -128
+    if k and n:
+        b[:, -1] = -128
+    out = torch.full((m, n), -7, dtype=torch.int32)   # poisoned: every element must be written
+    cpp.GEMM_S8S8S32(a=a, b=b, out=out)
+    ref = (a.double() @ b.double()).to(torch.int32)
+    assert torch.equal(out, ref), (out - ref).abs().max()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gemm_long_k(dtype):
+    """bf16 on AVX512-BF16 accumulates 4 K-slices of 4096 (odd K)."""
+    suite = all_suites()["gemm"]
+    case = Case("gemm", dict(m=29, n=70, k=12289), "cpu", dtype, "29x70x12289")
     checked = check_variant(suite, case, suite.variants["cpp"])
     assert checked.ok, checked.result.message

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import math
 
+import torch
+
 from kernels.native import (Kernel, Library, contiguous, dtype, f32, i32, ptr, rows, size, stride, threads,
                             top_left_causal_only, unit_last)
 
@@ -55,8 +57,8 @@ def set_isa(name: str | None) -> None:
 
 
 def _cpp(symbol: str, args, out, doc: str, source: str, **kw) -> Kernel:
-    return Kernel(LIB, symbol, args, out, doc, backend="cpp", source=f"kernels/cpp/{source}",
-                  available=available, **kw)
+    kw.setdefault("available", available)
+    return Kernel(LIB, symbol, args, out, doc, backend="cpp", source=f"kernels/cpp/{source}", **kw)
 
 
 def _like_x(case, x, **_):
@@ -117,6 +119,60 @@ ATTENTION = _cpp("kb_cpp_attention_fwd",
                  lambda case, q, **_: q.shape, "C++ flash-attention forward (online softmax, fp32 accumulation)",
                  "attention_fwd.cpp", layout={"q": contiguous, "k": contiguous, "v": contiguous},
                  unsupported=_attention_unsupported)
+
+
+# ---- tile kernels (AMX tdpbf16ps / tdpbssd, else the AVX512-BF16 tile model of tiles.h) ---------------------
+TILE_BACKENDS = {0: "none", 1: "avx512-bf16", 2: "amx"}   # kb_cpp_tile_backend(): what the tile kernels run on
+
+
+def _tile_code(lib) -> int:
+    f = lib.dll.kb_cpp_tile_backend
+    f.restype, f.argtypes = ctypes.c_int, []
+    return f()
+
+
+def tile_backend() -> str:
+    return TILE_BACKENDS.get(_tile_code(LIB.require()), "?")
+
+
+def tiles_available(case=None) -> str | None:
+    """libkb_cpp.so built, on a CPU with AMX or AVX512-BF16 (the tile kernels' two back ends)."""
+    lib = LIB.load()
+    if lib is not None and _tile_code(lib) == 0:
+        return "tile kernels need a CPU with AMX or AVX512-BF16"
+    return available(case)
+
+
+def tiles_missing_reason(case=None) -> str | None:
+    return missing_reason(case) or tiles_available(case)
+
+
+def _tiles_unsupported(case, q, **_):
+    if top_left_causal_only(case):
+        return top_left_causal_only(case)
+    if q.shape[-1] not in (64, 128):
+        return f"head dim {q.shape[-1]}: the tile kernel has 64 and 128"
+    return None
+
+
+# q, k, v, o, batch, heads, kv_heads, seq_q, seq_k, head_dim, causal, scale, threads (bf16 only)
+ATTENTION_AMX = _cpp("kb_cpp_attention_fwd_amx",
+                     [ptr("q"), ptr("k"), ptr("v"), ptr("out"), size("q", 0), size("q", 1), size("k", 1),
+                      size("q", 2), size("k", 2), size("q", 3), i32(lambda c: bool(c["causal"])), f32(_scale),
+                      threads()],
+                     lambda case, q, **_: q.shape,
+                     "C++ bf16 flash-attention forward on tiles (AMX tdpbf16ps, else the AVX512-BF16 tile model)",
+                     "attention_fwd_amx.cpp", layout={"q": contiguous, "k": contiguous, "v": contiguous},
+                     dtypes=("bfloat16",), available=tiles_available, unsupported=_tiles_unsupported)
+
+# a, b, c, M, N, K, lda, ldb, ldc, threads: out (int32) = a (int8) @ b (int8) on the int8 tile path (tdpbssd)
+GEMM_S8S8S32 = _cpp("kb_cpp_gemm_s8s8s32_tiles",
+                    [ptr("a"), ptr("b"), ptr("out"), size("a", 0), size("b", 1), size("a", 1), stride("a", 0),
+                     stride("b", 0), stride("out", 0), threads()],
+                    lambda case, a, b, **_: ((a.shape[0], b.shape[1]), torch.int32),
+                    "C++ int8 GEMM on tiles (tdpbssd, int32 accumulation)", "int8_tiles.cpp",
+                    layout={"a": unit_last, "b": unit_last}, available=tiles_available)
+UNREGISTERED = {GEMM_S8S8S32.symbol: "no int8 GEMM suite yet (issue 22): tested directly"}
 
 
 def load():
