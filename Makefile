@@ -9,7 +9,7 @@ JOBS    ?= 2
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 export TRITON_CACHE_DIR := $(CURDIR)/.cache/triton
 
-.PHONY: bench test setup build system-deps gpu clean report
+.PHONY: bench test test-slow setup build system-deps gpu clean report
 
 bench: setup build
 	$(VPY) bench.py --suite attention
@@ -17,6 +17,10 @@ bench: setup build
 test: setup build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	$(VPY) -m pytest -q
+
+# The slow-marked tests: the default model's real training from scratch (minutes), torch.compile of a model.
+test-slow: setup build
+	$(VPY) -m pytest -q -m slow
 
 # System packages: compilers and CMake for the native kernels, Chromium to look at the HTML report.
 system-deps:

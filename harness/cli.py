@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "compare": "harness.compare",    # align runs from different machines
     "report": "harness.report",      # self-contained HTML report
     "baseline": "harness.baseline",  # store a run as a named baseline
+    "model": "models.cli",           # train (first use) and evaluate a model
 }
 
 
@@ -51,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cold", action="store_true", help="flush caches before every sample")
     p.add_argument("--cuda-graph", action="store_true", help="replay the timed calls from a CUDA graph")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--model", default=None,
+                   help="model of the model suite: tiny (default), small, or a checkpoint directory")
     p.add_argument("--kernels-report", action="store_true",
                    help="print the compiler resource report of the CUDA and Triton kernels and exit")
     p.set_defaults(mode="quick")
@@ -157,6 +160,16 @@ def resolve(args: argparse.Namespace):
                 raise UsageError(f"unknown variant {v!r}; choose from: {', '.join(known)}")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
+
+    if args.model is not None:       # the model suite reads it (also in worker processes) from KB_MODEL
+        import os
+
+        from models.zoo import ModelError, resolve as resolve_model
+        try:
+            resolve_model(args.model)
+        except ModelError as exc:
+            raise UsageError(str(exc)) from None
+        os.environ["KB_MODEL"] = args.model
 
     budget = args.budget if args.budget is not None else (3.0 if args.mode == "full" else 1.0)
     if budget <= 0:

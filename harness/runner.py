@@ -214,6 +214,7 @@ class Runner:
             self.baseline_ms[bkey] = stats.median_ms
         if bkey in self.baseline_ms:
             row["speedup"] = self.baseline_ms[bkey] / stats.median_ms
+        row.update(suite.row_model_columns(case, launcher, row))     # tokens/s, memory, quality (model suites)
         return row
 
     # ---- the whole run -----------------------------------------------------------------------------------
