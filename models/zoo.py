@@ -134,6 +134,8 @@ def build(recipe: Recipe, device: str = "cpu", progress: bool = True, force: boo
             return entry
         if entry.exists():
             print(f"models: cache {entry} is not usable ({problem}): retraining", file=sys.stderr)
+        print(f"models: training {recipe.name} on first use ({recipe.steps} steps on {device}; cached in {entry})",
+              file=sys.stderr)
         model, meta = train(recipe, device=device, progress=progress)
         lm = LM(recipe.name, model, recipe.context, meta=meta)
         meta["heldout_bpb"] = evaluate.bits_per_byte(lm)
