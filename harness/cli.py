@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--model", default=None,
                    help="model of the model suite: tiny (default), small, or a checkpoint directory")
+    p.add_argument("--reset-peaks", nargs="?", const="all", default=None, metavar="PROBES",
+                   help="forget this device's stored peaks (all, or these probes, comma-separated) before the run")
+    p.add_argument("--no-auto-peak", action="store_true",
+                   help="no quick peak probe on a first run (%% peak stays empty until --suite peak)")
     p.add_argument("--kernels-report", action="store_true",
                    help="print the compiler resource report of the CUDA and Triton kernels and exit")
     p.set_defaults(mode="quick")
@@ -162,14 +167,20 @@ def resolve(args: argparse.Namespace):
         raise UsageError("--threads must be at least 1")
 
     if args.model is not None:       # the model suite reads it (also in worker processes) from KB_MODEL
-        import os
-
         from models.zoo import ModelError, resolve as resolve_model
         try:
             resolve_model(args.model)
         except ModelError as exc:
             raise UsageError(str(exc)) from None
         os.environ["KB_MODEL"] = args.model
+
+    reset_peaks = None
+    if args.reset_peaks is not None:
+        from harness.peaks import PROBES
+        reset_peaks = [] if args.reset_peaks == "all" else _split(args.reset_peaks)
+        for name in reset_peaks:
+            if name not in PROBES:
+                raise UsageError(f"unknown probe {name!r} in --reset-peaks; choose from: all, {', '.join(PROBES)}")
 
     budget = args.budget if args.budget is not None else (3.0 if args.mode == "full" else 1.0)
     if budget <= 0:
@@ -179,7 +190,8 @@ def resolve(args: argparse.Namespace):
                       threads=args.threads,
                       timing=TimingConfig(budget_s=budget, target_rel_ci=args.target_ci, cold=args.cold,
                                           cuda_graph=args.cuda_graph),
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, reset_peaks=reset_peaks,
+                      auto_peak=not args.no_auto_peak and os.environ.get("KB_AUTO_PEAK", "1") != "0")
     plan = build_plan(opts)
     if not plan:
         what = f" matching --filter {args.filter!r}" if args.filter else ""

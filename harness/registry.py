@@ -20,6 +20,7 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
     "float64": torch.float64,
+    "int8": torch.int8,             # the AMX int8 peak probe (suites/peak.py)
 }
 DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
                  "f16": "float16", "fp64": "float64", "double": "float64"}
@@ -146,7 +147,10 @@ class Suite:
     compute_class: str = "vector"            # "matmul": tensor-core/AMX ceiling of the dtype; "vector": fp32 FMA
     default_dtype: Mapping[str, str] = field(default_factory=lambda: {"cpu": "float32", "cuda": "bfloat16"})
     case_name: Callable[[Mapping[str, Any]], str] | None = None
-    after_run: Callable[[list[dict]], None] | None = None   # e.g. the peak suite stores what it measured
+    after_run: Callable[[list[dict], str], None] | None = None   # (rows, mode): the peak suite stores its figures
+    # (case, variant name) -> False leaves the pair out of the plan altogether (a probe with no torch form);
+    # unlike a Requires check, which makes a `skipped` row.
+    applies: Callable[[Case, str], bool] | None = None
 
     def __post_init__(self) -> None:
         self._cases: dict[str, list[dict]] = {m: [] for m in MODES}

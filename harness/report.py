@@ -7,9 +7,9 @@ clocks, temperature, utilization from each run's telemetry.parquet); and the tab
 measured while throttled by power or heat flagged. Plots are matplotlib (Agg) PNGs embedded as base64, so
 the file opens anywhere with no network and no other files.
 
-Roofline ceilings, first found: the datasheet (harness.peaks) for the device name, the peaks measured by
-`bench.py --suite peak` (results/peaks/), `peaks` in the run's manifest, and last the ceilings implied by
-the rows' own `pct_peak` (each row's `tflops/(pct_peak/100)` is at most the compute peak, with equality
+Roofline ceilings, first found: the ceilings the run itself used (`peaks` in its manifest, chosen by
+harness.peaks.choose), the same chooser over today's store (datasheet, else results/peaks/), and last the
+ceilings implied by the rows' own `pct_peak` (each row's `tflops/(pct_peak/100)` is at most the compute peak, with equality
 for compute-bound rows; likewise for bandwidth), marked "inferred".
 """
 from __future__ import annotations
@@ -61,20 +61,18 @@ def _num(x: Any) -> float:
 
 def ceilings(device_name: str, rows: pd.DataFrame, manifests: list[dict]) -> tuple[dict[str, float], str]:
     """({"bw_gbs": ..., "<dtype>": TFLOP/s...}, source) for a device; empty dict when nothing is known."""
-    try:
+    for m in manifests:          # what the run's % peak was computed against (harness.peaks.choose, recorded)
+        p = (m.get("peaks") or {}).get("primary") if m.get("device_name") == device_name else None
+        if isinstance(p, dict) and p.get("values", {}).get("bw_gbs"):
+            return {k: float(v) for k, v in p["values"].items()}, f"{p.get('source')} (as the run used)"
+    try:                         # runs older than the recorded choice: the same chooser, today's store
         from harness import peaks
-        ds = peaks.datasheet(device_name) if "cpu" not in str(rows["device"].iloc[0]) else None
-        if ds:
-            return dict(ds[1]), f"datasheet:{ds[0]}"
-        measured = peaks.load_measured(device_name)
-        if measured and measured.get("bw_gbs"):
-            return {k: v for k, v in measured.items() if isinstance(v, (int, float))}, "measured (bench.py --suite peak)"
-    except Exception:                                       # noqa: BLE001 - no peaks module / unreadable file
+        device = "cpu" if "cpu" in str(rows["device"].iloc[0]) else "cuda"
+        c = peaks.choose(device, device_name).primary
+        if c.values.get("bw_gbs"):
+            return dict(c.values), f"{c.source} (stored now)"
+    except Exception:                                       # noqa: BLE001 - unreadable store
         pass
-    for m in manifests:
-        p = m.get("peaks")
-        if isinstance(p, dict) and p.get("bw_gbs"):
-            return {k: float(v) for k, v in p.items() if isinstance(v, (int, float))}, "manifest"
     # pct = max(tflops/P_f, gbps/P_b): per row, c_b = gbps/pct <= P_b and c_f = tflops/pct <= P_f, with
     # equality for the bound that binds. So P_b = max c_b, exact when some row is compute-bound (its c_b
     # falls short of the max); P_f(dtype) = max c_f over the dtype's rows, exact when one of them is not

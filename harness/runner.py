@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import fnmatch
-import math
 import time
 import traceback
 import zlib
@@ -49,6 +48,8 @@ class RunOptions:
     threads: int | None = None
     timing: TimingConfig = field(default_factory=TimingConfig)
     progress: bool = True
+    reset_peaks: list[str] | None = None  # None: keep the stored peaks; []: forget all; [probe...]: those
+    auto_peak: bool = True                # no ceiling known for this device: measure one first (seconds)
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
@@ -76,6 +77,8 @@ def build_plan(opts: RunOptions) -> list[Plan]:
         for dtype in suite_dtypes(suite, opts.device, opts.dtypes):
             for case in suite.cases(opts.mode, opts.device, dtype):
                 for v in variants:
+                    if suite.applies is not None and not suite.applies(case, v.name):
+                        continue
                     if opts.filters and not any(_match(f, case.name) or _match(f, v.name) for f in opts.filters):
                         continue
                     plan.append(Plan(suite, case, v))
@@ -117,12 +120,26 @@ class Runner:
         manifest["telemetry"] = self.sampler.info()
         self.writer = ResultWriter(Path(out), manifest, telemetry.TELEMETRY_COLUMNS)
         self.keys = env.row_keys(manifest)
-        self.ds = peaks.datasheet(self.keys["device_name"]) if self.device == "cuda" else None
-        self.measured = peaks.load_measured(self.keys["device_name"])
+        self.peaks = self._choose_peaks(opts)
+        self.writer.write_manifest(peaks=self.peaks.manifest())   # what every row's % peak is against (report)
         self.baseline_ms: dict[tuple, float] = {}
         self.flusher: CacheFlusher | None = None
         self.errors_log = self.writer.dir / "errors.log"
         self.telemetry_entries: list = []     # (row keys, measurement): the samples over time
+
+    def _choose_peaks(self, opts: RunOptions) -> peaks.PeakChoice:
+        """The ceilings of this run (harness/peaks.py chooses); on a first run with none known, a quick probe."""
+        name = self.keys["device_name"]
+        if opts.reset_peaks is not None:
+            gone = peaks.reset(name, opts.reset_peaks or None)
+            print(f"peak: forgot {len(gone)} stored figure(s) of {name}" + (f" ({', '.join(gone)})" if gone else ""))
+        choice = peaks.choose(self.device, name)
+        if peaks.needs_probe(choice) and opts.mode != "test" and opts.auto_peak and \
+                not any(s.name == "peak" for s in opts.suites):
+            from harness import autopeak
+            autopeak.probe(self.device, name)
+            choice = peaks.choose(self.device, name)
+        return choice
 
     # ---- one (case, variant) ----------------------------------------------------------------------------
     def run_one(self, p: Plan) -> dict[str, Any]:
@@ -198,17 +215,8 @@ class Runner:
                    median_ms=stats.median_ms, p20_ms=stats.p20_ms, p80_ms=stats.p80_ms, min_ms=stats.min_ms,
                    n=stats.n, cv=stats.cv, samples_ms=[float(x) for x in stats.samples_ms],
                    tflops=flops / sec / 1e12 if flops else None, gbps=nbytes / sec / 1e9 if nbytes else None)
-        key_class = suite.compute_class
-        peak_dtype = case.dtype_name if key_class == "matmul" else "float32"
-        measured_pct = peaks.roofline_pct(flops, nbytes, sec, self.measured, peak_dtype)
-        if self.ds is not None:
-            row.update(pct_peak=peaks.roofline_pct(flops, nbytes, sec, self.ds[1], peak_dtype),
-                       peak_source=f"datasheet:{self.ds[0]}")
-        elif self.measured:
-            row.update(pct_peak=measured_pct, peak_source="measured")
-        else:
-            row.update(pct_peak=None, peak_source="none: run `python bench.py --suite peak`")
-        row["pct_peak_measured"] = measured_pct if not math.isnan(measured_pct) else None
+        peak_dtype = case.dtype_name if suite.compute_class == "matmul" else "float32"
+        row.update(peaks.row_columns(self.peaks, flops, nbytes, sec, peak_dtype))
         bkey = (suite.name, case.name, case.dtype_name)
         if v.name == suite.baseline:
             self.baseline_ms[bkey] = stats.median_ms
@@ -236,7 +244,7 @@ class Runner:
                 self.writer.flush()
         for suite in self.opts.suites:
             if suite.after_run and not interrupted and self.opts.mode != "test":   # test shapes: no figures
-                suite.after_run([r for r in self.writer.rows if r["suite"] == suite.name])
+                suite.after_run([r for r in self.writer.rows if r["suite"] == suite.name], self.opts.mode)
         self.writer.write_manifest(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                                    interrupted=interrupted, rows=len(self.writer.rows))
         return 130 if interrupted else 0

@@ -49,3 +49,13 @@ def test_several_suites_in_one_run_and_the_table(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "softmax" in p.stdout and "gemm" in p.stdout and "torch_matmul" in p.stdout
     assert "ok" in p.stdout and "results in" in p.stderr
+
+
+def test_reset_peaks_unknown_probe_is_one_line_and_exit_2():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "bench.py", "--suite", "softmax", "--reset-peaks", "nope"], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown probe 'nope'" in r.stderr
