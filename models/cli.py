@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     figures["digits_accuracy"] = evaluate.accuracy(clf, *digits.test_split())
     figures["digits_train_s"] = time.perf_counter() - t0
     m = lm.meta
-    for k in ("train_seconds", "threads", "loadavg_before", "loadavg_after", "tokens_per_s", "train_flops",
+    for k in ("train_seconds", "cpu_seconds", "threads", "loadavg_before", "loadavg_after", "tokens_per_s", "train_flops",
               "train_tflops", "mfu", "peak_tflops", "peak_source"):
         figures[k] = m.get(k)
     if args.json:

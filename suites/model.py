@@ -117,7 +117,7 @@ def make_inputs(case, rng):
     held = data.as_tensor(data.split()[1])
     n = case.n + (1 if case.kind == "decode" else 0)        # decode: c cached tokens + the new one
     if case.kind == "quality":
-        n = min(case.n, lm_for(_fp32_case(case)).context)
+        n = _n(case)
     starts = torch.randint(0, len(held) - n - 1, (case.b,), generator=torch.Generator().manual_seed(
         int(torch.randint(0, 2**31 - 1, (1,), generator=rng, device=rng.device))))
     ids = held[starts[:, None] + torch.arange(n)]
@@ -126,26 +126,33 @@ def make_inputs(case, rng):
     return {"input_ids": ids.to(case.device)}
 
 
+def _n(case) -> int:
+    """Tokens per sequence: the prompt (prefill), the cache (decode), the window (quality: the model's context
+    at most)."""
+    return min(case.n, lm_for(_fp32_case(case)).context) if case.kind == "quality" else case.n
+
+
 @SUITE.flops
 def flops(case):
     s = _shape(lm_for(_fp32_case(case)))
     attn = 4 * s["layers"] * s["heads"] * s["hd"]
     if case.kind == "decode":
         return case.b * (2 * s["params"] + attn * (case.n + 1))
-    pairs = case.n * (case.n + 1) // 2                   # causal: query i sees i + 1 keys
-    return case.b * (2 * s["params"] * case.n + attn * pairs)
+    n = _n(case)
+    pairs = n * (n + 1) // 2                             # causal: query i sees i + 1 keys
+    return case.b * (2 * s["params"] * n + attn * pairs)
 
 
 @SUITE.bytes
 def nbytes(case):
     s = _shape(lm_for(_fp32_case(case)))
     kv_per_token = 2 * s["layers"] * s["kv"] * s["hd"] * case.itemsize
-    return s["params"] * case.itemsize + case.b * (case.n + 1) * kv_per_token
+    return s["params"] * case.itemsize + case.b * (_n(case) + 1) * kv_per_token
 
 
 def tokens(case) -> int:
     """Tokens processed per call (the tokens/s numerator)."""
-    return case.b if case.kind == "decode" else case.b * case.n
+    return case.b if case.kind == "decode" else case.b * _n(case)
 
 
 @SUITE.reference
