@@ -9,7 +9,7 @@ JOBS    ?= 2
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 export TRITON_CACHE_DIR := $(CURDIR)/.cache/triton
 
-.PHONY: bench test test-slow setup build system-deps gpu clean report
+.PHONY: bench test test-slow setup build system-deps gpu clean report gate-evidence
 
 bench: setup build
 	$(VPY) bench.py --suite attention
@@ -22,10 +22,13 @@ test: setup build
 test-slow: setup build
 	$(VPY) -m pytest -q -m slow
 
-# System packages: compilers and CMake for the native kernels, Chromium to look at the HTML report.
+# System packages: compilers and CMake for the native kernels, Chromium to look at the HTML report, the
+# allocators of `bench.py --allocator jemalloc|tcmalloc`.
 system-deps:
 	@need=""; for t in cmake:cmake g++:g++ chromium:chromium; do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || need="$$need $${t##*:}"; done; \
+	for l in libjemalloc.so.2:libjemalloc2 libtcmalloc_minimal.so.4:libtcmalloc-minimal4; do \
+	  ldconfig -p 2>/dev/null | grep -q "$${l%%:*}" || need="$$need $${l##*:}"; done; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$need"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
@@ -48,6 +51,11 @@ build: setup
 # Everything on a GPU machine in one call: build, all tests (GPU ones included), reports, every suite timed.
 gpu:
 	bash scripts/gpu-all.sh
+
+# The regression gate's evidence (scripts/gate_evidence.py): 20 A/A + injected-slowdown gate runs per mode,
+# the real bench.py end to end; writes docs/gate-evidence.md. Hours on a shared 2-core machine.
+gate-evidence: setup build
+	$(VPY) scripts/gate_evidence.py --runs 20
 
 clean:
 	rm -rf $(BUILD) .cache

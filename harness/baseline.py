@@ -7,7 +7,10 @@
 
 A baseline is a directory `results/baselines/NAME/` with the run's results.parquet, results.csv,
 manifest.json (and telemetry.parquet where there is one) plus baseline.json (where it came from, when).
-Several runs (say a CPU run and a GPU run) can be stored under one name; their rows are concatenated. Git
+Several runs can be stored under one name; their rows are concatenated. Store several runs of the same code
+(`bench.py baseline save NAME RUN1 RUN2 RUN3`): the gate takes the spread of each row between them as that
+row's noise floor (harness/gate_match.py); runs on different devices (a CPU run and a GPU run) can share a
+name too. Git
 tracks results/baselines/ (see .gitignore), so a baseline is committed with the code it measured, and
 `bench.py gate --baseline NAME --current RUN` finds it by name.
 """
@@ -71,7 +74,8 @@ def save(name: str, specs: list[str], force: bool = False) -> Path:
     else:
         _write_table(pd.concat(frames, ignore_index=True), tmp)
         (tmp / "manifest.json").write_text(json.dumps({"runs": [RS.read_manifest(f) for f in files]}, indent=2))
-        ts = [pd.read_parquet(f.parent / "telemetry.parquet") for f in files if (f.parent / "telemetry.parquet").is_file()]
+        ts = [pd.read_parquet(f.parent / "telemetry.parquet") for f in files
+              if (f.parent / "telemetry.parquet").is_file()]
         if ts:
             pd.concat(ts, ignore_index=True).to_parquet(tmp / "telemetry.parquet", index=False)
     df = pd.concat(frames, ignore_index=True)

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "report": "harness.report",      # self-contained HTML report
     "baseline": "harness.baseline",  # store a run as a named baseline
     "model": "models.cli",           # train (first use) and evaluate a model
+    "ab": "harness.ab",              # interleaved A/B of two git refs in one job, gated
 }
 
 
@@ -57,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
                    help="model of the model suite: tiny (default), small, or a checkpoint directory")
     p.add_argument("--reset-peaks", nargs="?", const="all", default=None, metavar="PROBES",
                    help="forget this device's stored peaks (all, or these probes, comma-separated) before the run")
+    p.add_argument("--allocator", default=None,
+                   help="memory allocator of the measuring process: system (glibc), jemalloc or tcmalloc "
+                        "(LD_PRELOAD; recorded in the manifest; default: whatever is loaded)")
     p.add_argument("--no-auto-peak", action="store_true",
                    help="no quick peak probe on a first run (%% peak stays empty until --suite peak)")
     p.add_argument("--kernels-report", action="store_true",
@@ -112,8 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.kernels_report:
         return kernels_report(args.out)
     try:
+        if args.allocator is not None:
+            from harness import allocator
+            if args.allocator not in allocator.CHOICES:
+                raise allocator.AllocatorError(f"unknown allocator {args.allocator!r}; choose from: "
+                                               f"{', '.join(allocator.CHOICES)}")
+            allocator.ensure(args.allocator, argv)          # may restart bench.py with LD_PRELOAD
         return run(args, argv)
     except Exception as exc:
+        from harness.allocator import AllocatorError
+        if isinstance(exc, AllocatorError):
+            print(f"bench.py: error: {exc}", file=sys.stderr)
+            return 2
         from harness.registry import UsageError
         if isinstance(exc, UsageError):
             print(f"bench.py: error: {exc}", file=sys.stderr)
@@ -125,12 +139,17 @@ def resolve(args: argparse.Namespace):
     """Validate the command line; returns RunOptions or raises UsageError with a one-line message."""
     import torch
 
-    from harness import env
+    from harness import env, inject
     from harness.registry import DTYPES, UsageError, all_suites, dtype_name, get_suite
     from harness.runner import RunOptions, build_plan
     from harness.timing import TimingConfig
 
     suites_all = all_suites()
+    if os.environ.get(inject.ENV):                     # test-only slowed copies (the gate's evidence)
+        try:
+            inject.apply(suites_all)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     names = _split(args.suite) or ["attention"]
     if "all" in names and len(names) > 1:
         raise UsageError("--suite all cannot be combined with other suite names")
@@ -206,6 +225,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.ui import console, out_console, results_table
 
     runner = Runner(opts, argv)
+    for w in runner.writer.manifest.get("system_warnings") or []:
+        console.print(f"[yellow]warning: {w}[/]")
     console.print(f"[bold]run {runner.run_id}[/]: {len(plan)} rows on {runner.keys['device_name']} -> "
                   f"{runner.writer.dir}")
     code = runner.run(plan)

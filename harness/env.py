@@ -73,6 +73,56 @@ def driver_version() -> str | None:
         return None
 
 
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_regime(threads: int | None = None) -> tuple[dict, list[str]]:
+    """Threads, affinity, frequency governor, turbo, load: what makes CPU figures (un)stable, and the warnings.
+
+    The checks follow pyperf's `system show` (pyperf.readthedocs.io, "Tune the system for benchmarks"):
+    CPU frequency governor, Turbo Boost, isolated CPUs, load; plus what this suite controls itself (torch
+    threads against the CPUs this process may use)."""
+    threads = threads or torch.get_num_threads()
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    govs = sorted({g for c in cpus if (g := _read(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor"))})
+    no_turbo = _read("/sys/devices/system/cpu/intel_pstate/no_turbo")
+    boost = _read("/sys/devices/system/cpu/cpufreq/boost")
+    turbo = (no_turbo == "0") if no_turbo is not None else (boost == "1") if boost is not None else None
+    flags = ""
+    try:
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        pass
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    info = {
+        "torch_threads": threads, "affinity": cpus, "cpus_allowed": len(cpus), "cpu_count": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "governor": ",".join(govs) or None,
+        "turbo": turbo, "isolated_cpus": _read("/sys/devices/system/cpu/isolated") or None,
+        "virtual_machine": " hypervisor" in f" {flags} ", "load1": load1,
+    }
+    warn = []
+    if threads > len(cpus):
+        warn.append(f"{threads} threads on {len(cpus)} allowed CPUs: oversubscribed, figures unstable "
+                    f"(--threads {len(cpus)})")
+    if govs and govs != ["performance"]:
+        warn.append(f"CPU frequency governor {','.join(govs)}: the clock follows the load "
+                    "(pyperf system tune sets 'performance')")
+    if not govs:
+        info["governor"] = "unreadable: no cpufreq in sysfs" + (" (virtual machine)" if info["virtual_machine"] else "")
+    if turbo:
+        warn.append("turbo boost on: the clock depends on temperature and on how many cores are busy")
+    if turbo is None:
+        info["turbo"] = "unknown: no intel_pstate/no_turbo or cpufreq/boost in sysfs"
+    if load1 is not None and load1 > 0.5 * len(cpus):
+        warn.append(f"load average {load1:.1f} on {len(cpus)} CPUs: other processes compete for the cores "
+                    "(see cpu_others_pct per row)")
+    return info, warn
+
+
 ROW_KEYS = ("device_name", "commit", "host", "torch", "triton", "cuda", "driver")
 
 
@@ -103,6 +153,9 @@ def manifest(device: str, argv: list[str]) -> dict:
         "cudnn": torch.backends.cudnn.version() if device == "cuda" else None,
         "driver": driver_version() if device == "cuda" else None,
     }
+    from harness import allocator
+    info["allocator"] = allocator.describe()
+    info["cpu_regime"], info["system_warnings"] = cpu_regime()
     if device == "cuda":
         p = torch.cuda.get_device_properties(torch.cuda.current_device())
         info.update(gpu_sms=p.multi_processor_count, gpu_memory_bytes=p.total_memory,

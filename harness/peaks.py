@@ -153,6 +153,14 @@ def record(device_name: str, probe: str, dtype: str, value: float, *, mode: str,
                    f"{old['value']:.4g} from {old.get('mode')} {old.get('date')})")
 
 
+def note_theoretical(device_name: str, theo: dict) -> None:
+    """Keep the theoretical peak beside the measured figures in the device's file (shown, never used)."""
+    if theo:
+        store = load_store(device_name)
+        store["theoretical"] = theo
+        _save(device_name, store)
+
+
 def reset(device_name: str, probes: list[str] | None = None) -> list[str]:
     """Forget stored figures of this device (all, or those of the named probes); returns the keys removed."""
     for p in probes or []:

@@ -205,6 +205,7 @@ class Runner:
         with self.sampler.measure() as m:
             stats = measure(launcher, self.device, cfg, flush)
         row.update(m.summary(stats.n * stats.calls_per_sample))
+        row.update(stats.regime())                           # page faults, context switches per call
         self.telemetry_entries.append((dict(run_id=self.run_id, suite=suite.name, case=case.name,
                                             variant=v.name, dtype=case.dtype_name), m))
         telemetry.write_timeseries(self.writer.dir, self.telemetry_entries)

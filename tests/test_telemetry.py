@@ -138,7 +138,7 @@ def test_nvml_metric_failure_disables_only_that_metric(monkeypatch):
 
 
 def test_nvml_missing_warns_once_and_run_goes_on(monkeypatch):
-    monkeypatch.setattr(T, "_warned", set())
+    monkeypatch.setattr(T.base, "_warned", set())
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         samplers = [T._nvml_sampler(0, nvml=FakeNvml(fail_init=OSError("NVML Shared Library Not Found")))
@@ -152,7 +152,7 @@ def test_nvml_missing_warns_once_and_run_goes_on(monkeypatch):
 
 def test_make_sampler_cuda_without_driver_never_raises(monkeypatch):
     # This machine has no NVIDIA driver: a CUDA sampler degrades to empty columns.
-    monkeypatch.setattr(T, "_warned", set())
+    monkeypatch.setattr(T.base, "_warned", set())
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         s = T.make_sampler("cuda", 0)

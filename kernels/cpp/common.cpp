@@ -39,6 +39,11 @@ static Isa detect() {
   return ISA_NONE;
 }
 
+static bool avx512bf16() {   // CPUID.(7,1):EAX bit 5
+  unsigned a, b, c, d;
+  return __get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1u);
+}
+
 static Isa best_isa() {
   static const Isa best = detect();
   return best;
@@ -48,6 +53,12 @@ Isa isa() {
   const Isa best = best_isa();
   int f = g_forced.load(std::memory_order_relaxed);
   return f >= 0 ? Isa(f) : best;
+}
+
+TileBackend tile_backend() {
+  static const bool bf16 = avx512bf16();
+  const Isa i = isa();
+  return i >= ISA_AMX ? TILES_AMX : i >= ISA_AVX512 && bf16 ? TILES_ZMM : TILES_NONE;
 }
 
 int set_error(int code, const char* fmt, ...) {
@@ -79,6 +90,9 @@ KB_API const char* kb_cpp_last_error(void) { return kb::g_error; }
 
 // The ISA in use: 3 = AVX-512 + AMX-BF16, 2 = AVX-512, 1 = AVX2+FMA, 0 = neither (kernels return E_ISA).
 KB_API int kb_cpp_isa(void) { return kb::isa(); }
+
+// The tile kernels' back end now (kb::TileBackend): 2 = AMX, 1 = AVX512-BF16 model, 0 = none.
+KB_API int kb_cpp_tile_backend(void) { return kb::tile_backend(); }
 
 // Force an ISA (tests run the AVX2 path on an AVX-512 machine); -1 restores the automatic choice.
 // Returns 0, or E_ISA when the CPU lacks the requested ISA.

@@ -215,6 +215,7 @@ KB_API int kb_cpp_gemm(const void* a, const void* b, void* c, int64_t M, int64_t
   if (M == 0 || N == 0) return 0;
   kb::GemmArgs g{a, b, c, M, N, K, lda, ldb, ldc, dtype, threads};
   if (dtype == kb::BF16 && kb::isa() >= kb::ISA_AMX) return kb_amx::gemm_bf16(g);   // gemm_amx_bf16.cpp
+  if (dtype == kb::BF16 && kb::tile_backend() == kb::TILES_ZMM) return kb_zbf16::gemm_bf16(g);   // gemm_bf16_dp.cpp
   return KB_DISPATCH(gemm, g);
 }
 #endif

@@ -1,4 +1,5 @@
-// gemm.h -- the arguments of the GEMM kernels (gemm.cpp: fp32 AVX-512/AVX2; gemm_amx_bf16.cpp: bf16 on AMX).
+// gemm.h -- the arguments of the GEMM kernels (gemm.cpp: fp32 AVX-512/AVX2; gemm_amx_bf16.cpp: bf16 on AMX;
+// gemm_bf16_dp.cpp: bf16 on AVX512-BF16).
 #pragma once
 #include <cstdint>
 
@@ -12,4 +13,7 @@ struct GemmArgs {
 
 namespace kb_amx {
 int gemm_bf16(const kb::GemmArgs& g);   // bf16 in and out, fp32 accumulation; needs kb::isa() >= ISA_AMX
+}
+namespace kb_zbf16 {
+int gemm_bf16(const kb::GemmArgs& g);   // gemm_bf16_dp.cpp: the same on AVX512-BF16; kb::tile_backend() == TILES_ZMM
 }

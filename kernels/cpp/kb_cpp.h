@@ -22,6 +22,10 @@ struct f16 { uint16_t bits; };
 
 // ISA_AMX: AVX-512 plus AMX-BF16 tiles granted by the kernel (only the bf16 GEMM uses them).
 enum Isa : int { ISA_NONE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_AMX = 3 };
+// The tile kernels' back end (tiles.h): AMX when isa() is ISA_AMX, else the AVX512-BF16 model when
+// isa() >= ISA_AVX512 and the CPU has AVX512-BF16 (AMD Zen 4, Intel Cooper Lake and later), else none.
+enum TileBackend : int { TILES_NONE = 0, TILES_ZMM = 1, TILES_AMX = 2 };
+TileBackend tile_backend();
 Isa isa();                         // the ISA used now: the best the CPU has, or what kb_cpp_set_isa forced
 int set_error(int code, const char* fmt, ...);   // records the message for kb_cpp_last_error; returns code
 int threads_or_default(int threads);             // threads <= 0 -> omp_get_max_threads()

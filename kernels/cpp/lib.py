@@ -43,8 +43,14 @@ _SIGNATURES = {
     # q, k, v, o, batch, heads, kv_heads, seq_q, seq_k, head_dim, causal, scale, dtype, threads
     "kb_cpp_attention_fwd": (_i32, [_vp, _vp, _vp, _vp, _i64, _i64, _i64, _i64, _i64, _i64, _i32, _f32, _i32,
                                     _i32]),
+    "kb_cpp_tile_backend": (_i32, []),
+    # q, k, v, o, batch, heads, kv_heads, seq_q, seq_k, head_dim, causal, scale, threads (bf16 only)
+    "kb_cpp_attention_fwd_amx": (_i32, [_vp, _vp, _vp, _vp, _i64, _i64, _i64, _i64, _i64, _i64, _i32, _f32, _i32]),
+    # a, b, c, M, N, K, lda, ldb, ldc, threads (int8 x int8 -> int32 on tiles)
+    "kb_cpp_gemm_s8s8s32_tiles": (_i32, [_vp, _vp, _vp, _i64, _i64, _i64, _i64, _i64, _i64, _i32]),
 }
 ISA_NAMES = {0: "none", 1: "avx2", 2: "avx512", 3: "amx"}
+TILE_BACKENDS = {0: "none", 1: "avx512-bf16", 2: "amx"}   # kb_cpp_tile_backend(): what the tile kernels run on
 
 
 def lib_path(name: str = "kb_cpp") -> Path:
@@ -154,6 +160,37 @@ class KbCpp:
         args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), B, H, HKV, SQ, SK, D, int(bool(causal)),
                 float(scale), self.dtype_code(q), self.threads())
         return self._bound("attention_fwd", args, out, (q, k, v))
+
+    def bind_attention_fwd_amx(self, q, k, v, causal: bool, out, scale: float | None = None):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        B, H, SQ, D = q.shape
+        HKV, SK = k.shape[1], k.shape[2]
+        if not out.is_contiguous() or tuple(out.shape) != tuple(q.shape):
+            raise ValueError("attention_fwd_amx: out must be a contiguous tensor shaped like q")
+        if not all(t.dtype == torch.bfloat16 for t in (q, k, v, out)):
+            raise TypeError("attention_fwd_amx: bfloat16 tensors only")
+        scale = 1.0 / math.sqrt(D) if scale is None else scale
+        args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), B, H, HKV, SQ, SK, D, int(bool(causal)),
+                float(scale), self.threads())
+        return self._bound("attention_fwd_amx", args, out, (q, k, v))
+
+    def gemm_s8s8s32_tiles(self, a, b, out):
+        """out (int32) = a (int8) @ b (int8) on the int8 tile path (tdpbssd; int8_tiles.cpp)."""
+        a = a if a.stride(-1) == 1 else a.contiguous()
+        b = b if b.stride(-1) == 1 else b.contiguous()
+        if a.dtype != torch.int8 or b.dtype != torch.int8 or out.dtype != torch.int32 or out.stride(-1) != 1:
+            raise TypeError("gemm_s8s8s32_tiles: int8 a, b and an int32 out with unit column stride")
+        M, K = a.shape
+        N = b.shape[1]
+        if b.shape[0] != K or tuple(out.shape) != (M, N):
+            raise ValueError(f"gemm_s8s8s32_tiles: shapes {tuple(a.shape)} @ {tuple(b.shape)} -> {tuple(out.shape)}")
+        args = (a.data_ptr(), b.data_ptr(), out.data_ptr(), M, N, K, a.stride(0), b.stride(0), out.stride(0),
+                self.threads())
+        return self._bound("gemm_s8s8s32_tiles", args, out, (a, b))()
+
+    @property
+    def tile_backend(self) -> str:
+        return TILE_BACKENDS.get(self.dll.kb_cpp_tile_backend(), "?")
 
     def softmax(self, x, out):
         return self.bind_softmax(x, out)()
@@ -285,6 +322,31 @@ def attention_setup(case, **inputs) -> Callable[[], Any]:
         raise ValueError(f"heads {q.shape[1]} is not a multiple of kv heads {k.shape[1]}")
     out = case.poisoned(q.shape)
     return lib.bind_attention_fwd(q, k, v, causal, out, scale)
+
+
+def tiles_missing_reason(case=None) -> str | None:
+    """libkb_cpp.so built, on a CPU with AMX or AVX512-BF16 (the tile kernels' two back ends)."""
+    reason = missing_reason(case)
+    if reason is None and _LIB.dll.kb_cpp_tile_backend() == 0:
+        return "tile kernels need a CPU with AMX or AVX512-BF16"
+    return reason
+
+
+def attention_amx_setup(case, **inputs) -> Callable[[], Any]:
+    """C++ bf16 flash-attention forward on tiles (AMX tdpbf16ps, else the AVX512-BF16 tile model)."""
+    lib = _lib()
+    q, k, v = (_pick(inputs, n) for n in ("q", "k", "v"))
+    if q.shape[-1] not in (64, 128):
+        raise _skip(f"head dim {q.shape[-1]}: the tile kernel has 64 and 128")
+    causal = bool(_param(case, ("causal", "is_causal"), inputs.get("causal", False)))
+    scale = _param(case, ("scale",), None)
+    out = case.poisoned(q.shape)
+    return lib.bind_attention_fwd_amx(q, k, v, causal, out, scale)
+
+
+def _skip(reason: str) -> Exception:
+    from harness.registry import Skip
+    return Skip(reason)
 
 
 def norm_setup(case, **inputs) -> Callable[[], Any]:

@@ -17,6 +17,9 @@ int kb_cpp_layernorm(const void*, const void*, const void*, void*, int64_t, int6
 int kb_cpp_gemm(const void*, const void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int);
 int kb_cpp_attention_fwd(const void*, const void*, const void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t,
                          int64_t, int, float, int, int);
+int kb_cpp_tile_backend(void);
+int kb_cpp_gemm_s8s8s32_tiles(const void*, const void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              int);
 }
 
 static int failures = 0;
@@ -114,6 +117,21 @@ int main() {
       }
       check("attention", kb_cpp_attention_fwd(q.data(), k.data(), v.data(), o.data(), B, H, HKV, SQ, SK, D, 1,
                                                float(scale), 0, 0), o, ref, 1e-5);
+    }
+    if (kb_cpp_tile_backend() != 0) {  // int8 tiles, 37 x 45 x 300: exact
+      const int64_t M = 37, N = 45, K = 300;
+      std::vector<int8_t> a(M * K), bm(K * N);
+      for (auto& x : a) x = int8_t(rng() % 256 - 128);
+      for (auto& x : bm) x = int8_t(rng() % 256 - 128);
+      std::vector<int32_t> c(M * N, -7);
+      std::vector<float> got(M * N);
+      std::vector<double> ref(M * N, 0.0);
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t j = 0; j < N; ++j) ref[i * N + j] += double(a[i * K + k]) * bm[k * N + j];
+      int rc = kb_cpp_gemm_s8s8s32_tiles(a.data(), bm.data(), c.data(), M, N, K, K, N, N, 0);
+      for (int64_t i = 0; i < M * N; ++i) got[i] = float(c[i]);
+      check("int8-tiles", rc, got, ref, 0.0);
     }
     // an error is reported, not a crash
     int rc = kb_cpp_softmax(nullptr, nullptr, 1, 1, 1, 1, 0, 0);

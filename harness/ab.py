@@ -1,0 +1,305 @@
+"""`bench.py ab --baseline-ref REF [--current-ref REF] --suite ...`: both trees measured in one job, interleaved.
+
+The recommended CI gate. Both refs are checked out (git worktrees, harness/ab_trees.py) and built; one
+worker process per tree (harness/ab_worker.py) imports that tree's suites and kernels. Row by row, each
+worker checks the row against the float64 reference, then the row is timed in rounds: round i measures it
+once in each worker, back to back, in alternating order (ABBA: base-cur, cur-base, ...), each slot a short
+fixed time budget, on inputs and a launcher built afresh in every round (a setup's luck - alignment, pages,
+a library's choice of path - would otherwise bias every round of one side alike: measured here, one such row
+came out 8.6x slower between two trees of the same commit when the launcher was built once per row).
+Drift, thermal state and neighbours hit both sides of a round equally, so the per-round
+log-ratio log(cur_i / base_i) is free of them; its spread across rounds is the noise, measured in the same job.
+
+Decision (harness/gate_verdicts.py): paired moderated t-test per row, Holm's correction over every row of
+the run (family-wise false alarm <= alpha), a row failing when it is slower than max(threshold, its noise
+floor) and significant. Broken rows fail: `incorrect`/`error` in the current tree, a worker that crashed on
+the row, NaN or non-positive times; rows the baseline tree has that the current one lacks fail unless
+--allow-missing; an interrupted ab run fails (exit 130). Bad input (unknown ref, a tree that does not build,
+no such suite in either tree) is one line and exit 2.
+
+Writes <out>/ (default results/ab-<time>/): slots.parquet (every slot: row, round, side, order, median, n),
+verdicts.json, gate.md, manifest.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness import ab_trees as T
+from harness import gate_stats as S
+from harness import result_sets as RS
+from harness.gate import add_decision_options, config_from_args, write_outputs
+from harness.gate_md import render
+from harness.gate_verdicts import KEY, GateConfig, blank, decide, failed
+
+WORKER = Path(__file__).resolve().parent / "ab_worker.py"
+
+
+class WorkerDied(Exception):
+    pass
+
+
+class Side:
+    """A worker process of one tree; restarted after a crash (plan re-sent)."""
+
+    def __init__(self, tree: T.Tree, side: str, env: dict, log: Path):
+        self.tree, self.side, self.env, self.log = tree, side, env, log
+        self.proc: subprocess.Popen | None = None
+        self.plan_req: dict | None = None
+
+    def start(self) -> None:
+        err = open(self.log, "a")
+        self.proc = subprocess.Popen([sys.executable, str(WORKER), str(self.tree.path), self.side],
+                                     cwd=self.tree.path, env=self.env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
+                                     start_new_session=True)         # Ctrl-C reaches ab, which stops them
+        err.close()
+
+    def ask(self, req: dict) -> dict:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+            if self.plan_req and req is not self.plan_req:
+                self.ask(self.plan_req)
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            code = self.proc.wait()
+            self.proc = None
+            raise WorkerDied(f"{self.side} worker died (exit {code}; log {self.log})")
+        return json.loads(line)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.proc.stdin.write('{"op": "exit"}\n')
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def worker_env(tree: T.Tree) -> dict:
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(tree.path), PYTHONUNBUFFERED="1",
+               TORCHINDUCTOR_CACHE_DIR=str(tree.path / ".cache" / "inductor"),
+               TRITON_CACHE_DIR=str(tree.path / ".cache" / "triton"))
+    env.pop("KB_GATE_INJECT", None)           # the injection spec travels in the plan request, per side
+    return env
+
+
+def _note(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def measure_row(idx: dict[str, int], j: int, key: dict, sides: dict[str, Side], rounds: int, budget: float,
+                seed: int, slots: list[dict]) -> dict:
+    """Prepare the row (its index in each tree's plan) in both trees, then `rounds` rounds in alternating order,
+    starting with the baseline on even rows j. Returns the row's outcome."""
+    st = {}
+    for name in ("base", "current"):
+        try:
+            st[name] = sides[name].ask({"op": "prepare", "row": idx[name], "seed": seed})
+        except WorkerDied as e:
+            st[name] = {"status": "crashed", "reason": str(e)}
+    if st["current"]["status"] in ("incorrect", "error", "crashed"):
+        return {"verdict": "broken", "note": f"current {st['current']['status']}: {st['current']['reason']}"[:300]}
+    if st["current"]["status"] == "skipped":
+        return {"verdict": "skipped", "note": f"skipped now ({st['current']['reason']}); baseline "
+                                              f"{st['base']['status']}"[:300]}
+    if st["base"]["status"] != "ok":
+        return {"verdict": "fixed" if st["base"]["status"] in ("incorrect", "error") else "not compared",
+                "note": f"baseline {st['base']['status']}: {st['base']['reason']}"[:300]}
+    med = {"base": [], "current": []}
+    for r in range(rounds):
+        order = ("base", "current") if (r + j) % 2 == 0 else ("current", "base")
+        for pos, name in enumerate(order):
+            try:
+                ans = sides[name].ask({"op": "rebuild"}) if r else {"status": "ok"}   # new allocations per round
+                if ans["status"] == "ok":
+                    ans = sides[name].ask({"op": "measure", "budget": budget})
+            except WorkerDied as e:
+                ans = {"status": "crashed", "reason": str(e)}
+            if ans["status"] != "ok":
+                if name == "current":
+                    return {"verdict": "broken", "note": f"current {ans['status']} while timing: {ans['reason']}"[:300]}
+                why = f"baseline {ans['status']} while timing: {ans['reason']}"
+                return {"verdict": "not compared", "note": why[:300]}
+            m = ans["median_ms"]
+            if not (isinstance(m, (int, float)) and math.isfinite(m) and m > 0):
+                if name == "current":
+                    return {"verdict": "broken", "note": f"current time {m} ms (NaN or non-positive)"}
+                return {"verdict": "not compared", "note": f"baseline time {m} ms (NaN or non-positive)"}
+            med[name].append(m)
+            slots.append(dict(key, round=r, side=name, order=pos, median_ms=m, n=ans["n"],
+                              samples_ms=ans.get("samples_ms")))
+    for s in sides.values():
+        try:
+            s.ask({"op": "release"})
+        except WorkerDied:
+            pass
+    b, c = np.asarray(med["base"]), np.asarray(med["current"])
+    lr = np.log(c) - np.log(b)
+    return {"base_ms": float(np.exp(np.log(b).mean())), "cur_ms": float(np.exp(np.log(c).mean())),
+            "n_base": rounds, "n_cur": rounds, "_stats": S.paired(lr)}
+
+
+def run_ab(trees: dict[str, T.Tree], plan_req: dict, rounds: int, budget: float, seed: int, out: Path,
+           cfg: GateConfig, progress: bool = True) -> tuple[list[dict], pd.DataFrame, bool, dict]:
+    """Measure every row in both trees; returns (row outcomes for decide, slots, interrupted, worker envs)."""
+    sides = {n: Side(trees[n], n, worker_env(trees[n]), out / f"worker-{n}.log") for n in ("base", "current")}
+    rows: list[dict] = []
+    slots: list[dict] = []
+    interrupted = False
+    plans: dict[str, dict] = {}
+    try:
+        for n, s in sides.items():
+            s.plan_req = plan_req
+            try:
+                plans[n] = s.ask(plan_req)
+            except WorkerDied as e:
+                raise RS.BadInput(f"the {trees[n].label} tree cannot load its suites: {e}") from None
+            if "rows" not in plans[n]:
+                raise RS.BadInput(f"the {trees[n].label} tree cannot load its suites: {plans[n].get('reason')}")
+        bkeys = [tuple(k[c] for c in KEY) for k in plans["base"]["rows"]]
+        ckeys = [tuple(k[c] for c in KEY) for k in plans["current"]["rows"]]
+        if not bkeys and not ckeys:
+            raise RS.BadInput(f"nothing to run: no row of {', '.join(plan_req['suites'])} selected in either tree")
+        bidx = {k: j for j, k in enumerate(bkeys)}
+        todo = [k for k in ckeys if k in bidx]
+        for k in bkeys:
+            if k not in set(ckeys):
+                rows.append(blank(dict(zip(KEY, k)), verdict="missing",
+                                  note="in the baseline tree, not in the current"))
+        for k in ckeys:
+            if k not in bidx:
+                rows.append(blank(dict(zip(KEY, k)), verdict="new", note="not in the baseline tree"))
+        for j, k in enumerate(todo):
+            if progress:
+                print(f"[{j + 1}/{len(todo)}] {' '.join(k[:4])}", file=sys.stderr, flush=True)
+            key = dict(zip(KEY, k))
+            res = measure_row({"base": bidx[k], "current": ckeys.index(k)}, j, key, sides, rounds, budget, seed,
+                              slots)
+            row = blank(key, threshold=cfg.threshold_for(k[0]))
+            row.update(res)
+            rows.append(row)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        for s in sides.values():
+            s.stop()
+    return rows, pd.DataFrame(slots), interrupted, {n: p.get("env", {}) for n, p in plans.items()}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = RS.Parser(prog="bench.py ab", description=__doc__.split("\n\n")[0],
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline-ref", required=True, help="git ref of the baseline (main, a tag, a commit)")
+    p.add_argument("--current-ref", help="git ref of the current side (default: this working tree as it is)")
+    p.add_argument("--suite", default="attention", help="suite(s), comma-separated (default: attention)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", dest="mode", const="quick", help="quick shapes (default)")
+    size.add_argument("--full", action="store_const", dest="mode", const="full")
+    size.add_argument("--test-shapes", action="store_const", dest="mode", const="test")
+    p.set_defaults(mode="quick")
+    p.add_argument("--dtype", help="dtype(s), comma-separated (default: per suite and device)")
+    p.add_argument("--filter", help="cases or variants containing one of these (comma-separated; globs ok)")
+    p.add_argument("--variant", help="only these variants (comma-separated exact names)")
+    p.add_argument("--rounds", type=int, default=6, help="paired rounds per row (default 6)")
+    p.add_argument("--budget", type=float, default=0.1, help="seconds of timing per row, side and round (0.1)")
+    p.add_argument("--threads", type=int, help="CPU threads of both workers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output directory (default results/ab-<time>/)")
+    p.add_argument("--cmake-arg", action="append", default=[],
+                   help="extra CMake argument when a tree's build is first configured, e.g. -DKB_NO_CUDA=ON "
+                        "(repeatable)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="build parallelism")
+    p.add_argument("--no-build", action="store_true", help="use the trees' existing builds")
+    p.add_argument("--no-progress", action="store_true")
+    add_decision_options(p)
+    return p
+
+
+def _split(s: str | None) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        a = _parser().parse_args(argv)
+        a.ignore_env, a.prior_sd = "", None
+        cfg = config_from_args(a)
+        if a.rounds < 3 or a.budget <= 0:
+            raise RS.BadInput("--rounds must be at least 3 and --budget positive")
+        inject = os.environ.get("KB_GATE_INJECT", "")
+        if inject:
+            from harness import inject as I
+            try:
+                I.parse(inject)
+            except ValueError as e:
+                raise RS.BadInput(str(e)) from None
+        trees = {"base": T.worktree(a.baseline_ref, "baseline"),
+                 "current": T.worktree(a.current_ref, "current") if a.current_ref else T.working_tree()}
+        if not a.no_build:
+            for t in trees.values():
+                T.build(t, a.cmake_arg, a.jobs)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path(a.out) if a.out else RS.results_root() / f"ab-{stamp}"
+        out.mkdir(parents=True, exist_ok=True)
+        plan_req = dict(op="plan", suites=_split(a.suite), device=a.device, mode=a.mode, dtypes=_split(a.dtype) or None,
+                        filters=_split(a.filter), variants=_split(a.variant) or None, inject=inject,
+                        threads=a.threads)
+        t0 = time.time()
+        old = signal.signal(signal.SIGTERM, signal.default_int_handler)   # a CI cancel is an interrupt too
+        try:
+            rows, slots, interrupted, envs = run_ab(trees, plan_req, a.rounds, a.budget, a.seed, out, cfg,
+                                                    not a.no_progress)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+        verdicts, summary = decide(rows, cfg)
+        incomplete = [f"ab run interrupted after {len(rows)} rows"] if interrupted else []
+        design = (f"paired, interleaved in one job: {a.rounds} rounds per row, ABBA order, {a.budget:g} s per "
+                  "slot; per-round log(current/baseline)")
+        header = [f"- baseline: {T.describe(trees['base'])}", f"- current: {T.describe(trees['current'])}",
+                  f"- load average {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} CPUs; "
+                  f"{time.time() - t0:.0f} s of measuring"]
+        md = render(verdicts, cfg, summary, design, header, incomplete, n_label="rounds")
+        cfg_fail = failed(verdicts, cfg, incomplete) or interrupted
+        if len(slots):
+            slots.to_parquet(out / "slots.parquet", index=False)
+        (out / "gate.md").write_text(md)
+        verdicts.to_json(out / "verdicts.json", orient="records", indent=1)
+        (out / "manifest.json").write_text(json.dumps(dict(
+            kind="ab", argv=sys.argv, baseline=vars(trees["base"]) | {"path": str(trees["base"].path)},
+            current=vars(trees["current"]) | {"path": str(trees["current"].path)}, rounds=a.rounds,
+            budget_s=a.budget, workers=envs, inject=inject or None, interrupted=interrupted,
+            finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), failed=bool(cfg_fail)),
+            indent=2, default=str))
+    except RS.BadInput as e:
+        print(f"bench.py ab: error: {e}", file=sys.stderr)
+        return 2
+    rc = write_outputs(md, verdicts, a, "bench.py ab")
+    if interrupted:
+        return 130
+    return rc or (1 if cfg_fail else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
