@@ -17,6 +17,7 @@ if __name__ == "__main__":
     from harness.cli import main
     try:
         sys.exit(main())
-    except KeyboardInterrupt:   # interrupted outside the run loop (which keeps its rows itself)
-        print("bench.py: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:   # interrupted outside the run loop (which keeps its rows itself)
+        signum = getattr(exc, "signum", 2)          # SIGTERM/SIGHUP arrive as harness.runner.Interrupted
+        print(f"bench.py: interrupted ({exc or 'SIGINT'})", file=sys.stderr)
+        sys.exit(128 + signum)

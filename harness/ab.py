@@ -1,7 +1,8 @@
 """`bench.py ab --baseline-ref REF [--current-ref REF] --suite ...`: both trees measured in one job, interleaved.
 
-The recommended CI gate. Both refs are checked out (git worktrees, harness/ab_trees.py) and built; one
-worker process per tree (harness/ab_worker.py) imports that tree's suites and kernels. Row by row, each
+The recommended CI gate. Both refs are checked out (git worktrees, harness/ab_trees.py) and built; a pool
+of worker processes per tree (harness/ab_worker.py, --workers, 3) imports that tree's suites and kernels,
+and round r of a row runs in worker r mod 3 (a process's own state is then sampled, not constant). Row by row, each
 worker checks the row against the float64 reference, then the row is timed in rounds: round i measures it
 once in each worker, back to back, in alternating order (ABBA: base-cur, cur-base, ...), each slot a short
 fixed time budget, on inputs and a launcher built afresh in every round (a setup's luck - alignment, pages,
@@ -108,14 +109,16 @@ def _note(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def measure_row(idx: dict[str, int], j: int, key: dict, sides: dict[str, Side], rounds: int, budget: float,
+def measure_row(idx: dict[str, int], j: int, key: dict, pools: dict[str, list[Side]], rounds: int, budget: float,
                 seed: int, slots: list[dict]) -> dict:
     """Prepare the row (its index in each tree's plan) in both trees, then `rounds` rounds in alternating order,
-    starting with the baseline on even rows j. Returns the row's outcome."""
+    starting with the baseline on even rows j. Round r runs in worker r % P of each side's pool of P processes,
+    so that a process's own state (its allocator's mode, say) is sampled across rounds and counts as noise
+    instead of shifting every round of one side. Returns the row's outcome."""
     st = {}
     for name in ("base", "current"):
         try:
-            st[name] = sides[name].ask({"op": "prepare", "row": idx[name], "seed": seed})
+            st[name] = pools[name][0].ask({"op": "prepare", "row": idx[name], "seed": seed})
         except WorkerDied as e:
             st[name] = {"status": "crashed", "reason": str(e)}
     if st["current"]["status"] in ("incorrect", "error", "crashed"):
@@ -130,10 +133,17 @@ def measure_row(idx: dict[str, int], j: int, key: dict, sides: dict[str, Side], 
     for r in range(rounds):
         order = ("base", "current") if (r + j) % 2 == 0 else ("current", "base")
         for pos, name in enumerate(order):
+            pool = pools[name]
+            w = pool[r % len(pool)]
             try:
-                ans = sides[name].ask({"op": "rebuild"}) if r else {"status": "ok"}   # new allocations per round
+                if r == 0:
+                    ans = {"status": "ok"}                                   # prepared above
+                elif r < len(pool):                                          # this worker's first round of the row
+                    ans = w.ask({"op": "prepare", "row": idx[name], "seed": seed})
+                else:
+                    ans = w.ask({"op": "rebuild"})                           # new allocations every round
                 if ans["status"] == "ok":
-                    ans = sides[name].ask({"op": "measure", "budget": budget})
+                    ans = w.ask({"op": "measure", "budget": budget})
             except WorkerDied as e:
                 ans = {"status": "crashed", "reason": str(e)}
             if ans["status"] != "ok":
@@ -149,7 +159,7 @@ def measure_row(idx: dict[str, int], j: int, key: dict, sides: dict[str, Side], 
             med[name].append(m)
             slots.append(dict(key, round=r, side=name, order=pos, median_ms=m, n=ans["n"],
                               samples_ms=ans.get("samples_ms")))
-    for s in sides.values():
+    for s in (w for pool in pools.values() for w in pool[:rounds]):
         try:
             s.ask({"op": "release"})
         except WorkerDied:
@@ -161,14 +171,18 @@ def measure_row(idx: dict[str, int], j: int, key: dict, sides: dict[str, Side], 
 
 
 def run_ab(trees: dict[str, T.Tree], plan_req: dict, rounds: int, budget: float, seed: int, out: Path,
-           cfg: GateConfig, progress: bool = True) -> tuple[list[dict], pd.DataFrame, bool, dict]:
+           cfg: GateConfig, progress: bool = True, workers: int = 3) -> tuple[list[dict], pd.DataFrame, bool, dict]:
     """Measure every row in both trees; returns (row outcomes for decide, slots, interrupted, worker envs)."""
-    sides = {n: Side(trees[n], n, worker_env(trees[n]), out / f"worker-{n}.log") for n in ("base", "current")}
+    pools = {n: [Side(trees[n], n, worker_env(trees[n]), out / f"worker-{n}-{i}.log")
+                 for i in range(max(1, min(workers, rounds)))] for n in ("base", "current")}
+    sides = {n: p[0] for n, p in pools.items()}
     rows: list[dict] = []
     slots: list[dict] = []
     interrupted = False
     plans: dict[str, dict] = {}
     try:
+        for s in (w for p in pools.values() for w in p[1:]):
+            s.plan_req = plan_req                       # planned when first asked (a worker starts on demand)
         for n, s in sides.items():
             s.plan_req = plan_req
             try:
@@ -194,7 +208,7 @@ def run_ab(trees: dict[str, T.Tree], plan_req: dict, rounds: int, budget: float,
             if progress:
                 print(f"[{j + 1}/{len(todo)}] {' '.join(k[:4])}", file=sys.stderr, flush=True)
             key = dict(zip(KEY, k))
-            res = measure_row({"base": bidx[k], "current": ckeys.index(k)}, j, key, sides, rounds, budget, seed,
+            res = measure_row({"base": bidx[k], "current": ckeys.index(k)}, j, key, pools, rounds, budget, seed,
                               slots)
             row = blank(key, threshold=cfg.threshold_for(k[0]))
             row.update(res)
@@ -202,7 +216,7 @@ def run_ab(trees: dict[str, T.Tree], plan_req: dict, rounds: int, budget: float,
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        for s in sides.values():
+        for s in (w for p in pools.values() for w in p):
             s.stop()
     return rows, pd.DataFrame(slots), interrupted, {n: p.get("env", {}) for n, p in plans.items()}
 
@@ -225,6 +239,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=6, help="paired rounds per row (default 6)")
     p.add_argument("--budget", type=float, default=0.1, help="seconds of timing per row, side and round (0.1)")
     p.add_argument("--threads", type=int, help="CPU threads of both workers")
+    p.add_argument("--workers", type=int, default=3,
+                   help="worker processes per tree; round r runs in worker r %% N (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output directory (default results/ab-<time>/)")
     p.add_argument("--cmake-arg", action="append", default=[],
@@ -246,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         a = _parser().parse_args(argv)
         a.ignore_env, a.prior_sd = "", None
         cfg = config_from_args(a)
-        if a.rounds < 3 or a.budget <= 0:
-            raise RS.BadInput("--rounds must be at least 3 and --budget positive")
+        if a.rounds < 3 or a.budget <= 0 or a.workers < 1:
+            raise RS.BadInput("--rounds must be at least 3, --budget positive and --workers at least 1")
         inject = os.environ.get("KB_GATE_INJECT", "")
         if inject:
             from harness import inject as I
@@ -270,13 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         old = signal.signal(signal.SIGTERM, signal.default_int_handler)   # a CI cancel is an interrupt too
         try:
             rows, slots, interrupted, envs = run_ab(trees, plan_req, a.rounds, a.budget, a.seed, out, cfg,
-                                                    not a.no_progress)
+                                                    not a.no_progress, a.workers)
         finally:
             signal.signal(signal.SIGTERM, old)
         verdicts, summary = decide(rows, cfg)
         incomplete = [f"ab run interrupted after {len(rows)} rows"] if interrupted else []
         design = (f"paired, interleaved in one job: {a.rounds} rounds per row, ABBA order, {a.budget:g} s per "
-                  "slot; per-round log(current/baseline)")
+                  f"slot, round r in worker process r mod {min(a.workers, a.rounds)} of each tree; "
+                  "per-round log(current/baseline)")
         header = [f"- baseline: {T.describe(trees['base'])}", f"- current: {T.describe(trees['current'])}",
                   f"- load average {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} CPUs; "
                   f"{time.time() - t0:.0f} s of measuring"]

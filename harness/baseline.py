@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -62,9 +64,23 @@ def save(name: str, specs: list[str], force: bool = False) -> Path:
     if dest.exists() and not force:
         raise RS.BadInput(f"baseline {name!r} exists ({dest}); --force replaces it")
     frames = [RS.read_table(f) for f in files]
-    tmp = dest.with_name(f".{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for f, df in zip(files, frames):
+        if "samples_ms" not in df.columns:
+            raise RS.BadInput(f"{f}: no samples_ms column (the gate needs every sample); save a run bench.py wrote")
+    tmp = dest.with_name(f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")   # unique per process
     tmp.mkdir(parents=True)
+    try:
+        _fill(tmp, name, files, frames)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)                 # never a half-written baseline left behind
+        raise
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def _fill(tmp: Path, name: str, files: list[Path], frames: list[pd.DataFrame]) -> None:
     if len(files) == 1:
         for fn in ("results.parquet", "results.csv", "manifest.json", "telemetry.parquet"):
             if (files[0].parent / fn).is_file():
@@ -81,14 +97,10 @@ def save(name: str, specs: list[str], force: bool = False) -> Path:
     df = pd.concat(frames, ignore_index=True)
     meta = {"name": name, "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "sources": [str(f) for f in files], "run_ids": sorted({str(x) for x in df["run_id"]}),
-            "device_names": sorted({str(x) for x in df["device_name"].dropna()}),
+            "device_names": sorted({str(x) for x in df.get("device_name", pd.Series(dtype=str)).dropna()}),
             "commits": sorted({str(x) for x in df.get("commit", pd.Series(dtype=str)).dropna()}),
             "rows": int(len(df)), "status": {k: int(v) for k, v in df["status"].value_counts().items()}}
     (tmp / "baseline.json").write_text(json.dumps(meta, indent=2))
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
 
 
 def _meta(d: Path) -> dict:

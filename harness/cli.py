@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -56,6 +57,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--model", default=None,
                    help="model of the model suite: tiny (default), small, or a checkpoint directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out: keep its rows, measure only the missing ones")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="measure in this process (for a debugger) instead of isolated worker processes")
+    p.add_argument("--row-timeout", type=float, default=None, metavar="S",
+                   help="seconds one row may take before its worker is killed and the row is an error "
+                        "(default: 300 s of compile allowance + 3x the budget)")
+    p.add_argument("--worker-memory", type=float, default=None, metavar="GIB",
+                   help="memory limit of a worker in GiB (RLIMIT_DATA); 0: none (default: 3/4 of RAM on the "
+                        "CPU, none on CUDA)")
     p.add_argument("--reset-peaks", nargs="?", const="all", default=None, metavar="PROBES",
                    help="forget this device's stored peaks (all, or these probes, comma-separated) before the run")
     p.add_argument("--allocator", default=None,
@@ -92,7 +103,26 @@ def list_suites() -> int:
     return 0
 
 
+def check_writable_dir(d: str, what: str) -> str | None:
+    """None when `d` is (or can be made) a directory this process can write into, else the reason."""
+    path = Path(d)
+    if path.exists() and not path.is_dir():
+        return f"{what} {d} is a file, not a directory"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create {what} {d}: {exc.strerror or exc}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{what} {d} is not writable"
+    return None
+
+
 def kernels_report(out: str | None) -> int:
+    if out is not None:                                  # before minutes of collecting, not after
+        problem = check_writable_dir(out, "--out")
+        if problem:
+            print(f"bench.py: error: {problem}", file=sys.stderr)
+            return 2
     try:
         mod = importlib.import_module("harness.kernels_report")
     except ImportError as exc:
@@ -182,8 +212,7 @@ def resolve(args: argparse.Namespace):
         for v in variants:
             if v not in known:
                 raise UsageError(f"unknown variant {v!r}; choose from: {', '.join(known)}")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError("--threads must be at least 1")
+    budget, worker_memory = check_numbers(args)
 
     if args.model is not None:       # the model suite reads it (also in worker processes) from KB_MODEL
         from models.zoo import ModelError, resolve as resolve_model
@@ -200,16 +229,13 @@ def resolve(args: argparse.Namespace):
         for name in reset_peaks:
             if name not in PROBES:
                 raise UsageError(f"unknown probe {name!r} in --reset-peaks; choose from: all, {', '.join(PROBES)}")
-
-    budget = args.budget if args.budget is not None else (3.0 if args.mode == "full" else 1.0)
-    if budget <= 0:
-        raise UsageError("--budget must be positive")
     opts = RunOptions(suites=suites, device=device, dtypes=dtypes, mode=args.mode, filters=_split(args.filter),
                       variants=variants, seed=args.seed, out=Path(args.out) if args.out else None,
                       threads=args.threads,
                       timing=TimingConfig(budget_s=budget, target_rel_ci=args.target_ci, cold=args.cold,
                                           cuda_graph=args.cuda_graph),
-                      progress=not args.no_progress, reset_peaks=reset_peaks,
+                      progress=not args.no_progress, isolate=not args.no_isolate, row_timeout=args.row_timeout,
+                      worker_memory=worker_memory, resume=args.resume, reset_peaks=reset_peaks,
                       auto_peak=not args.no_auto_peak and os.environ.get("KB_AUTO_PEAK", "1") != "0")
     plan = build_plan(opts)
     if not plan:
@@ -219,21 +245,91 @@ def resolve(args: argparse.Namespace):
     return opts, plan
 
 
+def check_numbers(args: argparse.Namespace) -> tuple[float, int | None]:
+    """The numeric options, finite and in range (UsageError otherwise), without importing torch.
+    Returns the timing budget and the worker memory limit in bytes (None: the default)."""
+    from harness.registry import UsageError
+    if args.threads is not None and not 1 <= args.threads <= 4096:
+        raise UsageError(f"--threads must be between 1 and 4096, not {args.threads}")
+    if not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed must be between 0 and 2**63-1, not {args.seed}")
+    budget = args.budget if args.budget is not None else (3.0 if args.mode == "full" else 1.0)
+    _number("--budget", budget, 0, 86400, "seconds", low_open=True)
+    _number("--target-ci", args.target_ci, 0, 1, "a fraction such as 0.01", low_open=True, high_open=True)
+    if args.row_timeout is not None:
+        _number("--row-timeout", args.row_timeout, 0, 7 * 86400, "seconds", low_open=True)
+    worker_memory = None
+    if args.worker_memory is not None:
+        _number("--worker-memory", args.worker_memory, 0, 1 << 20, "GiB")
+        if 0 < args.worker_memory < 0.5:
+            raise UsageError(f"--worker-memory {args.worker_memory:g} GiB is too small to import torch; "
+                             "give at least 0.5, or 0 for no limit")
+        worker_memory = int(args.worker_memory * 2**30)
+    if args.no_isolate and (args.row_timeout is not None or args.worker_memory is not None):
+        raise UsageError("--row-timeout and --worker-memory apply to isolated workers; drop --no-isolate")
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out DIR (the run to continue)")
+    return budget, worker_memory
+
+
+def _number(opt: str, x: float, lo: float, hi: float, what: str, low_open: bool = False,
+            high_open: bool = False) -> None:
+    """A finite number within [lo, hi] (open ends where asked), else UsageError naming the option."""
+    from harness.registry import UsageError
+    ok = math.isfinite(x) and (x > lo if low_open else x >= lo) and (x < hi if high_open else x <= hi)
+    if not ok:
+        lo_s, hi_s = ("(" if low_open else "["), (")" if high_open else "]")
+        raise UsageError(f"{opt} must be a finite number in {lo_s}{lo:g}, {hi:g}{hi_s} ({what}), not {x!r}")
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    opts, plan = resolve(args)
-    from harness.runner import Runner
+    _, worker_memory = check_numbers(args)
+    from harness.worker import WorkerPool, worker_spec
+    pool = None
+    if not args.no_isolate and args.device == "cuda":
+        # A CUDA worker starts first, as a fresh interpreter: its imports overlap this process's own.
+        pool = WorkerPool(worker_spec(args.device, args.threads, worker_memory))
+    try:
+        opts, plan = resolve(args)
+        if opts.isolate and pool is None:
+            # CPU: fork this process now that torch and the suites are imported (no second import; no thread
+            # started yet). A CUDA device picked by "auto": a fresh interpreter (CUDA does not survive fork).
+            pool = WorkerPool(worker_spec(opts.device, opts.threads, worker_memory,
+                                          start="fork" if opts.device == "cpu" else "exec"))
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
+    from harness.runner import Runner, _signals_as_interrupts
     from harness.ui import console, out_console, results_table
 
-    runner = Runner(opts, argv)
-    for w in runner.writer.manifest.get("system_warnings") or []:
-        console.print(f"[yellow]warning: {w}[/]")
-    console.print(f"[bold]run {runner.run_id}[/]: {len(plan)} rows on {runner.keys['device_name']} -> "
-                  f"{runner.writer.dir}")
-    code = runner.run(plan)
+    with _signals_as_interrupts():           # SIGTERM/SIGHUP while starting up: exit 128+signal too
+        runner = Runner(opts, argv, pool)
+        try:
+            for w in runner.writer.manifest.get("system_warnings") or []:
+                console.print(f"[yellow]warning: {w}[/]")
+            resumed = f", {runner.resumed_rows} kept from the interrupted run" if opts.resume else ""
+            console.print(f"[bold]run {runner.run_id}[/]: {len(plan)} rows on {runner.keys['device_name']} -> "
+                          f"{runner.writer.dir}{resumed}")
+            code = runner.run(plan)
+        finally:
+            runner.close()
     rows = runner.writer.rows
     out_console.print(results_table(rows, title=f"{runner.run_id} ({opts.mode})"))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "incorrect", "error", "skipped")}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; results in {runner.writer.dir}")
-    if code == 130:
-        console.print(f"[yellow]interrupted: {len(rows)} rows kept in {runner.writer.dir}[/]")
+    if runner.stop_reason:
+        print(f"bench.py: error: {runner.stop_reason}", file=sys.stderr)
+    elif code > 128:
+        saved = len(rows)
+        console.print(f"[yellow]interrupted ({_signame(code - 128)}): {saved} rows kept in {runner.writer.dir}; "
+                      f"--resume --out {runner.writer.dir} continues it[/]")
     return code
+
+
+def _signame(sig: int) -> str:
+    import signal
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.result_sets import results_root
+
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["backend", "kernel", "arch", "registers", "spill_stores_bytes", "spill_loads_bytes",
            "smem_static_bytes", "smem_dynamic_bytes", "threads_per_block", "occupancy",
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.py --kernels-report", description=__doc__.splitlines()[0])
     ap.add_argument("--build-dir", default=os.environ.get("KB_BUILD_DIR") or str(REPO / "build"),
                     help="CMake build directory holding lib/libkb_cuda.so (default: build/)")
-    ap.add_argument("--out", default=str(REPO / "results"),
+    ap.add_argument("--out", default=str(results_root()),
                     help="directory for kernels_report.csv and kernels_report.parquet (default: results/)")
     args = ap.parse_args(argv)
     df = collect(args.build_dir)

@@ -25,6 +25,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness.result_sets import results_root
 from harness.results import atomic_write
 
 DATASHEET: list[tuple[str, dict[str, float]]] = [
@@ -48,7 +49,7 @@ DATASHEET: list[tuple[str, dict[str, float]]] = [
     ("T4",          {"bw_gbs": 320, "float32": 8.1, "float16": 65.0}),
 ]
 
-PEAKS_DIR = Path(os.environ.get("KB_PEAKS_DIR", Path(__file__).resolve().parent.parent / "results" / "peaks"))
+PEAKS_DIR = Path(os.environ.get("KB_PEAKS_DIR") or results_root() / "peaks")   # results root: $KB_RESULTS_DIR
 
 # Probes whose figures may be stored: name -> (ceiling kind, unit, what it measures). A ceiling of kind "bw"
 # is the memory bandwidth (GB/s); "compute" ceilings are per dtype (TFLOP/s; int8: tera-ops/s).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -151,6 +152,7 @@ class Suite:
     # (case, variant name) -> False leaves the pair out of the plan altogether (a probe with no torch form);
     # unlike a Requires check, which makes a `skipped` row.
     applies: Callable[[Case, str], bool] | None = None
+    ref: str | None = None                   # "module:attribute" a worker process imports it by (set on load)
 
     def __post_init__(self) -> None:
         self._cases: dict[str, list[dict]] = {m: [] for m in MODES}
@@ -243,16 +245,21 @@ _SUITES: dict[str, Suite] = {}
 
 
 def all_suites() -> dict[str, Suite]:
-    """Import every module of suites/ and return its SUITE objects by name (sorted)."""
+    """Import every module of suites/ and return its SUITE objects by name (sorted).
+
+    `$KB_EXTRA_SUITES` (comma-separated module names, e.g. `tests.faulty_suite`) adds suites defined
+    elsewhere: the tests register a suite of crashing and hanging variants this way."""
     if not _SUITES:
         import suites as pkg
-        for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-            if mod.name.startswith("_"):
-                continue
-            module = importlib.import_module(f"suites.{mod.name}")
+        names = [f"suites.{m.name}" for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name)
+                 if not m.name.startswith("_")]
+        names += [n.strip() for n in os.environ.get("KB_EXTRA_SUITES", "").split(",") if n.strip()]
+        for name in names:
+            module = importlib.import_module(name)
             suite = getattr(module, "SUITE", None)
             if isinstance(suite, Suite):
                 suite.check_complete()
+                suite.ref = suite.ref or f"{name}:SUITE"
                 _SUITES[suite.name] = suite
     return dict(_SUITES)
 

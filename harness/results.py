@@ -10,6 +10,7 @@ import datetime as _dt
 import json
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,10 +30,20 @@ STATUSES = ("ok", "incorrect", "error", "skipped")
 
 
 def atomic_write(path: Path, write) -> None:
-    """`write(tmp)` then rename over `path`: readers see the old file or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """`write(tmp)` then rename over `path`: readers see the old file or the new one, never a torn one.
+
+    The temporary name is unique to this process and call (concurrent writers never share one), and it is
+    removed when the write fails (a full disk leaves the old file, not a half-written temporary)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 def param_column(name: str) -> str:
@@ -53,10 +64,12 @@ def to_frame(rows: Iterable[dict[str, Any]], extra_columns: Iterable[str] = ()) 
 
 
 class ResultWriter:
-    def __init__(self, out_dir: Path, manifest: dict[str, Any], extra_columns: Iterable[str] = ()):
+    def __init__(self, out_dir: Path, manifest: dict[str, Any], extra_columns: Iterable[str] = (),
+                 rows: Iterable[dict[str, Any]] = ()):
+        """`rows`: those already in the directory (a resumed run); they are kept and written again."""
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = list(rows)
         self.extra = list(extra_columns)
         self.manifest = dict(manifest)
         self.write_manifest()

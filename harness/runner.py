@@ -2,30 +2,39 @@
 
 Order per case: the baseline variant first, so every later row gets its speedup. A variant is timed only
 after its output on fresh, seeded inputs (poisoned outputs) matched the float64 reference; the timing runs
-on other fresh inputs. Every outcome is a row: `ok`, `incorrect` (with the worst mismatches), `error`
-(the exception; traceback in errors.log) or `skipped` (the missing requirement). Rows are written as they
-come, so Ctrl-C keeps everything measured so far.
+on other fresh inputs (harness/row.py, `measure_row`). Every outcome is a row: `ok`, `incorrect` (with the
+worst mismatches), `error` (the exception, a crash, a timeout; details in errors.log) or `skipped` (the
+missing requirement).
+
+Isolation (the default): rows are measured in a worker process (harness/worker.py), reused across rows and
+replaced after a failure, so a segfault, an abort, a hang (`row_timeout`) or an over-allocation costs one
+`error` row. `isolate=False` (`--no-isolate`) measures in this process through the same `measure_row`.
+
+Rows are written as they come (results.py), into a directory this run owns (rundir.py: unique run ids,
+`--out` never overwrites, `--resume` skips rows already measured). Ctrl-C, SIGTERM and SIGHUP keep every
+row measured so far and mark the manifest interrupted with the signal (exit 128+signal); a full disk stops
+the run with the rows already written intact (exit 1).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import fnmatch
-import time
-import traceback
-import zlib
+import json
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from harness import env, peaks, telemetry
-from harness.check import compare
-from harness.registry import Case, Skip, Suite, Variant
+from harness import env, peaks, rundir, telemetry
+from harness.registry import Case, Suite, UsageError, Variant
 from harness.results import ResultWriter, param_column
-from harness.timing import CacheFlusher, TimingConfig, measure, sync
-
+from harness.row import RowContext, configure_compile, derive_seed, measure_row  # noqa: F401 (derive_seed: API)
+from harness.timing import TimingConfig
+from harness.worker import WorkerPool, default_memory_limit, suite_ref, task_for, worker_spec
 
 
 @dataclass
@@ -48,13 +57,12 @@ class RunOptions:
     threads: int | None = None
     timing: TimingConfig = field(default_factory=TimingConfig)
     progress: bool = True
+    isolate: bool = True                 # measure in worker processes (False: in this process)
+    row_timeout: float | None = None     # seconds per row in a worker; None: default_row_timeout(budget)
+    worker_memory: int | None = None     # bytes (RLIMIT_DATA) per worker; None: 3/4 of RAM on CPU; 0: none
+    resume: bool = False                 # continue the run in `out`, skipping rows it already has
     reset_peaks: list[str] | None = None  # None: keep the stored peaks; []: forget all; [probe...]: those
     auto_peak: bool = True                # no ceiling known for this device: measure one first (seconds)
-
-
-def derive_seed(seed: int, *parts: Any) -> int:
-    """A distinct, reproducible seed per (case, variant, purpose): fresh inputs for every check."""
-    return (seed * 1_000_003 + zlib.crc32("/".join(map(str, parts)).encode())) % (2**63 - 1)
 
 
 def _match(pattern: str, name: str) -> bool:
@@ -85,47 +93,110 @@ def build_plan(opts: RunOptions) -> list[Plan]:
     return plan
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+def settings_of(opts: RunOptions, device_name: str) -> dict[str, Any]:
+    """What must be equal for two sessions' rows to belong to one run (checked by --resume)."""
+    return {"device": opts.device, "device_name": device_name, "seed": opts.seed,
+            "threads": torch.get_num_threads() if opts.device == "cpu" else None,
+            "timing": dataclasses.asdict(opts.timing)}
 
 
-def configure_compile() -> None:
-    """torch.compile variants recompile once per case shape; dynamo's default limit (8) would silently fall
-    back to eager for the later cases of a --full run and misreport them. Raise the limit, and make a hit
-    an error (an `error` row) rather than a silent fallback."""
-    try:
-        import torch._dynamo.config as dcfg
-    except ImportError:   # pragma: no cover
-        return
-    for name, value in (("recompile_limit", 512), ("accumulated_recompile_limit", 8192),
-                        ("fail_on_recompile_limit_hit", True)):
-        if hasattr(dcfg, name):
-            setattr(dcfg, name, value)
+def row_key(row: dict[str, Any]) -> tuple:
+    return tuple(str(row.get(k)) for k in ROW_KEY)
+
+
+ROW_KEY = ("suite", "case", "variant", "dtype", "device")   # with the run's settings: one measurement
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C (SIGINT): rows kept, the manifest says which signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class DiskFull(Exception):
+    """The results could not be written (ENOSPC, EIO...): the run stops, what was written stays valid."""
 
 
 class Runner:
-    def __init__(self, opts: RunOptions, argv: list[str]):
+    def __init__(self, opts: RunOptions, argv: list[str], pool: WorkerPool | None = None):
+        """`pool`: a worker pool started earlier for these options (bench.py starts it before importing the
+        suites, so that the worker's start-up overlaps its own); by default one is started here."""
         self.opts = opts
         configure_compile()
         self.device = opts.device
         if opts.threads:
             torch.set_num_threads(opts.threads)
-        self.run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{self.device}"
-        out = opts.out or (env.ROOT / "results" / self.run_id)
+        self.pool: WorkerPool | None = None
+        if opts.worker_memory is None:
+            self.memory_limit = default_memory_limit(self.device)
+        else:
+            self.memory_limit = opts.worker_memory or None          # 0: no limit
+        if opts.isolate:
+            for suite in opts.suites:
+                try:
+                    suite_ref(suite)
+                except ValueError as exc:
+                    if pool is not None:
+                        pool.close()
+                    raise UsageError(str(exc)) from None
+            self.pool = pool or WorkerPool(worker_spec(opts.device, opts.threads, opts.worker_memory))
+        try:
+            self._open(opts, argv)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, opts: RunOptions, argv: list[str]) -> None:
+        self.rundir = rundir.claim(opts.out, self.device, opts.resume)
         manifest = env.manifest(self.device, argv)
+        settings = settings_of(opts, manifest["device_name"])
+        prev = self.rundir.manifest
+        if prev is not None:
+            old = prev.get("settings") or {}
+            diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != _jsonish(settings.get(k))]
+            if diff:
+                raise UsageError(f"--resume: {opts.out} was measured with other settings ("
+                                 + "; ".join(f"{k}: {old.get(k)} then, {_jsonish(settings.get(k))} now"
+                                             for k in diff) + "); use a new --out")
+        self.run_id = self.rundir.run_id or rundir.new_run_id(self.device)
+        self.resumed_rows = len(self.rundir.rows)
         manifest.update(run_id=self.run_id, mode=opts.mode, seed=opts.seed,
-                        suites=[s.name for s in opts.suites], timing=vars(opts.timing))
+                        suites=[s.name for s in opts.suites], timing=vars(opts.timing), settings=settings,
+                        isolation={"isolated": opts.isolate, "row_timeout_s": self.row_timeout(),
+                                   "worker_memory_bytes": self.memory_limit if opts.isolate else None})
+        if prev is not None:   # keep the first session's record, append this one
+            sessions = prev.get("sessions") or [{k: prev.get(k) for k in ("command", "started", "commit")}]
+            sessions.append({"command": manifest["command"], "started": manifest["started"],
+                             "commit": manifest["commit"], "rows_before": self.resumed_rows})
+            manifest = {**prev, **{k: v for k, v in manifest.items() if k not in ("started", "command", "argv")},
+                        "sessions": sessions}
+            manifest.pop("finished", None)
         self.sampler = telemetry.make_sampler(self.device)     # never raises; empty columns where unreadable
         manifest["telemetry"] = self.sampler.info()
-        self.writer = ResultWriter(Path(out), manifest, telemetry.TELEMETRY_COLUMNS)
+        try:
+            self.writer = ResultWriter(self.rundir.path, manifest, telemetry.TELEMETRY_COLUMNS, self.rundir.rows)
+        except OSError as exc:                                  # checked before anything is measured
+            raise UsageError(f"cannot write to {self.rundir.path}: {exc.strerror or exc}") from None
         self.keys = env.row_keys(manifest)
         self.peaks = self._choose_peaks(opts)
         self.writer.write_manifest(peaks=self.peaks.manifest())   # what every row's % peak is against (report)
         self.baseline_ms: dict[tuple, float] = {}
-        self.flusher: CacheFlusher | None = None
+        for r in self.rundir.rows:                               # speedups of resumed cases
+            s = next((s for s in opts.suites if s.name == r.get("suite")), None)
+            if s is not None and r.get("variant") == s.baseline and r.get("status") == "ok":
+                self.baseline_ms[(r["suite"], r["case"], r["dtype"])] = float(r["median_ms"])
         self.errors_log = self.writer.dir / "errors.log"
-        self.telemetry_entries: list = []     # (row keys, measurement): the samples over time
+        self.telemetry_entries: list = [({}, _Recorded(self.rundir.telemetry))] if self.rundir.telemetry else []
+        self.ctx = RowContext(self.device, opts.seed, opts.timing, self.sampler)
+
+    def row_timeout(self) -> float | None:
+        if not self.opts.isolate:
+            return None
+        if self.opts.row_timeout is not None:
+            return self.opts.row_timeout
+        return default_row_timeout(self.opts.timing.budget_s)
 
     def _choose_peaks(self, opts: RunOptions) -> peaks.PeakChoice:
         """The ceilings of this run (harness/peaks.py chooses); on a first run with none known, a quick probe."""
@@ -142,110 +213,180 @@ class Runner:
         return choice
 
     # ---- one (case, variant) ----------------------------------------------------------------------------
-    def run_one(self, p: Plan) -> dict[str, Any]:
+    def base_row(self, p: Plan) -> dict[str, Any]:
         suite, case, v = p.suite, p.case, p.variant
         flops, nbytes = suite.work(case)
         row: dict[str, Any] = dict(run_id=self.run_id, suite=suite.name, case=case.name, variant=v.name,
                                    device=self.device, dtype=case.dtype_name, flops=flops, bytes=nbytes,
-                                   threads=torch.get_num_threads() if self.device == "cpu" else None,
                                    cold=bool(case.get("cold", suite.cold)),
                                    cuda_graph=bool(self.opts.timing.cuda_graph and self.device == "cuda"),
                                    **self.keys)
         for k, val in case.params.items():
             row[param_column(k)] = val
-        missing = v.requires.missing(case)
-        if missing:
-            return {**row, "status": "skipped", "reason": missing}
-        try:
-            return self._check_and_time(suite, case, v, row, flops, nbytes)
-        except Skip as exc:
-            return {**row, "status": "skipped", "reason": str(exc)}
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:   # a failing kernel is a row, and the run goes on
-            with open(self.errors_log, "a") as f:
-                f.write(f"--- {suite.name} / {case.name} / {v.name} / {case.dtype_name}\n")
-                f.write(traceback.format_exc())
-            if self.device == "cuda":
-                torch.cuda.empty_cache()
-            return {**row, "status": "error", "reason": _first_line(exc)}
-
-    def _check_and_time(self, suite: Suite, case: Case, v: Variant, row: dict, flops: float,
-                        nbytes: float) -> dict[str, Any]:
-        # 1. Correctness on fresh inputs, poisoned outputs, against the float64 reference.
-        inputs = suite.make_inputs(case, derive_seed(self.opts.seed, suite.name, case.name, case.dtype_name,
-                                                     v.name, "check"))
-        ref = suite.compute_reference(case, inputs)
-        launcher = v.setup(case, **inputs)
-        t0 = time.perf_counter()
-        out = launcher()
-        sync(self.device)
-        first_call_s = time.perf_counter() - t0
-        atol, rtol = suite.tolerance(case)
-        res = compare(out, ref, atol, rtol)
-        row.update(max_abs_err=res.max_abs_err, max_rel_err=res.max_rel_err,
-                   compile_s=first_call_s if v.compiled else None)
-        if v.config is not None:
-            row["config"] = v.config(launcher)
-        del out, ref, launcher, inputs
-        if not res.ok:
-            return {**row, "status": "incorrect", "reason": res.message}
-
-        # 2. Timing on other fresh inputs (never a cached answer), setup outside the timed region.
-        inputs = suite.make_inputs(case, derive_seed(self.opts.seed, suite.name, case.name, case.dtype_name,
-                                                     v.name, "time"))
-        launcher = v.setup(case, **inputs)
-        cfg = self.opts.timing
-        if row["cold"] and not cfg.cold:
-            cfg = dataclasses.replace(cfg, cold=True)
-        flush = None
-        if cfg.cold:
-            self.flusher = self.flusher or CacheFlusher(self.device)
-            flush = self.flusher
-        with self.sampler.measure() as m:
-            stats = measure(launcher, self.device, cfg, flush)
-        row.update(m.summary(stats.n * stats.calls_per_sample))
-        row.update(stats.regime())                           # page faults, context switches per call
-        self.telemetry_entries.append((dict(run_id=self.run_id, suite=suite.name, case=case.name,
-                                            variant=v.name, dtype=case.dtype_name), m))
-        telemetry.write_timeseries(self.writer.dir, self.telemetry_entries)
-        sec = stats.median_ms / 1e3
-        row.update(status="ok", reason=None if stats.stop_reason != "budget" else
-                   f"time budget ended before the median's CI reached {cfg.target_rel_ci:.0%} "
-                   f"(reached {stats.rel_ci:.1%})",
-                   median_ms=stats.median_ms, p20_ms=stats.p20_ms, p80_ms=stats.p80_ms, min_ms=stats.min_ms,
-                   n=stats.n, cv=stats.cv, samples_ms=[float(x) for x in stats.samples_ms],
-                   tflops=flops / sec / 1e12 if flops else None, gbps=nbytes / sec / 1e9 if nbytes else None)
-        peak_dtype = case.dtype_name if suite.compute_class == "matmul" else "float32"
-        row.update(peaks.row_columns(self.peaks, flops, nbytes, sec, peak_dtype))
-        bkey = (suite.name, case.name, case.dtype_name)
-        if v.name == suite.baseline:
-            self.baseline_ms[bkey] = stats.median_ms
-        if bkey in self.baseline_ms:
-            row["speedup"] = self.baseline_ms[bkey] / stats.median_ms
-        row.update(suite.row_model_columns(case, launcher, row))     # tokens/s, memory, quality (model suites)
         return row
+
+    def run_one(self, p: Plan) -> dict[str, Any]:
+        """Measure one row (in a worker, or here with --no-isolate), log its failure, derive its figures."""
+        row = self.base_row(p)
+        if self.pool is not None:
+            outcome = self.pool.run(task_for(p.suite, p.case, p.variant, self.opts.seed, self.opts.timing),
+                                    self.row_timeout())
+            if "threads" not in outcome.fields and self.device == "cpu":
+                outcome.fields["threads"] = torch.get_num_threads()
+        else:
+            outcome = measure_row(p.suite, p.case, p.variant, self.ctx)
+        row.update(outcome.fields)
+        if outcome.status == "error":
+            self._log_error(p, row, outcome.traceback)
+        if outcome.status == "ok":
+            self.derive(row)
+            self.telemetry_entries.append((dict(run_id=self.run_id, suite=p.suite.name, case=p.case.name,
+                                                variant=p.variant.name, dtype=p.case.dtype_name),
+                                           _Recorded(outcome.timeseries)))
+            telemetry.write_timeseries(self.writer.dir, self.telemetry_entries)
+        return row
+
+    def _log_error(self, p: Plan, row: dict[str, Any], tb: str | None) -> None:
+        reason = str(row.get("reason") or "")
+        if self.memory_limit and self.pool is not None and any(
+                s in reason for s in ("can't allocate memory", "MemoryError", "bad_alloc", "Cannot allocate")):
+            row["reason"] = (reason + f" (worker memory limit {self.memory_limit / 2**30:.1f} GiB: "
+                             "--worker-memory)")[:500]
+        try:
+            with open(self.errors_log, "a") as f:
+                f.write(f"--- {p.suite.name} / {p.case.name} / {p.variant.name} / {p.case.dtype_name}: "
+                        f"{row.get('reason')}\n")
+                f.write(tb or "")
+                f.write("\n" if tb and not tb.endswith("\n") else "")
+        except OSError:
+            pass                                 # the row itself carries the reason
+
+    def derive(self, row: dict[str, Any]) -> None:
+        """Rates, roofline fractions and the speedup over the suite's baseline, from the measured median."""
+        flops, nbytes = row["flops"], row["bytes"]
+        sec = row["median_ms"] / 1e3
+        row.update(tflops=flops / sec / 1e12 if flops else None, gbps=nbytes / sec / 1e9 if nbytes else None)
+        suite = next(s for s in self.opts.suites if s.name == row["suite"])
+        peak_dtype = row["dtype"] if suite.compute_class == "matmul" else "float32"
+        row.update(peaks.row_columns(self.peaks, flops, nbytes, sec, peak_dtype))
+        bkey = (row["suite"], row["case"], row["dtype"])
+        if row["variant"] == suite.baseline:
+            self.baseline_ms[bkey] = row["median_ms"]
+        if bkey in self.baseline_ms:
+            row["speedup"] = self.baseline_ms[bkey] / row["median_ms"]
 
     # ---- the whole run -----------------------------------------------------------------------------------
     def run(self, plan: list[Plan], on_row: Callable[[dict], None] | None = None) -> int:
+        """Measure every row of `plan` not already in the run; returns the exit status (0, 128+signal, 1)."""
         from harness.ui import progress
-        interrupted = False
-        with progress(len(plan), enabled=self.opts.progress) as advance:
+        done = {row_key(r) for r in self.writer.rows}
+        todo = [p for p in plan if row_key(self.base_row(p)) not in done]
+        self.skipped_done = len(plan) - len(todo)
+        interrupted: int | None = None
+        stopped: str | None = None
+        with _signals_as_interrupts(), progress(len(todo), enabled=self.opts.progress) as advance:
             try:
-                for p in plan:
+                for p in todo:
                     advance(f"{p.suite.name} {p.case.name} {p.variant.name} {p.case.dtype_name}")
                     row = self.run_one(p)
-                    self.writer.add(row)
+                    try:
+                        self.writer.add(row)
+                    except OSError as exc:
+                        raise DiskFull(f"cannot write results to {self.writer.dir}: {exc.strerror or exc}; "
+                                       f"the row of {p.suite.name}/{p.case.name}/{p.variant.name} was not saved, "
+                                       f"the {len(self.writer.rows) - 1} rows before it are") from None
                     if on_row:
                         on_row(row)
-            except KeyboardInterrupt:
-                interrupted = True
+            except KeyboardInterrupt as exc:
+                interrupted = getattr(exc, "signum", signal.SIGINT)
+                _ignore_termination()       # a second SIGTERM must not cut the clean-up short
                 # Ctrl-C may land inside writer.add, after the row joined the list but before the files
                 # were replaced: write them again so the files hold every row measured.
-                self.writer.flush()
-        for suite in self.opts.suites:
-            if suite.after_run and not interrupted and self.opts.mode != "test":   # test shapes: no figures
-                suite.after_run([r for r in self.writer.rows if r["suite"] == suite.name], self.opts.mode)
-        self.writer.write_manifest(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                                   interrupted=interrupted, rows=len(self.writer.rows))
-        return 130 if interrupted else 0
+                try:
+                    self.writer.flush()
+                except OSError:
+                    pass
+            except DiskFull as exc:
+                stopped = str(exc)
+            finally:
+                self.close_workers()
+        if interrupted is None and stopped is None:
+            for suite in self.opts.suites:
+                if suite.after_run and self.opts.mode != "test":   # test shapes: no figures
+                    suite.after_run([r for r in self.writer.rows if r["suite"] == suite.name], self.opts.mode)
+        end = dict(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                   interrupted=interrupted is not None, rows=len(self.writer.rows) - (stopped is not None))
+        if interrupted is not None:
+            end["signal"] = signal.Signals(interrupted).name
+        if stopped is not None:
+            end["stopped"] = stopped
+        try:
+            self.writer.write_manifest(**end)
+        except OSError:
+            pass                            # a full disk: the manifest stays as it was; the terminal says why
+        self.stop_reason = stopped
+        if stopped is not None:
+            return 1
+        return 128 + interrupted if interrupted is not None else 0
+
+    def close_workers(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+    def close(self) -> None:
+        self.close_workers()
+        rd = getattr(self, "rundir", None)
+        if rd is not None:
+            rd.release()
+
+
+COMPILE_ALLOWANCE_S = 300.0     # torch.compile / Triton autotuning of one variant, plus the float64 check
+
+
+def default_row_timeout(budget_s: float) -> float:
+    """How long one row may take before its worker is killed: the compile allowance plus 3x the timing budget
+    (warm-up, the second set-up and a slow reference fit in that)."""
+    return COMPILE_ALLOWANCE_S + 3 * budget_s
+
+
+class _Recorded:
+    """Telemetry samples as the worker sent them (a Measurement cannot cross a process boundary)."""
+
+    def __init__(self, rows: list[dict[str, Any]]):
+        self.rows = rows
+
+    def timeseries(self, **keys: Any) -> list[dict[str, Any]]:
+        return [{**keys, **r} for r in self.rows]
+
+
+def _jsonish(v: Any) -> Any:
+    return json.loads(json.dumps(v))
+
+
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGTERM (CI cancellation, SLURM, kill) and SIGHUP (closed terminal) raise Interrupted, like Ctrl-C."""
+    def handler(signum, frame):
+        raise Interrupted(signum)
+    old = {}
+    try:
+        for sig in _TERMINATING:
+            old[sig] = signal.signal(sig, handler)
+    except ValueError:                       # not the main thread: leave signals alone
+        pass
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _ignore_termination() -> None:
+    try:
+        for sig in _TERMINATING:
+            signal.signal(sig, signal.SIG_IGN)
+    except ValueError:
+        pass

@@ -7,6 +7,7 @@ import sys
 from typing import Iterable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -55,7 +56,7 @@ def results_table(rows: Iterable[dict], title: str = "") -> Table:
         st = r["status"]
         status = f"[{STATUS_STYLE.get(st, '')}]{st}[/]"
         if st != "ok" and r.get("reason"):
-            status += f" [dim]{str(r['reason'])[:70]}[/]"
+            status += f" [dim]{escape(str(r['reason'])[:70])}[/]"   # reasons hold [brackets]: not markup
         if r.get("throttled") is True:          # measured while the GPU was held back by power or heat
             status += f" [yellow]throttled {r.get('throttle_reasons') or ''}[/]"
         key = (r["suite"], r["case"], r["dtype"])

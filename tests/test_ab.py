@@ -83,7 +83,7 @@ class _FakeSide:
 
 def _row(base, cur, rounds=4, sides=None):
     slots = []
-    sides = sides or {"base": _FakeSide(base), "current": _FakeSide(cur)}
+    sides = sides or {"base": [_FakeSide(base)], "current": [_FakeSide(cur)]}
     res = AB.measure_row({"base": 0, "current": 0}, 0, {"suite": "s"}, sides, rounds, 0.01, 0, slots)
     return res, slots
 
@@ -94,10 +94,15 @@ def test_measure_row_outcomes():
     res, slots = _row(ok, ok)
     assert res["_stats"].df == 3 and len(slots) == 8 and {s["order"] for s in slots} == {0, 1}
     assert [s["side"] for s in slots[:4]] == ["base", "current", "current", "base"]     # ABBA
-    sides = {"base": _FakeSide(ok), "current": _FakeSide(ok)}
+    sides = {"base": [_FakeSide(ok)], "current": [_FakeSide(ok)]}
     _row(ok, ok, sides=sides)
-    for side in sides.values():                      # checked once, then a fresh launcher every later round
-        assert side.ops == ["prepare", "measure"] + ["rebuild", "measure"] * 3 + ["release"]
+    for pool in sides.values():                      # checked once, then a fresh launcher every later round
+        assert pool[0].ops == ["prepare", "measure"] + ["rebuild", "measure"] * 3 + ["release"]
+    pools = {"base": [_FakeSide(ok) for _ in range(3)], "current": [_FakeSide(ok) for _ in range(3)]}
+    _row(ok, ok, rounds=6, sides=pools)              # round r in worker r % 3: process state sampled per round
+    for pool in pools.values():
+        assert [w.ops.count("measure") for w in pool] == [2, 2, 2]
+        assert all(w.ops[0] == "prepare" and w.ops.count("prepare") == 1 for w in pool)
     died = AB.WorkerDied("current worker died (exit -11)")
     assert _row(ok, {**ok, "measure": died})[0]["verdict"] == "broken"
     assert "died" in _row(ok, {**ok, "prepare": died})[0]["note"]

@@ -12,7 +12,7 @@ BAD = [
     (["--suite", "softmax", "--filter", "no-such-case"], "nothing to run matching --filter"),
     (["--suite", "all,softmax"], "--suite all cannot be combined"),
     (["--quick", "--full"], "not allowed with argument"),
-    (["--threads", "0"], "--threads must be at least 1"),
+    (["--threads", "0"], "--threads must be between 1 and 4096"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["gate", "--bogus"], ""),
 ]

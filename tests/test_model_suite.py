@@ -19,8 +19,11 @@ def runner(tmp_path_factory):
     suites = all_suites()
     opts = RunOptions(suites=[suites["model"], suites["softmax"]], device="cpu", dtypes=None, mode="test",
                       out=tmp_path_factory.mktemp("model-suite"),
-                      timing=TimingConfig(budget_s=0.01, min_samples=2), progress=False)
-    return Runner(opts, [])
+                      timing=TimingConfig(budget_s=0.01, min_samples=2), progress=False,
+                      isolate=False)          # in this process, so the tests can break a variant on purpose
+    runner = Runner(opts, [])
+    yield runner
+    runner.close()
 
 
 def _rows(runner, variant, dtype="float32"):

@@ -151,7 +151,7 @@ def test_first_run_measures_a_ceiling_and_every_row_names_it(tmp_path, monkeypat
     s.reference(lambda case, x: x + 1)
     s.variant("add")(lambda case, x: (lambda: x + 1))
     opts = RunOptions(suites=[s], device="cpu", dtypes=["float32"], mode="quick", out=tmp_path / "run",
-                      timing=TimingConfig(budget_s=0.05, min_samples=3), progress=False)
+                      timing=TimingConfig(budget_s=0.05, min_samples=3), progress=False, isolate=False)
     t0 = time.perf_counter()
     runner = Runner(opts, [])
     took = time.perf_counter() - t0

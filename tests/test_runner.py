@@ -60,7 +60,7 @@ def make_suite():
 def toy_run(tmp_path):
     suite, seen = make_suite()
     opts = RunOptions(suites=[suite], device="cpu", dtypes=["float32"], mode="test", out=tmp_path / "run",
-                      timing=TimingConfig(budget_s=0.05, min_samples=3), progress=False)
+                      timing=TimingConfig(budget_s=0.05, min_samples=3), progress=False, isolate=False)
     runner = Runner(opts, ["--suite", "toy"])
     assert runner.run(build_plan(opts)) == 0
     return runner, seen, tmp_path / "run"
@@ -140,7 +140,8 @@ def test_ctrl_c_inside_a_write_keeps_that_row(tmp_path):
     """SIGINT landing in writer.add, after the row joined the list but before the files were replaced."""
     suite, _ = make_suite()
     opts = RunOptions(suites=[suite], device="cpu", dtypes=["float32"], mode="test", out=tmp_path,
-                      variants=["good", "fast"], timing=TimingConfig(budget_s=0.02, min_samples=2), progress=False)
+                      variants=["good", "fast"], timing=TimingConfig(budget_s=0.02, min_samples=2), progress=False,
+                      isolate=False)
     runner = Runner(opts, [])
     real_flush, calls = runner.writer.flush, []
 

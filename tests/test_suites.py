@@ -17,8 +17,10 @@ PARAMS = [(s, v, d) for s in SUITES.values() for v in s.variants for d in ("floa
 def runner(tmp_path_factory):
     opts = RunOptions(suites=list(SUITES.values()), device="cpu", dtypes=None, mode="test",
                       out=tmp_path_factory.mktemp("suites"), timing=TimingConfig(budget_s=0.01, min_samples=2),
-                      progress=False)
-    return Runner(opts, [])
+                      progress=False)             # isolated (the default): rows measured in a worker, as bench.py does
+    runner = Runner(opts, [])
+    yield runner
+    runner.close()
 
 
 @pytest.mark.parametrize("suite,variant,dtype", PARAMS, ids=[f"{s.name}-{v}-{d}" for s, v, d in PARAMS])

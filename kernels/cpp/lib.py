@@ -225,7 +225,7 @@ def load(path: str | Path | None = None) -> KbCpp | None:
             try:
                 _LIB = KbCpp(p)
             except Exception as exc:  # a stale or foreign build: say so, do not crash the suite
-                _LOAD_ERROR = f"{BUILD_HINT} (loading {p} failed: {exc})"
+                _LOAD_ERROR = f"C++ kernels built but not loadable: {p}: {exc}"
     return _LIB
 
 
@@ -241,7 +241,8 @@ def missing_reason(case=None) -> str | None:
     if torch is None:
         return "torch is not importable"
     if load() is None:
-        return BUILD_HINT
+        # "not built" only when it is not; a library that is there but does not load: the loader's own words
+        return _LOAD_ERROR if _LOAD_ERROR and not _LOAD_ERROR.startswith(BUILD_HINT) else BUILD_HINT
     if case is not None and getattr(case, "device", "cpu") != "cpu":
         return "C++ kernels run on the CPU only"
     if _LIB.dll.kb_cpp_isa() == 0:

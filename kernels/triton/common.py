@@ -50,7 +50,10 @@ try:  # one guard for the whole backend; a missing triton never breaks an import
     TRITON_VERSION = triton.__version__
     # the mode triton was imported in (see the module docstring), read off triton.language itself
     INTERPRETED = isinstance(tl.sum, InterpretedFunction)
-except Exception:  # pragma: no cover - exercised only where triton is absent
+except Exception as _exc:  # pragma: no cover - exercised only where triton is absent or broken
+    # the import's own words: "not installed" only when it is not (a broken install says why)
+    TRITON_IMPORT_ERROR = ("triton is not installed" if isinstance(_exc, ModuleNotFoundError)
+                           and _exc.name == "triton" else f"triton failed to import: {type(_exc).__name__}: {_exc}")
     triton = None
     tl = None
     InterpretedFunction = ()
@@ -70,7 +73,7 @@ def missing_reason(case) -> str | None:
 
     The `Requires.check` of every Triton variant: None when the case can run, else why not."""
     if not HAS_TRITON:
-        return "triton is not installed"
+        return TRITON_IMPORT_ERROR
     device = str(getattr(case, "device", "cpu"))
     if device.startswith("cuda"):
         if INTERPRETED:
