@@ -1,4 +1,4 @@
-"""The softmax and norm suites as pytest-benchmark tests: an example of harness.pytest_bench.
+"""The softmax, RMSNorm and LayerNorm suites as pytest-benchmark tests: an example of harness.pytest_bench.
 
     pytest benchmarks/ --benchmark-autosave                          # store a run in .benchmarks/
     pytest benchmarks/ --benchmark-compare --benchmark-compare-fail=median:5%   # fail on a 5% slowdown
@@ -16,6 +16,11 @@ def test_softmax(benchmark, item):
     run_case(benchmark, item)
 
 
-@pytest.mark.parametrize("item", bench_params("norm"))
-def test_norm(benchmark, item):
+@pytest.mark.parametrize("item", bench_params("rmsnorm"))
+def test_rmsnorm(benchmark, item):
+    run_case(benchmark, item)
+
+
+@pytest.mark.parametrize("item", bench_params("layernorm"))
+def test_layernorm(benchmark, item):
     run_case(benchmark, item)

@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     size.add_argument("--full", action="store_const", dest="mode", const="full", help="the full shape set")
     size.add_argument("--test-shapes", action="store_const", dest="mode", const="test",
                       help="the odd correctness shapes")
+    p.add_argument("--shape", action="append", default=None, metavar="NAME=V,...",
+                   help="run these case parameters instead of the declared shapes (repeatable), e.g. "
+                   "--shape rows=8,cols=393216; attention: causal_align=bottom-right")
     p.add_argument("--filter", default=None,
                    help="keep cases or variants whose name contains one of these (comma-separated; globs ok)")
     p.add_argument("--variant", default=None, help="run only these variants (comma-separated exact names)")
@@ -170,7 +173,7 @@ def resolve(args: argparse.Namespace):
     import torch
 
     from harness import env, inject
-    from harness.registry import DTYPES, UsageError, all_suites, dtype_name, get_suite
+    from harness.registry import DTYPES, UsageError, all_suites, dtype_name, get_suites
     from harness.runner import RunOptions, build_plan
     from harness.timing import TimingConfig
 
@@ -183,7 +186,7 @@ def resolve(args: argparse.Namespace):
     names = _split(args.suite) or ["attention"]
     if "all" in names and len(names) > 1:
         raise UsageError("--suite all cannot be combined with other suite names")
-    suites = list(suites_all.values()) if names == ["all"] else [get_suite(n) for n in names]
+    suites = list(suites_all.values()) if names == ["all"] else [s for n in names for s in get_suites(n)]
 
     device = args.device
     if device == "auto":
@@ -205,6 +208,12 @@ def resolve(args: argparse.Namespace):
         if not any(d in s.dtypes for s in suites for d in dtypes):
             raise UsageError(f"dtype {', '.join(dtypes)} not supported by {', '.join(s.name for s in suites)}; "
                              f"choose from: {', '.join(supported)}")
+
+    mode = args.mode
+    if args.shape:
+        from harness import shapes
+        shapes.apply(suites, args.shape)
+        mode = "shape"
 
     variants = _split(args.variant) or None
     if variants:
@@ -229,7 +238,7 @@ def resolve(args: argparse.Namespace):
         for name in reset_peaks:
             if name not in PROBES:
                 raise UsageError(f"unknown probe {name!r} in --reset-peaks; choose from: all, {', '.join(PROBES)}")
-    opts = RunOptions(suites=suites, device=device, dtypes=dtypes, mode=args.mode, filters=_split(args.filter),
+    opts = RunOptions(suites=suites, device=device, dtypes=dtypes, mode=mode, filters=_split(args.filter),
                       variants=variants, seed=args.seed, out=Path(args.out) if args.out else None,
                       threads=args.threads,
                       timing=TimingConfig(budget_s=budget, target_rel_ci=args.target_ci, cold=args.cold,

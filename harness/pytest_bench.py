@@ -80,16 +80,10 @@ def _resolve(item: BenchItem):
 
 
 def check_case(suite, case, variant, seed: int = 0):
-    """The variant's output on fresh seeded inputs against the float64 reference (as bench.py checks)."""
-    from harness.check import compare
-    from harness.runner import derive_seed
-    from harness.timing import sync
-    inputs = suite.make_inputs(case, derive_seed(seed, suite.name, case.name, case.dtype_name, variant.name, "check"))
-    ref = suite.compute_reference(case, inputs)
-    out = variant.setup(case, **inputs)()
-    sync(case.device)
-    atol, rtol = suite.tolerance(case)
-    return compare(out, ref, atol, rtol)
+    """The variant's output on fresh seeded inputs against the float64 reference (harness.check.check_variant,
+    the check bench.py runs)."""
+    from harness.check import check_variant
+    return check_variant(suite, case, variant, seed).result
 
 
 def _jsonable(v: Any) -> Any:
@@ -104,7 +98,7 @@ def run_case(benchmark, item: BenchItem, seed: int = 0, rounds: int | None = Non
     """Check `item`, then time it with pytest-benchmark's `benchmark` fixture; returns the last output."""
     from harness import telemetry
     from harness.registry import Skip
-    from harness.runner import derive_seed
+    from harness.check import derive_seed
     from harness.timing import sync
     suite, case, variant = _resolve(item)
     missing = variant.requires.missing(case)

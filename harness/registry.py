@@ -25,7 +25,7 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
                  "f16": "float16", "fp64": "float64", "double": "float64"}
-MODES = ("test", "quick", "full")
+MODES = ("test", "quick", "full", "shape")   # "shape": the command line's --shape cases
 
 
 class Skip(Exception):
@@ -134,6 +134,7 @@ class Variant:
     compiled: bool = False
     config: Callable[[Callable[[], Any]], str] | None = None
     description: str = ""
+    kernel: Any = None          # the declaration (kernels/native.py Kernel, kernels/triton/common.py Declared)
 
 
 @dataclass
@@ -153,6 +154,8 @@ class Suite:
     # unlike a Requires check, which makes a `skipped` row.
     applies: Callable[[Case, str], bool] | None = None
     ref: str | None = None                   # "module:attribute" a worker process imports it by (set on load)
+    # optional case parameters a --shape may set, with their allowed values (the first is the default)
+    options: Mapping[str, tuple] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._cases: dict[str, list[dict]] = {m: [] for m in MODES}
@@ -167,6 +170,11 @@ class Suite:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self._cases[mode].extend((dict(c), tuple(devices)) for c in cases)
+
+    def set_cases(self, mode: str, cases: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the cases of a mode (harness/shapes.py puts the --shape cases in mode "shape")."""
+        self._cases[mode] = []
+        self.add_cases(mode, cases)
 
     def inputs(self, fn):
         self._inputs = fn
@@ -194,15 +202,23 @@ class Suite:
         return dict(self._model_columns(case, launcher, row)) if self._model_columns else {}
 
     def variant(self, name: str, *, requires: Requires = ANY, compiled: bool = False,
-                config: Callable | None = None, description: str = ""):
+                config: Callable | None = None, description: str = "", kernel: Any = None):
         if name in self.variants:
             raise ValueError(f"suite {self.name}: variant {name!r} registered twice")
 
         def register(fn):
             self.variants[name] = Variant(name, fn, requires, compiled, config,
-                                          description or (fn.__doc__ or "").strip().split("\n")[0])
+                                          description or (fn.__doc__ or "").strip().split("\n")[0], kernel)
             return fn
         return register
+
+    def add(self, name: str, kernel: Any, **overrides) -> Variant:
+        """Register a declared kernel as a variant in one line: `SUITE.add("cpp", cpp.SOFTMAX)`. The
+        declaration (kernels/native.py, kernels/triton/common.py) gives the setup, requirements, description."""
+        spec = {**kernel.variant_spec(), **overrides}
+        setup = spec.pop("setup")
+        self.variant(name, **spec)(setup)
+        return self.variants[name]
 
     # ---- use ------------------------------------------------------------------------------------------
     def cases(self, mode: str, device: str = "cpu", dtype: str = "float32") -> list[Case]:
@@ -264,8 +280,17 @@ def all_suites() -> dict[str, Suite]:
     return dict(_SUITES)
 
 
+# A name that stands for several suites (`--suite norm` ran RMSNorm and LayerNorm before they were split).
+ALIASES: dict[str, tuple[str, ...]] = {"norm": ("rmsnorm", "layernorm")}
+
+
 def get_suite(name: str) -> Suite:
     suites = all_suites()
     if name not in suites:
-        raise UsageError(f"unknown suite {name!r}; choose from: {', '.join(suites)}, all")
+        raise UsageError(f"unknown suite {name!r}; choose from: {', '.join(suites)}, {', '.join(ALIASES)}, all")
     return suites[name]
+
+
+def get_suites(name: str) -> list[Suite]:
+    """The suite called `name`, or the suites an alias stands for."""
+    return [get_suite(n) for n in ALIASES[name]] if name in ALIASES else [get_suite(name)]

@@ -2,18 +2,19 @@
 
 A run is named by a results file (results.parquet / results.csv), a run directory holding one, a directory
 of run directories (every run below it), a run id under `results/`, or a baseline name under
-`results/baselines/`. `samples_ms` comes back as a list of floats whichever format was written (a list in
-parquet, a JSON list in CSV), as `harness.results.load` does; a table lacking the key columns is bad input.
+`results/baselines/`. Files are read by harness/results.py (the one module that writes and reads a results
+table: `samples_ms` back as a list of floats whichever format was written); this module chooses which
+files; a table lacking the key columns is bad input.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
+
+from harness import results
 
 KEY = ("suite", "case", "variant", "dtype", "device")
 
@@ -84,24 +85,12 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def _read(path: Path) -> pd.DataFrame:
     try:
-        if path.suffix == ".parquet":
-            df = pd.read_parquet(path)
-            if "samples_ms" in df.columns:
-                df["samples_ms"] = df["samples_ms"].map(lambda s: [float(x) for x in s] if s is not None else [])
-        else:
-            df = pd.read_csv(path)
-            if "samples_ms" in df.columns:
-                df["samples_ms"] = df["samples_ms"].map(lambda s: json.loads(s) if isinstance(s, str) and s else [])
+        return results.read_file(path)
     except Exception as e:                                # noqa: BLE001
         raise BadInput(f"{path}: cannot read results ({type(e).__name__}: {e})") from None
-    return df
 
 
-def read_manifest(results_file: Path) -> dict[str, Any]:
-    try:
-        return json.loads((results_file.parent / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
+read_manifest = results.read_manifest
 
 
 def load(specs: list[str] | str) -> pd.DataFrame:

@@ -106,6 +106,29 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+def read_file(p: Path) -> pd.DataFrame:
+    """One results.parquet or results.csv as written by ResultWriter, `samples_ms` back as lists of floats
+    (a list in parquet, a JSON list in CSV). The one reader: `load` and harness/result_sets.py use it."""
+    p = Path(p)
+    if p.suffix == ".parquet":
+        df = pd.read_parquet(p)
+        if "samples_ms" in df.columns:
+            df["samples_ms"] = df["samples_ms"].map(lambda s: [float(x) for x in s] if s is not None else [])
+        return df
+    df = pd.read_csv(p)
+    if "samples_ms" in df.columns:
+        df["samples_ms"] = df["samples_ms"].map(lambda s: json.loads(s) if isinstance(s, str) and s else [])
+    return df
+
+
+def read_manifest(results_file: Path) -> dict[str, Any]:
+    """The manifest.json beside a results file ({} when there is none or it is unreadable)."""
+    try:
+        return json.loads((Path(results_file).parent / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def load(path: str | os.PathLike) -> pd.DataFrame:
     """Load a run: a results directory, or a results.parquet / results.csv file."""
     p = Path(path)
@@ -113,10 +136,4 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
         p = p / "results.parquet" if (p / "results.parquet").exists() else p / "results.csv"
     if not p.exists():
         raise FileNotFoundError(f"no results at {path}")
-    if p.suffix == ".parquet":
-        df = pd.read_parquet(p)
-        df["samples_ms"] = df["samples_ms"].map(lambda s: [float(x) for x in s] if s is not None else [])
-        return df
-    df = pd.read_csv(p)
-    df["samples_ms"] = df["samples_ms"].map(lambda s: json.loads(s) if isinstance(s, str) and s else [])
-    return df
+    return read_file(p)

@@ -12,21 +12,15 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from harness import telemetry
-from harness.check import compare
+from harness.check import check_variant, derive_seed  # noqa: F401  (derive_seed: the runner's API)
 from harness.registry import Case, Skip, Suite, Variant
-from harness.timing import CacheFlusher, TimingConfig, measure, sync
-
-
-def derive_seed(seed: int, *parts: Any) -> int:
-    """A distinct, reproducible seed per (case, variant, purpose): fresh inputs for every check."""
-    return (seed * 1_000_003 + zlib.crc32("/".join(map(str, parts)).encode())) % (2**63 - 1)
+from harness.timing import CacheFlusher, TimingConfig, measure
 
 
 def first_line(exc: BaseException) -> str:
@@ -107,20 +101,12 @@ def measure_row(suite: Suite, case: Case, v: Variant, ctx: RowContext) -> RowOut
 
 def _check_and_time(suite: Suite, case: Case, v: Variant, ctx: RowContext, row: dict) -> RowOutcome:
     # 1. Correctness on fresh inputs, poisoned outputs, against the float64 reference.
-    inputs = suite.make_inputs(case, derive_seed(ctx.seed, suite.name, case.name, case.dtype_name, v.name, "check"))
-    ref = suite.compute_reference(case, inputs)
-    launcher = v.setup(case, **inputs)
-    t0 = time.perf_counter()
-    out = launcher()
-    sync(ctx.device)
-    first_call_s = time.perf_counter() - t0
-    atol, rtol = suite.tolerance(case)
-    res = compare(out, ref, atol, rtol)
+    checked = check_variant(suite, case, v, ctx.seed)
+    res = checked.result
     row.update(max_abs_err=res.max_abs_err, max_rel_err=res.max_rel_err,
-               compile_s=first_call_s if v.compiled else None)
+               compile_s=checked.first_call_s if v.compiled else None)
     if v.config is not None:
-        row["config"] = v.config(launcher)
-    del out, ref, launcher, inputs
+        row["config"] = checked.config
     if not res.ok:
         return RowOutcome({**row, "status": "incorrect", "reason": res.message})
 

@@ -10,9 +10,9 @@ import math
 
 import torch
 
-from harness.registry import Requires, Suite
+from harness.registry import Suite
 from kernels.cpp import lib as cpp
-from kernels.cuda import lib as cuda_lib
+from kernels.cuda import lib as cuda
 from kernels.triton import gemm as triton_gemm
 
 
@@ -33,7 +33,10 @@ SUITE = Suite(
     case_name=lambda p: f"{p['m']}x{p['n']}x{p['k']}",
 )
 SUITE.add_cases("test", [dict(m=1, n=127, k=129), dict(m=127, n=129, k=1000), dict(m=129, n=1000, k=127),
-                         dict(m=1000, n=1, k=129), dict(m=65, n=33, k=17)])
+                         dict(m=1000, n=1, k=129), dict(m=65, n=33, k=17),
+                         # tails of the C++ 14x32 micro-kernel, an empty K (C = 0)
+                         dict(m=1, n=1, k=1), dict(m=14, n=32, k=256), dict(m=15, n=33, k=257),
+                         dict(m=300, n=70, k=600), dict(m=129, n=129, k=0)])
 SUITE.add_cases("quick", [dict(m=1024, n=1024, k=1024), dict(m=512, n=2048, k=1024)])
 SUITE.add_cases("full", [dict(m=2048, n=2048, k=2048), dict(m=4096, n=4096, k=1024), dict(m=1000, n=4096, k=4096)],
                 devices=("cpu",))
@@ -68,7 +71,6 @@ def torch_matmul(case, a, b):
     """torch.matmul (MKL/oneDNN on the CPU, cuBLAS on a GPU)"""
     return lambda: torch.matmul(a, b)
 
-SUITE.variant("cpp", requires=Requires(devices=("cpu",), check=cpp.missing_reason))(cpp.gemm_setup)
-SUITE.variant("cuda_mma", requires=Requires(devices=("cuda",), min_cc=(8, 0), dtypes=("bfloat16", "float16"), check=cuda_lib.missing_reason))(cuda_lib.gemm_setup)
-SUITE.variant("triton", requires=Requires(check=triton_gemm.missing_reason), compiled=True,
-              config=triton_gemm.config)(triton_gemm.setup)
+SUITE.add("cpp", cpp.GEMM)
+SUITE.add("cuda_mma", cuda.GEMM)
+SUITE.add("triton", triton_gemm.VARIANT)

@@ -168,65 +168,45 @@ def test_main_writes_the_table(cuda_build, tmp_path, capsys):
 
 
 def test_lib_imports_and_explains_without_gpu():
+    from harness.registry import Case
     from kernels.cuda import lib
-    reason = lib.missing_reason(None)
+    case = Case("softmax", dict(rows=2, cols=3), "cuda", "float32")
+    reason = lib.SOFTMAX.missing(case)
     if not torch.cuda.is_available():
         assert reason == "no CUDA GPU"
-    lib_path = lib.library_path()
+    lib_path = lib.LIB.path()
     if lib_path.exists():  # loading needs no GPU: the CUDA runtime is linked statically
         k = lib.bind(lib_path)
         assert not k.simulated and k.device == "cuda"
         with pytest.raises(lib.KbCudaError, match="takes cuda tensors"):
-            k.softmax(torch.zeros(2, 3), torch.zeros(2, 3))
+            lib.SOFTMAX(k, x=torch.zeros(2, 3), out=torch.zeros(2, 3))
 
 
-# -- kernels against the suite references (GPU, or the CPU simulation library) --------------------------
-def _backends():
-    """The real library on a GPU (marked gpu), and the simulated one on the CPU when it is built."""
-    return [pytest.param("cuda", marks=pytest.mark.gpu, id="gpu"), pytest.param("cpu", id="sim")]
+# -- kernels against the suite references on a GPU (the CPU simulation: tests/test_cuda_sim_kernels.py) ------
+@pytest.mark.gpu
+def test_kernels_match_suite_references():
+    """Every variant registered from kernels/cuda/lib.py, every test case, checked as bench.py checks it."""
+    from harness.check import check_variant
+    from harness.registry import Skip, all_suites
 
-
-def _suite_cases(device: str):
-    from harness.registry import get_suite
-    setups = {"attention": "attention_setup", "softmax": "softmax_setup", "norm": "norm_setup",
-              "gemm": "gemm_setup"}
-    for suite_name, setup in setups.items():
-        try:
-            suite = get_suite(suite_name)
-        except Exception:
-            continue
-        for dtype in suite.dtypes:
-            for case in suite.cases("test", device="cpu", dtype=dtype):
-                yield suite, case.with_(device=device), setup
-
-
-@pytest.mark.parametrize("device", _backends())
-def test_kernels_match_suite_references(device):
-    from harness.check import compare
-    from harness.registry import Skip
-    from kernels.cuda import lib
-
-    if device == "cuda":
-        reason = lib.missing_reason(None)
-        if reason:
-            pytest.skip(reason)
-    elif not lib.library_path(simulated=True).exists():
-        pytest.skip("CUDA simulation not built (build/lib/libkb_cuda_sim.so)")
     checked, failures = 0, []
-    for i, (suite, case, setup) in enumerate(_suite_cases(device)):
-        inputs = suite.make_inputs(case, seed=1234 + i)
-        try:
-            launcher = getattr(lib, setup)(case, **inputs)
-        except Skip:
-            continue
-        out = launcher()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        ref = suite.compute_reference(case, inputs)
-        atol, rtol = suite.tolerance(case)
-        res = compare(out, ref, atol, rtol)
-        checked += 1
-        if not res.ok:
-            failures.append(f"{suite.name} {case.name} {case.dtype_name}: {res.message}")
+    for suite in all_suites().values():
+        for v in suite.variants.values():
+            if getattr(v.kernel, "backend", None) != "cuda":
+                continue
+            for dtype in suite.dtypes:
+                for case in suite.cases("test", device="cuda", dtype=dtype):
+                    reason = v.requires.missing(case)
+                    if reason:
+                        if "no CUDA GPU" in reason or "not built" in reason:
+                            pytest.skip(reason)
+                        continue
+                    try:
+                        r = check_variant(suite, case, v)
+                    except Skip:
+                        continue
+                    checked += 1
+                    if not r.ok:
+                        failures.append(f"{suite.name} {v.name} {case.name} {dtype}: {r.result.message}")
     assert checked > 0, "no suite case ran"
     assert not failures, "\n".join(failures)

@@ -1,10 +1,10 @@
 """Every CUDA kernel of kernels/cuda/ runs under the CPU simulation and passes its suite's check.
 
 The same .cu sources that nvcc builds into libkb_cuda.so are compiled by g++ against kernels/cuda/sim/kb_sim.h
-into libkb_cuda_sim.so (built here into .cache/sim-build on first use). Each kernel is driven through the
-setup function its suite registers (kernels/cuda/lib.py, bound to the simulated library with `bind(path)`),
-on CPU tensors, at the suites' odd "test" shapes, with fresh inputs and NaN-poisoned outputs, under two
-schedule seeds, and compared with the suite's float64 reference at the suite's tolerance.
+into libkb_cuda_sim.so (built here into .cache/sim-build on first use). Every variant a suite registers from
+kernels/cuda/lib.py (the table is derived from the declarations) is checked by harness.check.check_variant,
+bench.py's own check, on CPU tensors against the simulated library, at its suite's odd "test" shapes, with
+fresh seeded inputs and NaN-poisoned outputs, under two schedule seeds.
 A fresh process then runs one case of each kernel under AddressSanitizer and must produce no report.
 Timing means nothing under simulation: these tests check results only.
 """
@@ -15,14 +15,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import zlib
 from pathlib import Path
 
 import pytest
 import torch
 
-from harness.check import compare
-from harness.registry import Skip
+from harness.check import check_variant
+from harness.registry import Skip, all_suites
 from kernels.cuda import lib as cuda_lib
 from kernels.cuda.sim.build import ROOT, SimBuildError, asan_runtime, manifest, missing_tools, sim_library
 
@@ -30,13 +29,11 @@ pytestmark = pytest.mark.skipif(missing_tools() is not None, reason=str(missing_
 
 SEEDS = (1, 2)  # schedule seeds: each check runs under both, with fresh inputs
 
-# suite -> (kernels/cuda/lib.py setup, C entry points it drives, source file)
-KERNELS = {
-    "softmax": (cuda_lib.softmax_setup, ("kb_cuda_softmax",)),
-    "norm": (cuda_lib.norm_setup, ("kb_cuda_rmsnorm", "kb_cuda_layernorm")),
-    "gemm": (cuda_lib.gemm_setup, ("kb_cuda_gemm",)),
-    "attention": (cuda_lib.attention_setup, ("kb_cuda_attention_fwd",)),
-}
+
+def cuda_variants():
+    """(suite, variant) for every variant the suites register from kernels/cuda/lib.py (derived, not listed)."""
+    return [(s, v) for s in all_suites().values() for v in s.variants.values()
+            if getattr(v.kernel, "backend", None) == "cuda"]
 
 
 @pytest.fixture(scope="module")
@@ -51,26 +48,21 @@ def sim_path() -> Path:
 def simlib(sim_path):
     lib = cuda_lib.bind(sim_path)
     assert lib.simulated and lib.device == "cpu"
-    lib.lib.kb_sim_set_schedule_seed.argtypes = [ctypes.c_longlong]
-    lib.lib.kb_sim_last_error.restype = ctypes.c_char_p
+    lib.dll.kb_sim_set_schedule_seed.argtypes = [ctypes.c_longlong]
+    lib.dll.kb_sim_last_error.restype = ctypes.c_char_p
     yield lib
-    lib.lib.kb_sim_set_schedule_seed(-2)
+    lib.dll.kb_sim_set_schedule_seed(-2)
 
 
 @pytest.fixture
 def on_sim(simlib, monkeypatch):
-    """The lib.py setups use the simulated library for CPU cases."""
-    monkeypatch.setattr(cuda_lib, "_lib_for", lambda case: simlib)
+    """The declared setups run CPU cases on the simulated library: this one, built for the tests."""
+    monkeypatch.setattr(cuda_lib.SIM, "for_case", lambda case: simlib)
     return simlib
 
 
-def suite(name):
-    mod = __import__(f"suites.{name}", fromlist=["SUITE"])
-    return mod.SUITE
-
-
 def test_every_kernel_source_is_simulated(sim_path):
-    """kernels/cuda/*.cu are all listed in kernels/cuda/sim/CMakeLists.txt and none is left out."""
+    """kernels/cuda/*.cu are all built under the simulation and none is left out."""
     m = manifest()
     on_disk = sorted(p.name for p in (ROOT / "kernels" / "cuda").glob("*.cu"))
     problems = [f"{src}: {m.get(src, ('unlisted', ''))[0]} {m.get(src, ('', ''))[1]}".strip()
@@ -78,77 +70,69 @@ def test_every_kernel_source_is_simulated(sim_path):
     assert not problems, "CUDA kernels not simulated: " + "; ".join(problems)
 
 
-def test_every_entry_point_is_checked(simlib):
-    covered = {e for _, entries in KERNELS.values() for e in entries}
-    missing = set(cuda_lib._SIGNATURES) - covered
-    assert not missing, f"entry points of kernels/cuda/lib.py without a simulation test: {sorted(missing)}"
+def test_every_entry_point_is_registered(simlib):
+    """Every kernel declared in kernels/cuda/lib.py is registered by a suite, hence checked below."""
+    registered = {id(v.kernel) for _, v in cuda_variants()}
+    missing = [k.symbol for k in cuda_lib.LIB.kernels if id(k) not in registered]
+    assert not missing, f"entry points of kernels/cuda/lib.py registered in no suite: {missing}"
 
 
 def cases():
     out = []
-    for name in KERNELS:
-        s = suite(name)
+    for s, v in cuda_variants():
         for dtype in s.dtypes:
             for case in s.cases("test", device="cpu", dtype=dtype):
-                out.append(pytest.param(name, case, id=f"{name}-{case.name}-{dtype}"))
+                out.append(pytest.param(s.name, v.name, case, id=f"{s.name}-{v.name}-{case.name}-{dtype}"))
     return out
 
 
-@pytest.mark.parametrize("suite_name,case", cases())
-def test_kernel_matches_reference(on_sim, suite_name, case):
-    s = suite(suite_name)
-    setup = KERNELS[suite_name][0]
-    atol, rtol = s.tolerance(case)
-    for seed in SEEDS:
-        inputs = s.make_inputs(case, seed=zlib.crc32(f"{case.name}/{case.dtype_name}/{seed}".encode()))
-        try:
-            launcher = setup(case, **inputs)
-        except Skip as e:  # the real kernel does not take this case either (same setup code)
-            pytest.skip(f"{suite_name} cuda kernel: {e}")
-        on_sim.lib.kb_sim_set_schedule_seed(seed)
-        try:
-            out = launcher()
-        finally:
-            on_sim.lib.kb_sim_set_schedule_seed(-2)
-        ref = s.compute_reference(case, inputs)
-        r = compare(out, ref, atol, rtol)
-        assert r.ok, f"schedule seed {seed}: {r.message}"
+@pytest.mark.parametrize("suite_name,variant,case", cases())
+def test_kernel_matches_reference(on_sim, suite_name, variant, case):
+    """harness.check.check_variant (bench.py's check and seeding: input seeds 0 and 1) under schedule seeds."""
+    s = all_suites()[suite_name]
+    try:
+        for input_seed, sched in enumerate(SEEDS):
+            try:
+                r = check_variant(s, case, s.variants[variant], input_seed,
+                                  before_call=lambda: on_sim.dll.kb_sim_set_schedule_seed(sched))
+            finally:
+                on_sim.dll.kb_sim_set_schedule_seed(-2)
+            assert r.ok, f"schedule seed {sched}, input seed {r.seed}: {r.result.message}"
+    except Skip as e:  # the real kernel does not take this case either (same setup code)
+        pytest.skip(f"{suite_name} {variant}: {e}")
 
 
 def test_launch_error_reaches_python(on_sim):
     """A launch that fails under the simulation surfaces in Python as KbCudaError carrying its message
-    (cudaGetLastError -> kb_cuda_last_error -> lib.py), for each entry point's error path."""
-    case = suite("softmax").cases("test", device="cpu", dtype="float32")[0]
-    inputs = suite("softmax").make_inputs(case, seed=3)
-    launcher = cuda_lib.softmax_setup(case, **inputs)
-    on_sim.lib.kb_sim_inject_failure(b"injected by the test")
+    (cudaGetLastError -> kb_cuda_last_error -> the declared binding), for each entry point's error path."""
+    s = all_suites()["softmax"]
+    case = s.cases("test", device="cpu", dtype="float32")[0]
+    inputs = s.make_inputs(case, seed=3)
+    launcher = cuda_lib.SOFTMAX.setup(case, **inputs)
+    on_sim.dll.kb_sim_inject_failure(b"injected by the test")
     with pytest.raises(cuda_lib.KbCudaError, match="injected by the test"):
         launcher()
     assert torch.isfinite(launcher()).all()  # the error was per launch
 
 
 ASAN_RUN = """
-    import ctypes, sys, torch
+    import sys
     sys.path.insert(0, {root!r})
-    from harness.check import compare
+    from harness.check import check_variant
+    from harness.registry import Skip, all_suites
     from kernels.cuda import lib as cuda_lib
     simlib = cuda_lib.bind({path!r})
-    cuda_lib._lib_for = lambda case: simlib
-    import importlib
-    for name, setup, pick in {plan!r}:
-        s = importlib.import_module("suites." + name).SUITE
+    cuda_lib.SIM.for_case = lambda case: simlib
+    for name, variant, pick in {plan!r}:
+        s = all_suites()[name]
         for dtype in s.dtypes:
             cs = s.cases("test", device="cpu", dtype=dtype)
             case = cs[min(pick, len(cs) - 1)]
-            inputs = s.make_inputs(case, seed=7)
             try:
-                out = getattr(cuda_lib, setup)(case, **inputs)()
-            except Exception as e:
-                if type(e).__name__ == "Skip":
-                    continue
-                raise
-            r = compare(out, s.compute_reference(case, inputs), *s.tolerance(case))
-            assert r.ok, (name, case, dtype, r.message)
+                r = check_variant(s, case, s.variants[variant], seed=7)
+            except Skip:
+                continue
+            assert r.ok, (name, case, dtype, r.result.message)
             print("ok", name, case.name, dtype, flush=True)
     print("clean")
 """
@@ -163,8 +147,8 @@ def test_kernels_under_asan():
         path = sim_library("kb_cuda_sim_asan")[0]
     except SimBuildError as e:
         pytest.fail(str(e))
-    plan = [("softmax", "softmax_setup", 0), ("norm", "norm_setup", 0), ("norm", "norm_setup", 4),
-            ("gemm", "gemm_setup", 4), ("attention", "attention_setup", 3)]
+    plan = [("softmax", "cuda_rowcache", 0), ("rmsnorm", "cuda_rowcache", 0), ("layernorm", "cuda_rowcache", 4),
+            ("gemm", "cuda_mma", 4), ("attention", "cuda_flash", 3)]
     code = textwrap.dedent(ASAN_RUN.format(root=str(ROOT), path=str(path), plan=plan))
     env = dict(os.environ, LD_PRELOAD=rt, ASAN_OPTIONS="detect_leaks=0", PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(ROOT),

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from harness.registry import Case, Requires, Suite, all_suites, get_suite, UsageError
+from harness.registry import Case, Requires, Suite, all_suites, get_suite, get_suites, UsageError
 
 
 def test_every_suite_is_complete_and_has_odd_test_shapes():
     suites = all_suites()
-    assert {"attention", "softmax", "norm", "gemm", "peak"} <= set(suites)
+    assert {"attention", "softmax", "rmsnorm", "layernorm", "gemm", "peak"} <= set(suites)
     for s in suites.values():
         s.check_complete()
         cases = s.cases("test", "cpu", "float32")
@@ -54,3 +54,10 @@ def test_incomplete_suite_is_refused():
     s = Suite("t", "t", baseline="a")
     with pytest.raises(TypeError, match="declares no inputs, flops, bytes, reference"):
         s.check_complete()
+
+
+def test_norm_is_an_alias_of_the_two_norm_suites():
+    assert [s.name for s in get_suites("norm")] == ["rmsnorm", "layernorm"]
+    assert [s.name for s in get_suites("softmax")] == ["softmax"]
+    with pytest.raises(UsageError, match="norm"):
+        get_suites("nope")

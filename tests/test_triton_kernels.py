@@ -1,11 +1,11 @@
 """The Triton kernels against their suites' references.
 
-On the CPU every kernel runs under Triton's interpreter (fp32 and fp16; numpy has no bf16) at odd shapes:
-each suite's "test" cases plus the looped row paths and extra attention shapes (GQA, sq != sk, one query,
-one key), with fresh random inputs (a new seed per test, printed on failure) and NaN-poisoned outputs.
-The reference, the inputs and the tolerances are the suite's own (`SUITE.compute_reference`,
-`SUITE.make_inputs`, `SUITE.tolerance`), and the comparison is harness/check.py's, so the tests check
-exactly what bench.py checks.
+On the CPU every Triton variant a suite registers (the table is derived from the declarations:
+`variant.kernel.backend == "triton"`, so a second Triton variant in a suite is tested too) runs under
+Triton's interpreter (fp32 and fp16; numpy has no bf16) at its suite's "test" cases (odd shapes, GQA,
+sq != sk, one query, one key live in the suite files), plus the looped row paths forced at short rows.
+Each check is harness.check.check_variant: bench.py's own check, with its seeding, NaN-poisoned outputs,
+the suite's float64 reference and tolerance.
 
 Triton fixes its mode when it is first imported (kernels/triton/common.py): a pytest process that imported
 triton compiled (the suites import the kernels) cannot interpret. The `test_interp_*` tests therefore run
@@ -27,12 +27,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.check import compare
-from harness.registry import Case, get_suite
+from harness.check import check_variant, compare
+from harness.registry import Case, all_suites, get_suite
 from kernels.triton import common
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITES = ("attention", "gemm", "norm", "softmax")
 CPU_DTYPES = ("float32", "float16")
 GPU_DTYPES = ("bfloat16", "float16")
 IN_INTERPRETER = common.HAS_TRITON and common.INTERPRETED
@@ -40,51 +39,29 @@ IN_INTERPRETER = common.HAS_TRITON and common.INTERPRETED
 pytestmark = pytest.mark.skipif(not common.HAS_TRITON, reason="triton is not installed")
 
 
-def _attention(b, h, hkv, sq, sk, d, causal):
-    return dict(b=b, h=h, hkv=hkv, sq=sq, sk=sk, d=d, causal=causal)
+def triton_variants():
+    """(suite, variant name) for every Triton variant the suites register."""
+    return [(su, v.name) for su in all_suites().values() for v in su.variants.values()
+            if getattr(v.kernel, "backend", None) == "triton"]
 
 
-# beyond the suite's test cases: GQA with sq < sk and sq > sk, causal both ways, a single key, a single
-# query attending to 129 keys (causal: key 0 only), head dims 64 and 128
-ATTENTION_EXTRA = [
-    _attention(1, 4, 2, 127, 129, 64, True),
-    _attention(1, 4, 2, 129, 127, 128, False),
-    _attention(1, 2, 2, 129, 127, 128, True),
-    _attention(1, 2, 1, 129, 1, 64, True),
-    _attention(2, 2, 2, 1, 129, 128, True),
-    _attention(1, 2, 2, 1, 129, 64, False),
-]
 LOOPED_SHAPES = [(1, 127), (129, 1000), (3, 1)]  # 128-column tiles under the interpreter: 1, 8, 1 tiles
 
 
 def _suite_params():
     out = []
-    for name in SUITES:
-        suite = get_suite(name)
+    for suite, variant in triton_variants():
         for dtype in CPU_DTYPES:
             for case in suite.cases("test", "cpu", dtype):
-                out.append(pytest.param(name, case, id=f"{name}-{dtype}-{case.name}"))
+                out.append(pytest.param(suite.name, variant, case, id=f"{suite.name}-{variant}-{dtype}-{case.name}"))
     return out
 
 
-def _check(suite, case, launcher, inputs, seed):
-    assert isinstance(launcher, common.Launcher)
-    assert torch.isnan(launcher.out).all(), "the output buffer must start poisoned"
-    out = launcher()
-    assert out is launcher.out
-    ref = suite.compute_reference(case, inputs)
-    res = compare(out, ref, *suite.tolerance(case))
-    assert res.ok, f"{case} seed={seed}: {res.message}"
-    return out
-
-
-def _run_variant(name, case):
+def _run_variant(name, variant, case, seed=0):
     suite = get_suite(name)
-    seed = secrets.randbits(31)
-    inputs = suite.make_inputs(case, seed)
-    launcher = suite.variants["triton"].setup(case, **inputs)
-    _check(suite, case, launcher, inputs, seed)
-    return launcher
+    checked = check_variant(suite, case, suite.variants[variant], seed)
+    assert checked.ok, f"{case} seed={checked.seed}: {checked.result.message}"
+    return checked
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,24 +116,14 @@ def _interpreted(request, outcomes):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,case", _suite_params())
-def test_interp_suite_case(request, child_outcomes, name, case):
-    """The registered `triton` variant of each suite on each of its test cases, via the registry."""
+@pytest.mark.parametrize("name,variant,case", _suite_params())
+def test_interp_suite_case(request, child_outcomes, name, variant, case):
+    """Each registered Triton variant on each test case of its suite, checked as bench.py checks it."""
     if not _interpreted(request, child_outcomes):
         return
-    assert get_suite(name).variants["triton"].requires.missing(case) is None
-    launcher = _run_variant(name, case)
-    assert common.config(launcher).startswith("interpreted:")
-
-
-@pytest.mark.parametrize("dtype", CPU_DTYPES)
-@pytest.mark.parametrize("params", ATTENTION_EXTRA,
-                         ids=lambda p: f"b{p['b']}h{p['h']}kv{p['hkv']}-{p['sq']}x{p['sk']}-d{p['d']}"
-                         + ("-causal" if p["causal"] else ""))
-def test_interp_attention_shapes(request, child_outcomes, params, dtype):
-    if not _interpreted(request, child_outcomes):
-        return
-    _run_variant("attention", Case("attention", params, "cpu", dtype))
+    assert get_suite(name).variants[variant].requires.missing(case) is None
+    checked = _run_variant(name, variant, case)
+    assert checked.config.startswith("interpreted:")
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
@@ -167,11 +134,7 @@ def test_interp_looped_rows(request, child_outcomes, kernel, rows, cols, dtype):
     if not _interpreted(request, child_outcomes):
         return
     from kernels.triton import layernorm, rmsnorm, softmax
-    if kernel == "softmax":
-        suite, case = get_suite("softmax"), Case("softmax", dict(rows=rows, cols=cols), "cpu", dtype)
-    else:
-        norm = "rms" if kernel == "rmsnorm" else "layer"
-        suite, case = get_suite("norm"), Case("norm", dict(norm=norm, rows=rows, cols=cols), "cpu", dtype)
+    suite, case = get_suite(kernel), Case(kernel, dict(rows=rows, cols=cols), "cpu", dtype)
     seed = secrets.randbits(31)
     inputs = suite.make_inputs(case, seed)
     out = case.poisoned((rows, cols))
@@ -219,11 +182,22 @@ def test_interp_bf16_is_skipped_with_reason(request, child_outcomes):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", SUITES)
-def test_registered_as_compiled_with_config(name):
-    v = get_suite(name).variants["triton"]
+@pytest.mark.parametrize("name,variant", [(s.name, v) for s, v in triton_variants()])
+def test_registered_as_compiled_with_config(name, variant):
+    v = get_suite(name).variants[variant]
     assert v.compiled and callable(v.config)
     assert v.requires.check is common.missing_reason
+
+
+def test_every_triton_kernel_module_is_registered():
+    """Every kernels/triton module that declares a VARIANT is registered by a suite (hence tested)."""
+    import importlib
+    registered = {v.kernel.source for s in all_suites().values() for v in s.variants.values()
+                  if getattr(v.kernel, "backend", None) == "triton"}
+    for path in sorted((ROOT / "kernels" / "triton").glob("*.py")):
+        mod = importlib.import_module(f"kernels.triton.{path.stem}")
+        if isinstance(getattr(mod, "VARIANT", None), common.Declared):
+            assert f"kernels/triton/{path.name}" in registered, f"{path.name} declares a VARIANT no suite registers"
 
 
 def test_autotune_pruning():
@@ -289,36 +263,23 @@ def test_bench_skips_triton_on_cpu(tmp_path, monkeypatch):
 
 def _gpu_params():
     out = []
-    for name in SUITES:
-        suite = get_suite(name)
+    for suite, variant in triton_variants():
         for dtype in GPU_DTYPES:
             for mode in ("test", "quick"):
                 for case in suite.cases(mode, "cuda", dtype):
-                    out.append(pytest.param(name, case, id=f"{name}-{dtype}-{mode}-{case.name}"))
-        for dtype in GPU_DTYPES:
-            if name == "attention":
-                for p in ATTENTION_EXTRA:
-                    case = Case("attention", p, "cuda", dtype)
-                    out.append(pytest.param(name, case, id=f"{name}-{dtype}-extra-{case.name}"))
-    # rows long enough for the looped path (> 16384 columns)
-    for dtype in GPU_DTYPES:
-        out.append(pytest.param("softmax", Case("softmax", dict(rows=3, cols=20001), "cuda", dtype),
-                                id=f"softmax-{dtype}-looped-3x20001"))
-        for norm in ("rms", "layer"):
-            out.append(pytest.param("norm", Case("norm", dict(norm=norm, rows=3, cols=20001), "cuda", dtype),
-                                    id=f"norm-{dtype}-looped-{norm}-3x20001"))
+                    out.append(pytest.param(suite.name, variant, case,
+                                            id=f"{suite.name}-{variant}-{dtype}-{mode}-{case.name}"))
     return out
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name,case", _gpu_params())
-def test_gpu_suite_case(name, case):
+@pytest.mark.parametrize("name,variant,case", _gpu_params())
+def test_gpu_suite_case(name, variant, case):
     if IN_INTERPRETER:
         pytest.skip("this process runs Triton interpreted (TRITON_INTERPRET=1)")
-    reason = get_suite(name).variants["triton"].requires.missing(case)
+    reason = get_suite(name).variants[variant].requires.missing(case)
     if reason:
         pytest.skip(reason)
-    launcher = _run_variant(name, case)
-    cfg = common.config(launcher)
+    cfg = _run_variant(name, variant, case).config
     assert "warps=" in cfg and not cfg.startswith("interpreted"), cfg
     torch.cuda.synchronize()

@@ -10,7 +10,8 @@ TTGIR -> LLVM -> PTX -> ptxas -> cubin) on the CPU. From each kernel we read:
 - theoretical occupancy from registers, shared memory and threads per block.
 The triton wheel ships ptxas and cuobjdump under triton/backends/nvidia/bin; no CUDA toolkit is needed.
 
-Every kernel module lists what to compile in `aot_specs()`: (label, kernel, signature, constexprs,
+Every kernel module of kernels/triton that defines `aot_specs()` is compiled (MODULES is found, not listed);
+it lists what to compile there: (label, kernel, signature, constexprs,
 config[, archs]), each GPU autotuning config (bf16; GEMM and attention also their fp32 lists), because
 autotuning may pick any of them on a GPU, so each must be spill-free. Pointers and integer arguments are
 marked divisible by 16, as the JIT specializes them at the benchmark shapes; unit strides are constants.
@@ -39,7 +40,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "triton_aot"
-MODULES = ("attention_fwd", "softmax", "rmsnorm", "layernorm", "gemm")
+# every module of this folder that defines aot_specs() (read from the source: no import, no Triton needed)
+MODULES = tuple(sorted(p.stem for p in Path(__file__).parent.glob("*.py")
+                       if re.search(r"^def aot_specs\(", p.read_text(), re.M)))
 ARCHS = ("sm_80", "sm_90a")
 COLUMNS = ["backend", "kernel", "arch", "registers", "spill_stores_bytes", "spill_loads_bytes",
            "smem_static_bytes", "smem_dynamic_bytes", "threads_per_block", "occupancy",
@@ -47,7 +50,7 @@ COLUMNS = ["backend", "kernel", "arch", "registers", "spill_stores_bytes", "spil
 _AOT_VERSION = "4"  # bump when the row format or the analysis changes: invalidates the cache
 
 # occupancy and architecture numbers: one formula for the CUDA and Triton rows of the kernels report
-from harness.kernels_report import arch_number as _cc, occupancy  # noqa: E402
+from harness.occupancy import arch_number as _cc, occupancy  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # one compile

@@ -32,6 +32,8 @@ import math
 
 import torch
 
+from kernels.native import top_left_causal_only
+from kernels.triton.common import declare
 from kernels.triton.common import (HAS_TRITON, Launcher, Skip, TritonKernel, config,  # noqa: F401
                                    dot_precision, missing_reason, triton, tl)
 
@@ -178,6 +180,8 @@ def setup(case, q, k, v, causal=None, **_):
 
     Registry setup; `causal` from the inputs, else the case's `causal` parameter (default False)."""
     causal = bool(causal if causal is not None else case.get("causal", False))
+    if top_left_causal_only(case):
+        raise Skip(top_left_causal_only(case))
     d = q.shape[-1]
     if d not in HEAD_DIMS:
         raise Skip(f"head dim {d} not supported by the Triton kernel (supported: {HEAD_DIMS})")
@@ -185,6 +189,9 @@ def setup(case, q, k, v, causal=None, **_):
         raise Skip("exact-fp32 attention at head dim > 64 spills on sm_90 (triton 3.7.1); use bf16/fp16")
     out = case.poisoned(tuple(q.shape))
     return Launcher(lambda: attention_fwd(q, k, v, out, causal), out)
+
+
+VARIANT = declare(setup, __file__)   # SUITE.add("triton", VARIANT)
 
 
 def aot_specs():

@@ -197,3 +197,28 @@ def row_kernels(kernel):
                          prune_configs_by={"early_config_prune": prune_row_configs})
     looped = TritonKernel(kernel, looped_configs, key=["n_cols"], interpret=triton.Config({"BLOCK_N": 128}))
     return fused_configs, looped_configs, fused, looped
+
+
+class Declared:
+    """A Triton variant declared once: its setup (`setup(case, **inputs) -> Launcher`), description and
+    source. `SUITE.add("triton", softmax.VARIANT)` registers it with the one Triton requirement
+    (`missing_reason`), `compiled=True` and the `config` column; the tests find every registered Triton
+    variant through `kernel.backend == "triton"`, and kernels/triton/aot.py compiles every module of this
+    folder that defines `aot_specs()`."""
+    backend = "triton"
+
+    def __init__(self, setup, source: str, doc: str | None = None):
+        self.setup = setup
+        self.source = source
+        self.doc = doc or (setup.__doc__ or "").strip().split("\n")[0]
+
+    def variant_spec(self) -> dict:
+        from harness.registry import Requires
+        return dict(setup=self.setup, requires=Requires(check=missing_reason), compiled=True, config=config,
+                    description=self.doc, kernel=self)
+
+
+def declare(setup, module_file: str, doc: str | None = None) -> Declared:
+    """`VARIANT = declare(setup, __file__)` at the end of a kernel module."""
+    from pathlib import Path
+    return Declared(setup, f"kernels/triton/{Path(module_file).name}", doc)

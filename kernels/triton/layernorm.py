@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels.triton.common import declare
 from kernels.triton.common import (HAS_TRITON, Launcher, TritonKernel, config, missing_reason,  # noqa: F401
                                    next_pow2, prune_row_configs, row_kernels, triton, tl)
 
@@ -97,6 +98,9 @@ def setup(case, x, weight, bias, eps=None, **_):
     out = case.poisoned(tuple(x.shape))
     out2 = out.view(-1, x.shape[-1])
     return Launcher(lambda: layernorm(x2, weight, bias, out2, eps), out)
+
+
+VARIANT = declare(setup, __file__)   # SUITE.add("triton", VARIANT)
 
 
 def aot_specs():
