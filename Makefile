@@ -9,14 +9,18 @@ JOBS    ?= 2
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 export TRITON_CACHE_DIR := $(CURDIR)/.cache/triton
 
-.PHONY: bench test setup build system-deps gpu clean report gate-evidence mutants coverage
+.PHONY: bench test test-slow setup build system-deps gpu clean report gate-evidence mutants coverage
 
 bench: setup build
 	$(VPY) bench.py --suite attention
 
 test: setup build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -m "not slow"   # slow-marked tests: make test-slow
+
+# The slow-marked tests: the default model's real training from scratch (minutes), torch.compile of a model.
+test-slow: setup build
+	$(VPY) -m pytest -q -m slow
 
 # System packages: compilers and CMake for the native kernels, Chromium to look at the HTML report, the
 # allocators of `bench.py --allocator jemalloc|tcmalloc`.

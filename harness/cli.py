@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "compare": "harness.compare",    # align runs from different machines
     "report": "harness.report",      # self-contained HTML report
     "baseline": "harness.baseline",  # store a run as a named baseline
+    "model": "models.cli",           # train (first use) and evaluate a model
     "ab": "harness.ab",              # interleaved A/B of two git refs in one job, gated
 }
 
@@ -57,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cold", action="store_true", help="flush caches before every sample")
     p.add_argument("--cuda-graph", action="store_true", help="replay the timed calls from a CUDA graph")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--model", default=None,
+                   help="model of the model suite: tiny (default), small, or a checkpoint directory")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out: keep its rows, measure only the missing ones")
     p.add_argument("--no-isolate", action="store_true",
@@ -219,6 +222,14 @@ def resolve(args: argparse.Namespace):
             if v not in known:
                 raise UsageError(f"unknown variant {v!r}; choose from: {', '.join(known)}")
     budget, worker_memory = check_numbers(args)
+
+    if args.model is not None:       # the model suite reads it (also in worker processes) from KB_MODEL
+        from models.zoo import ModelError, resolve as resolve_model
+        try:
+            resolve_model(args.model)
+        except ModelError as exc:
+            raise UsageError(str(exc)) from None
+        os.environ["KB_MODEL"] = args.model
 
     reset_peaks = None
     if args.reset_peaks is not None:

@@ -161,6 +161,7 @@ class Suite:
         self._cases: dict[str, list[dict]] = {m: [] for m in MODES}
         self.variants: dict[str, Variant] = {}
         self._inputs = self._flops = self._bytes = self._reference = None
+        self._model_columns = None
 
     # ---- declarations -------------------------------------------------------------------------------
     def add_cases(self, mode: str, cases: Iterable[Mapping[str, Any]],
@@ -190,6 +191,15 @@ class Suite:
     def reference(self, fn):
         self._reference = fn
         return fn
+
+    def model_columns(self, fn):
+        """Model-level suites: `fn(case, launcher, row) -> dict` of MODEL_COLUMNS (docs/CONTRACTS.md §5),
+        called after a row is timed, with the timed launcher and the row so far (median, telemetry)."""
+        self._model_columns = fn
+        return fn
+
+    def row_model_columns(self, case: Case, launcher, row: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self._model_columns(case, launcher, row)) if self._model_columns else {}
 
     def variant(self, name: str, *, requires: Requires = ANY, compiled: bool = False,
                 config: Callable | None = None, description: str = "", kernel: Any = None):

@@ -21,6 +21,9 @@ COLUMNS = [
     "median_ms", "p20_ms", "p80_ms", "min_ms", "n", "cv", "samples_ms", "compile_s",
     "flops", "bytes", "tflops", "gbps", "pct_peak", "peak_source", "pct_peak_measured", "speedup",
     "max_abs_err", "max_rel_err", "config", "threads", "cold", "cuda_graph",
+    # model-level columns (suites/model.py and the pipelines); empty for kernel suites
+    "model", "tokens_per_s", "ms_per_token", "peak_mem_mb", "energy_per_token_j",
+    "quality_metric", "quality_value", "quality_ref", "quality_delta",
     "commit", "host", "torch", "triton", "cuda", "driver", "timestamp",
 ]
 STATUSES = ("ok", "incorrect", "error", "skipped")

@@ -129,4 +129,5 @@ def _check_and_time(suite: Suite, case: Case, v: Variant, ctx: RowContext, row: 
                f"(reached {stats.rel_ci:.1%})",
                median_ms=stats.median_ms, p20_ms=stats.p20_ms, p80_ms=stats.p80_ms, min_ms=stats.min_ms,
                n=stats.n, cv=stats.cv, samples_ms=[float(x) for x in stats.samples_ms])
+    row.update(suite.row_model_columns(case, launcher, row))     # tokens/s, memory, quality (model suites)
     return RowOutcome(row, timeseries=m.timeseries())
