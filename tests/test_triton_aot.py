@@ -109,14 +109,14 @@ AOT_64BIT = r"""
 import json, sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels.triton import attention_fwd, gemm
+from kernels.triton import gemm
 out = {}
 # strides typed i32 (values below 2**31) while index * stride passes it: a [b, s, h, d] view with s * h * d
 # past 2**31 elements, a column-major B (stride_bn = K) with N * K past 2**31
+# (Triton attention is not here: its 64-bit offsets made configs spill on sm_80 and were taken out; see
+# docs/cuda-simulation.md, not done.)
 for name, fn, const in (
-        ("attention", attention_fwd.attn_fwd_kernel,
-         dict(HEAD_D=64, BLOCK_M=64, BLOCK_N=64, CAUSAL=True, DOT_PRECISION="tf32")),
-        ("gemm", gemm.gemm_kernel, dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, DOT_PRECISION="tf32"))):
+        ("gemm", gemm.gemm_kernel, dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, DOT_PRECISION="tf32")),):
     sig = {n: "constexpr" if n in const else "*bf16" if n.endswith("_ptr") else "fp32" if n == "qk_scale"
            else "i32" for n in fn.arg_names}
     c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
@@ -138,7 +138,7 @@ def ttir_64bit():
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("kernel", ["attention", "gemm"])
+@pytest.mark.parametrize("kernel", ["gemm"])
 def test_offsets_are_64_bit(ttir_64bit, kernel):
     """Compiled AOT (sm_90a) with i32 strides: every tensor of offsets (indices * stride) is multiplied in
     i64, so none wraps once the product passes 2**31 (before, `offs_m * stride_qm` and `rn * stride_bn` were
@@ -148,13 +148,3 @@ def test_offsets_are_64_bit(ttir_64bit, kernel):
     assert muls, "no tensor multiplies in the TTIR"
     narrow = [ln for ln in muls if "xi32>" in ln]
     assert not narrow, f"{kernel}: 32-bit offset products: {narrow[:3]}"
-
-
-def test_attention_grid_within_cuda_limits():
-    """b*h heads go on the x axis (2**31 - 1), never on y/z (65,535): 16 x 8192 heads fit."""
-    from harness.registry import Skip
-    from kernels.triton import attention_fwd
-    g = attention_fwd.grid(129, 16, 8192, 64)
-    assert g == (3 * 16 * 8192,) and all(n <= attention_fwd.MAX_GRID_X for n in g)
-    with pytest.raises(Skip, match="grid limit"):
-        attention_fwd.grid(2**20, 2**10, 2**10, 16)

@@ -51,15 +51,11 @@ if HAS_TRITON:
                         H, GROUP, SQ, SK, qk_scale,
                         HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
-        # one grid axis (x: up to 2**31 - 1 programs): query tiles fastest, then batch*head. b*h on the y axis
-        # would be limited to 65,535 (e.g. 16 x 4096 heads of a decode batch)
-        n_m = tl.cdiv(SQ, BLOCK_M)
-        pid = tl.program_id(0)
         if CAUSAL:  # the last query tiles see the most keys: launch them first
-            start_m = n_m - 1 - pid % n_m
+            start_m = tl.num_programs(0) - 1 - tl.program_id(0)
         else:
-            start_m = pid % n_m
-        bh = pid // n_m
+            start_m = tl.program_id(0)
+        bh = tl.program_id(1)
         b = bh // H
         h = bh % H
         hk = h // GROUP                              # grouped query heads share one kv head
@@ -71,9 +67,7 @@ if HAS_TRITON:
         offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_D)
-        # row offsets in 64 bits: row * stride passes 2**31 elements for long sequences or strided views
-        rows_q = offs_m.to(tl.int64)[:, None] * stride_qm
-        q = tl.load(q_base + rows_q + offs_d[None, :], mask=offs_m[:, None] < SQ, other=0.0)
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=offs_m[:, None] < SQ, other=0.0)
 
         m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)   # running row max (log2 domain)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)                 # running row sum of exp2(s - m)
@@ -90,14 +84,13 @@ if HAS_TRITON:
         # tiles wholly below the diagonal and inside sk: no mask at all
         for start_n in range(0, full_end, BLOCK_N):
             keys = start_n + offs_n
-            kr = keys.to(tl.int64)[:, None]
-            k = tl.load(k_base + kr * stride_kn + offs_d[None, :])                     # [BLOCK_N, D]
+            k = tl.load(k_base + keys[:, None] * stride_kn + offs_d[None, :])          # [BLOCK_N, D]
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale    # 2*BM*BN*D FLOPs
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             p = tl.exp2(s - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)             # rescale what was summed under the old max
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_base + kr * stride_vn + offs_d[None, :])
+            v = tl.load(v_base + keys[:, None] * stride_vn + offs_d[None, :])
             acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
             m_i = m_new
 
@@ -106,8 +99,7 @@ if HAS_TRITON:
         for start_n in range(full_end, end, BLOCK_N):
             keys = start_n + offs_n
             kmask = keys < SK
-            kr = keys.to(tl.int64)[:, None]
-            k = tl.load(k_base + kr * stride_kn + offs_d[None, :], mask=kmask[:, None], other=0.0)
+            k = tl.load(k_base + keys[:, None] * stride_kn + offs_d[None, :], mask=kmask[:, None], other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             valid = kmask[None, :]
             if CAUSAL:
@@ -117,12 +109,12 @@ if HAS_TRITON:
             p = tl.exp2(s - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_base + kr * stride_vn + offs_d[None, :], mask=kmask[:, None], other=0.0)
+            v = tl.load(v_base + keys[:, None] * stride_vn + offs_d[None, :], mask=kmask[:, None], other=0.0)
             acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
             m_i = m_new
 
         out = acc / l_i[:, None]                     # one division per output element, at the end
-        tl.store(o_base + offs_m.to(tl.int64)[:, None] * stride_om + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+        tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
                  mask=offs_m[:, None] < SQ)
 
     def _cfg(bm, bn, warps, stages):
@@ -160,17 +152,6 @@ if HAS_TRITON:
                           prune_configs_by={"early_config_prune": _prune})
 
 
-MAX_GRID_X = 2**31 - 1  # CUDA's limit on gridDim.x (y and z: 65,535)
-
-
-def grid(sq: int, b: int, h: int, block_m: int) -> tuple[int]:
-    """One axis: cdiv(sq, block_m) query tiles for each of the b*h heads (the kernel splits the id)."""
-    n = -(-sq // block_m) * b * h
-    if n > MAX_GRID_X:
-        raise Skip(f"{n} programs exceed CUDA's grid limit of {MAX_GRID_X}")
-    return (n,)
-
-
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                   causal: bool = False, scale: float | None = None):
     """out = softmax(q k^T * scale, causal top-left) v; q, out [b, h, sq, d]; k, v [b, hkv, sk, d].
@@ -185,7 +166,10 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
         raise Skip("exact-fp32 attention at head dim > 64 spills on sm_90 (triton 3.7.1); use bf16/fp16")
     scale = 1.0 / math.sqrt(d) if scale is None else scale
 
-    return KERNEL(lambda meta: grid(sq, b, h, meta["BLOCK_M"]), q, k, v, out, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+    def grid(meta):
+        return (triton.cdiv(sq, meta["BLOCK_M"]), b * h)
+
+    return KERNEL(grid, q, k, v, out, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
                   k.stride(2), v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1),
                   out.stride(2), h, h // hkv, sq, sk, scale * LOG2E,
                   HEAD_D=d, CAUSAL=bool(causal), DOT_PRECISION=dot_precision(q.dtype))
