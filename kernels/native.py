@@ -122,9 +122,9 @@ class Library:
                 try:
                     self._cache[key] = Loaded(self, p)
                 except AttributeError as exc:     # an entry point declared here is missing from the build
-                    self._cache[key] = f"{self.hint}: {p.name} is stale ({exc})"
+                    self._cache[key] = f"lib{self.name}.so is stale, rebuild it ('make build'): {p}: {exc}"
                 except OSError as exc:            # the dynamic loader's reason: ELF class, undefined symbol...
-                    self._cache[key] = f"{self.hint}: loading {p} failed: {exc}"
+                    self._cache[key] = f"lib{self.name}.so is built but not loadable: {exc}"
         return self._cache[key]
 
     def load(self) -> Loaded | None:

@@ -28,12 +28,12 @@ def _causal(sq: int, sk: int) -> bool:
 
 def _cpp(q, k, v, out, causal):
     from kernels.cpp import lib
-    lib.load().attention_fwd(q, k, v, causal, out)
+    lib.ATTENTION(q=q, k=k, v=v, causal=causal, out=out)       # the declared kernel (kernels/native.py)
 
 
 def _cuda(q, k, v, out, causal):
     from kernels.cuda import lib
-    lib.load(simulated=False).attention_fwd(q, k, v, out, causal)
+    lib.ATTENTION(lib.LIB.require(), q=q, k=k, v=v, causal=causal, out=out)
 
 
 def _triton(q, k, v, out, causal):

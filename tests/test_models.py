@@ -138,7 +138,7 @@ def _cpp_reason():
     return lib.missing_reason()
 
 
-@pytest.mark.skip(reason="models/attention.py's port to kernels/native.py (issue 11's Kernel objects) is pending")
+@pytest.mark.skipif(_cpp_reason() is not None, reason=f"C++ kernels unavailable: {_cpp_reason()}")
 def test_cpp_attention_in_the_model_matches_eager(lm):
     from models import attention
     attention.register()

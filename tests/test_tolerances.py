@@ -31,7 +31,10 @@ MEASURED = {
 }
 # the peak suite measures the machine's ceilings (its checks are sanity checks of probe outputs, int8 included):
 # not a kernel-vs-reference comparison with a tolerance to pin
-SUITES = {n: s for n, s in all_suites().items() if s._reference is not None and n != "peak"}
+# not a kernel-vs-reference comparison with a tolerance to pin. The model suite's reference is the eager float32
+# model itself, so its baseline is exact by construction; tests/test_model_suite.py pins its tolerance (logits
+# perturbed 1% -> incorrect).
+SUITES = {n: s for n, s in all_suites().items() if s._reference is not None and n not in ("peak", "model")}
 PARAMS = [(n, d) for n, s in SUITES.items() for d in s.dtypes]
 
 

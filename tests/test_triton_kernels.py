@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from harness.check import check_variant, compare
-from harness.registry import Case, all_suites, get_suite
+from harness.registry import Case, Skip, all_suites, get_suite
 from kernels.triton import common
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +122,10 @@ def test_interp_suite_case(request, child_outcomes, name, variant, case):
     if not _interpreted(request, child_outcomes):
         return
     assert get_suite(name).variants[variant].requires.missing(case) is None
-    checked = _run_variant(name, variant, case)
+    try:
+        checked = _run_variant(name, variant, case)
+    except Skip as e:   # a case the kernel declines (e.g. bottom-right causal alignment): skipped, with why
+        pytest.skip(f"{name} {variant}: {e}")
     assert checked.config.startswith("interpreted:")
 
 

@@ -73,8 +73,7 @@ def test_a_corrupt_library_is_reported_with_the_loader_error(tmp_path, monkeypat
     bad = tmp_path / "libkb_cpp.so"
     bad.write_bytes(b"not an ELF file")
     monkeypatch.setenv("KB_CPP_LIB", str(bad))
-    monkeypatch.setattr(lib, "_LIB", None)
-    monkeypatch.setattr(lib, "_LOAD_ERROR", None)
+    monkeypatch.setattr(lib.LIB, "_cache", {})            # nothing loaded before this test counts
     reason = lib.missing_reason()
     assert "not built" not in reason and str(bad) in reason
     assert "invalid ELF header" in reason or "file too short" in reason     # the dynamic loader's own words
