@@ -8,35 +8,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.registry import Suite
 from kernels.cpp import lib as cpp
 from kernels.cuda import lib as cuda
 from kernels.triton import rmsnorm as triton_rmsnorm
+from suites._norm import norm_suite
 
 EPS = 1e-5
 
-SUITE = Suite(
-    name="rmsnorm",
-    description="RMSNorm forward (memory-bound)",
-    baseline="torch_eager",
-    dtypes=("float32", "bfloat16", "float16"),
-    # Outputs are O(1) (normalized, weight ~1): bf16 rounds at 2^-8 relative.
-    tolerances={"float32": (1e-5, 1e-5), "bfloat16": (1e-2, 1.6e-2), "float16": (2e-3, 2e-3)},
-    case_name=lambda p: f"{p['rows']}x{p['cols']}",
-)
-
-
-def _shapes(shapes):
-    return [dict(rows=r, cols=c) for r, c in shapes]
-
-
-# Odd sizes, one row, one column, rows past the kernels' cached paths (70001: the C++ long-row path;
-# 20001: the Triton looped path on a GPU, > 16384 columns).
-SUITE.add_cases("test", _shapes([(1, 127), (129, 1000), (127, 4099), (1000, 129), (1, 1), (1, 4096), (2, 70001),
-                                 (33, 15), (3, 20001)]))
-SUITE.add_cases("quick", _shapes([(4096, 1024), (1024, 4096)]))
-SUITE.add_cases("full", _shapes([(8192, 4096), (4096, 16384), (32768, 1024)]))
-SUITE.add_cases("full", _shapes([(65536, 8192)]), devices=("cuda",))
+SUITE = norm_suite("rmsnorm", "RMSNorm forward (memory-bound)")
 
 
 @SUITE.inputs
