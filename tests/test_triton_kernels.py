@@ -152,7 +152,7 @@ def test_interp_looped_rows(request, child_outcomes, kernel, rows, cols, dtype):
     assert res.ok, f"{case} seed={seed}: {res.message}"
 
 
-SPECIAL_SUITES = [n for n in ("softmax", "norm", "rmsnorm", "layernorm") if n in SUITES] + ["attention"]
+SPECIAL_SUITES = [n for n in ("softmax", "norm", "rmsnorm", "layernorm") if n in all_suites()] + ["attention"]
 
 
 @pytest.mark.parametrize("looped", [False, True])
