@@ -124,7 +124,7 @@ class Library:
                 except AttributeError as exc:     # an entry point declared here is missing from the build
                     self._cache[key] = f"lib{self.name}.so is stale, rebuild it ('make build'): {p}: {exc}"
                 except OSError as exc:            # the dynamic loader's reason: ELF class, undefined symbol...
-                    self._cache[key] = f"lib{self.name}.so is built but not loadable: {exc}"
+                    self._cache[key] = f"lib{self.name}.so is built but not loadable (rebuild: 'make build'): {exc}"
         return self._cache[key]
 
     def load(self) -> Loaded | None:
