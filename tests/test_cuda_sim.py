@@ -72,17 +72,20 @@ def run_seeds(lib, fn, seeds=(-1,) + SEEDS):
 # ---------------------------------------------------------------------------------------------------
 # Missing __syncthreads: results vary across schedule seeds; the twin is right under every seed.
 
+def shift_is_right(lib, rng, n, racy):
+    """One launch of the shift kernel (y[i] = x[i-1] within blocks of 256) on fresh inputs: right or not."""
+    x = rng.standard_normal(n).astype(np.float32)
+    y = np.full(n, np.nan, np.float32)
+    assert lib.simtest_shift(ptr(y), ptr(x), n, racy) == 0, last_error(lib)
+    ref = np.where(np.arange(n) % 256 == 0, 0.0, np.roll(x, 1)).astype(np.float32)
+    return np.array_equal(y, ref)
+
+
 @pytest.mark.parametrize("n", [1, 127, 1000])
 def test_shift_missing_barrier_caught_by_seeds(lib, rng, n):
     # fresh inputs for every run: static __shared__ keeps the previous launch's values (as on a GPU)
     def run(racy):
-        def f():
-            x = rng.standard_normal(n).astype(np.float32)
-            y = np.full(n, np.nan, np.float32)
-            assert lib.simtest_shift(ptr(y), ptr(x), n, racy) == 0, last_error(lib)
-            ref = np.where(np.arange(n) % 256 == 0, 0.0, np.roll(x, 1)).astype(np.float32)
-            return np.array_equal(y, ref)
-        return f
+        return lambda: shift_is_right(lib, rng, n, racy)
 
     assert all(run_seeds(lib, run(0)))
     racy = run_seeds(lib, run(1))
@@ -546,13 +549,7 @@ def test_drift_schedule_exposes_missing_barrier(lib, rng, n):
     """Warps that drift apart (one warp runs to its barrier before the next starts, in permuted warp order)
     expose the shift kernel's missing barrier at warp boundaries; the natural lockstep order hides it."""
     def run(racy):
-        def f():
-            x = rng.standard_normal(n).astype(np.float32)
-            y = np.full(n, np.nan, np.float32)
-            assert lib.simtest_shift(ptr(y), ptr(x), n, racy) == 0, last_error(lib)
-            ref = np.where(np.arange(n) % 256 == 0, 0.0, np.roll(x, 1)).astype(np.float32)
-            return np.array_equal(y, ref)
-        return f
+        return lambda: shift_is_right(lib, rng, n, racy)
     try:
         lib.kb_sim_set_schedule(SCHEDULES["drift"])
         assert all(run_seeds(lib, run(0), seeds=(-1, 1, 2, 3)))
