@@ -182,3 +182,30 @@ def load():
 
 def load_error() -> str | None:
     return LIB.reason()
+
+
+# ---- sparse weights (issue 17, sparsity/formats.py): y = x @ W^T with W [N, K] stored compressed -----------
+def _sparse_out(case, x, w, **_):
+    return (x.shape[0], w.shape[0])
+
+
+def _sparse_reason(kind: str):
+    def unsupported(case, **inputs) -> str | None:
+        from sparsity.cases import unsupported_reason
+        return unsupported_reason(case, kind, inputs)
+    return unsupported
+
+
+# x, rowptr, cols, vals, y, M, N, K, x_stride, y_stride, block, dtype, threads
+BSR_GEMM = _cpp("kb_cpp_bsr_gemm",
+                [ptr("x"), ptr("bsr_rowptr"), ptr("bsr_cols"), ptr("bsr_vals"), ptr("out"), size("x", 0),
+                 size("w", 0), size("x", 1), stride("x", 0), stride("out", 0), i32("block"), dtype("x"), threads()],
+                _sparse_out, "C++ BSR GEMM/GEMV (b=16/32 transposed blocks, MR x b register tile, fp32 accumulation)",
+                "sparse_bsr.cpp", layout={"x": unit_last}, unsupported=_sparse_reason("bsr"))
+
+# x, vals, meta, y, M, N, K, x_stride, y_stride, dtype, threads
+GEMM_24 = _cpp("kb_cpp_gemm_24",
+               [ptr("x"), ptr("v24_vals"), ptr("v24_meta"), ptr("out"), size("x", 0), size("w", 0), size("x", 1),
+                stride("x", 0), stride("out", 0), dtype("x"), threads()],
+               _sparse_out, "C++ 2:4 compressed GEMV/GEMM (values + 2-bit indices, AVX-512 2-source permutes)",
+               "sparse_24.cpp", layout={"x": unit_last}, unsupported=_sparse_reason("2:4"))
