@@ -10,6 +10,8 @@ cannot run sparse here (library not built, a dtype torch's CSR lacks), for a `sk
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -45,7 +47,9 @@ class SparseLinear(nn.Module):
             p = formats.bsr_pack(w, self.block, mask)
             self.packed = {"bsr_rowptr": p["rowptr"], "bsr_cols": p["cols"], "bsr_vals": p["vals"]}
         else:
-            self.csr = (w * mask.to(w.dtype)).to_sparse_csr()
+            with warnings.catch_warnings():           # "Sparse CSR tensor support is in beta state"
+                warnings.simplefilter("ignore", UserWarning)
+                self.csr = (w * mask.to(w.dtype)).to_sparse_csr()
 
     def stored_bytes(self) -> int:
         if self.kind == "unstructured":

@@ -46,7 +46,7 @@ def finetune(lm, masks: dict[str, torch.Tensor], steps: int = STEPS, lr: float =
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             apply_masks(model, masks)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     finally:
         model.eval()
     return losses
