@@ -26,6 +26,7 @@ import pandas as pd
 
 from harness import result_sets as RS
 from harness.report_plots import roofline_png, speedup_png, telemetry_png
+from harness.report_sparsity import quality_speed_png
 
 
 
@@ -163,6 +164,12 @@ def build(df: pd.DataFrame, title: str = "Benchmark report") -> str:
         b64 = speedup_png(str(suite), g, label_of)
         parts.append(_img(b64, f"speedup {suite}") if b64 else
                      f'<p class="note">{html.escape(str(suite))}: no speedups (the baseline did not run).</p>')
+
+    if "sparsity" in set(df["suite"]):
+        parts.append("<h2>Sparsity: quality versus speed</h2>")
+        b64 = quality_speed_png(df)
+        parts.append(_img(b64, "sparsity quality vs speed") if b64 else
+                     '<p class="note">sparsity: no pattern has both a quality row and a timed row.</p>')
 
     parts.append("<h2>Telemetry over time</h2>")
     shown = False

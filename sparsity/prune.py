@@ -99,12 +99,48 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             mods[name].weight.mul_(mask.to(mods[name].weight.dtype))
 
 
+def planned(model: nn.Module, pattern: Pattern | None) -> dict[str, tuple[int, int]]:
+    """{layer: (weights kept, stored units)} that `pattern` will give each prunable layer it fits, computed from
+    the shapes alone (no pruning): the counts are fixed by the pattern (2:4: half; blocks and unstructured:
+    masks.n_kept of the blocks / weights). `stored units` is the block count for block patterns."""
+    from sparsity.masks import n_kept
+    out: dict[str, tuple[int, int]] = {}
+    if pattern is None:
+        return out
+    for name, mod in linear_layers(model):
+        n, k = mod.weight.shape
+        if pattern.fits((n, k)):
+            continue
+        if pattern.kind == "2:4":
+            out[name] = (n * k // 2, n * k // 2)
+        elif pattern.kind == "block":
+            nb = n_kept((n // pattern.block) * (k // pattern.block), pattern.density)
+            out[name] = (nb * pattern.block ** 2, nb)
+        else:
+            kept = n_kept(n * k, pattern.density)
+            out[name] = (kept, kept)
+    return out
+
+
 def weight_bytes(model: nn.Module, report: PruneReport | None, itemsize: int) -> int:
     """Bytes of the weights as the pattern's compressed format stores them (sparsity.formats): dense layers
     and parameters in full; 2:4 layers values + 2-bit indices; block layers values + int32 block indices;
     unstructured layers as CSR (values + int32 column index per value + int32 row pointers)."""
-    from sparsity.formats import bsr_bytes, bytes_24
     masks = report.masks if report else {}
+    units = {}
+    for layer, m in masks.items():
+        if report.pattern.kind == "block":
+            b = report.pattern.block
+            units[layer] = int(m.reshape(m.shape[0] // b, b, m.shape[1] // b, b).any(3).any(1).sum())
+        else:
+            units[layer] = int(m.sum())
+    return stored_bytes(model, report.pattern if report else None, units, itemsize)
+
+
+def stored_bytes(model: nn.Module, pattern: Pattern | None, units: dict[str, int], itemsize: int) -> int:
+    """Bytes of all parameters when the layers in `units` (layer -> kept weights, or kept blocks for block
+    patterns) are stored in `pattern`'s compressed format and everything else densely."""
+    from sparsity.formats import bsr_bytes, bytes_24
     mods = dict(model.named_modules())
     total = 0
     seen = set()
@@ -113,18 +149,14 @@ def weight_bytes(model: nn.Module, report: PruneReport | None, itemsize: int) ->
             continue
         seen.add(id(p))
         layer = pname.rsplit(".", 1)[0]
-        if pname.endswith(".weight") and layer in masks and isinstance(mods.get(layer), nn.Linear):
+        if pname.endswith(".weight") and layer in units and isinstance(mods.get(layer), nn.Linear):
             n, k = p.shape
-            kind = report.pattern.kind
-            if kind == "2:4":
+            if pattern.kind == "2:4":
                 total += bytes_24(n, k, itemsize)
-            elif kind == "block":
-                b = report.pattern.block
-                nnzb = int(masks[layer].reshape(n // b, b, k // b, b).any(3).any(1).sum())
-                total += bsr_bytes(nnzb, b, n, itemsize)
+            elif pattern.kind == "block":
+                total += bsr_bytes(units[layer], pattern.block, n, itemsize)
             else:
-                nnz = int(masks[layer].sum())
-                total += nnz * (itemsize + 4) + 4 * (n + 1)
+                total += units[layer] * (itemsize + 4) + 4 * (n + 1)
         else:
             total += p.numel() * itemsize
     return total

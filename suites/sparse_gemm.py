@@ -29,6 +29,7 @@ import torch
 
 from harness.registry import Requires, Skip, Suite
 from kernels.cpp import lib as cpp
+from kernels.triton import sparse_bsr as triton_bsr
 from sparsity import cases as sc
 from sparsity import formats
 from sparsity.masks import mask_for, n_kept
@@ -200,3 +201,4 @@ def torch_semi_structured(case, x, w, **_):
 
 SUITE.add("cpp_bsr", cpp.BSR_GEMM)
 SUITE.add("cpp_24", cpp.GEMM_24)
+SUITE.add("triton_bsr", triton_bsr.VARIANT)

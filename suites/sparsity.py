@@ -150,21 +150,23 @@ def make_inputs(case, rng):
     return {"input_ids": held[starts[:, None] + torch.arange(n)]}
 
 
-def _counts(case) -> tuple[int, int, int, int]:
-    """(parameters stored, layers, heads, head dim) of the case's pruned model."""
-    lm, report = pruned(_spec(case.params), case.pattern)
-    c = lm.model.config
-    params = sum(p.numel() for p in lm.model.parameters())
-    if report is not None:
-        params -= report.total - report.kept
-    return params, c.num_hidden_layers, c.num_attention_heads, c.hidden_size // c.num_attention_heads
+def _plan(case):
+    """(dense LM, {layer: (kept, units)}) from the shapes alone: flops and bytes never prune (the main process
+    plans every case; pruning and recovery happen once, in the process that measures)."""
+    lm = dense_lm(_spec(case.params))
+    if case.pattern not in PATTERNS:
+        raise Skip(f"unknown pattern {case.pattern!r}; choose from {', '.join(PATTERNS)}")
+    return lm, prune.planned(lm.model, PATTERNS[case.pattern][0])
 
 
 @SUITE.flops
 def flops(case):
     # 2 FLOPs per stored weight per token (pruned weights skipped: what the sparse kernels do) + attention
-    params, layers, heads, hd = _counts(case)
-    attn = 4 * layers * heads * hd
+    lm, plan = _plan(case)
+    c = lm.model.config
+    params = sum(p.numel() for p in lm.model.parameters()) - sum(
+        dict(lm.model.named_modules())[n].weight.numel() - kept for n, (kept, _) in plan.items())
+    attn = 4 * c.num_hidden_layers * c.num_attention_heads * (c.hidden_size // c.num_attention_heads)
     if case.kind == "decode":
         return case.b * (2 * params + attn * (case.n + 1))
     return case.b * (2 * params * case.n + attn * case.n * (case.n + 1) // 2)
@@ -172,10 +174,12 @@ def flops(case):
 
 @SUITE.bytes
 def nbytes(case):
-    lm, report = pruned(_spec(case.params), case.pattern)
+    lm, plan = _plan(case)
     c = lm.model.config
     kv = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * case.itemsize
-    return prune.weight_bytes(lm.model, report, case.itemsize) + case.b * (case.n + 1) * kv
+    pattern = PATTERNS[case.pattern][0]
+    weights = prune.stored_bytes(lm.model, pattern, {n: u for n, (_, u) in plan.items()}, case.itemsize)
+    return weights + case.b * (case.n + 1) * kv
 
 
 @SUITE.reference

@@ -220,3 +220,14 @@ def test_sparse_model_matches_masked_dense(test_lm, pattern):
     with torch.no_grad():
         torch.testing.assert_close(sparse(input_ids=ids).logits, lm.model(input_ids=ids).logits,
                                    rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("pattern", [Pattern("2:4"), Pattern("block", 0.1, 32), Pattern("unstructured", 0.25)])
+def test_planned_counts_match_real_pruning(test_lm, pattern):
+    """The suite plans flops and bytes from the shapes alone; pruning must give exactly those counts."""
+    lm = _copy(test_lm)
+    plan = prune.planned(lm.model, pattern)
+    rep = prune.prune_model(lm.model, pattern)
+    assert {n: kept for n, (kept, _) in plan.items()} == {n: int(m.sum()) for n, m in rep.masks.items()}
+    units = {n: u for n, (_, u) in plan.items()}
+    assert prune.stored_bytes(lm.model, pattern, units, 2) == prune.weight_bytes(lm.model, rep, 2)

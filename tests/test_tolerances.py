@@ -28,13 +28,16 @@ MEASURED = {
     "rmsnorm": {"float32": 0.0192, "bfloat16": 0.2089, "float16": 0.1939},
     "layernorm": {"float32": 0.0192, "bfloat16": 0.2089, "float16": 0.1939},
     "softmax": {"float32": 0.1349, "bfloat16": 0.2414, "float16": 0.2427},
+    "sparse_gemm": {"float32": 0.0244, "bfloat16": 0.1803, "float16": 0.1566},
 }
 # the peak suite measures the machine's ceilings (its checks are sanity checks of probe outputs, int8 included):
 # not a kernel-vs-reference comparison with a tolerance to pin
 # not a kernel-vs-reference comparison with a tolerance to pin. The model suite's reference is the eager float32
 # model itself, so its baseline is exact by construction; tests/test_model_suite.py pins its tolerance (logits
-# perturbed 1% -> incorrect).
-SUITES = {n: s for n, s in all_suites().items() if s._reference is not None and n not in ("peak", "model")}
+# perturbed 1% -> incorrect). The sparsity suite is model-level the same way (its reference is the pruned
+# model in float64; tests/test_sparsity.py checks the sparse model against the masked dense one).
+SUITES = {n: s for n, s in all_suites().items()
+          if s._reference is not None and n not in ("peak", "model", "sparsity")}
 PARAMS = [(n, d) for n, s in SUITES.items() for d in s.dtypes]
 
 
