@@ -29,6 +29,7 @@ import torch
 
 from harness.registry import Requires, Skip, Suite
 from kernels.cpp import lib as cpp
+from kernels.cuda import lib as cuda
 from kernels.triton import sparse_bsr as triton_bsr
 from sparsity import cases as sc
 from sparsity import formats
@@ -202,3 +203,5 @@ def torch_semi_structured(case, x, w, **_):
 SUITE.add("cpp_bsr", cpp.BSR_GEMM)
 SUITE.add("cpp_24", cpp.GEMM_24)
 SUITE.add("triton_bsr", triton_bsr.VARIANT)
+SUITE.add("cuda_24_mma_sp", cuda.GEMM_24)
+SUITE.add("cuda_bsr", cuda.BSR_GEMM)

@@ -109,3 +109,34 @@ def bind(path):
 def load(simulated: bool = False):
     """The library from the build directory, or None (`(SIM if simulated else LIB).reason()` says why)."""
     return (SIM if simulated else LIB).load()
+
+
+# ---- sparse weights (issue 17, sparsity/formats.py): y = x @ W^T, W [N, K] compressed -----------------------
+def _sparse_out(case, x, w, **_):
+    return (x.shape[0], w.shape[0])
+
+
+def _sparse_reason(kind: str):
+    def unsupported(case, **inputs) -> str | None:
+        from sparsity.cases import unsupported_reason
+        if case.dtype_name not in ("bfloat16", "float16"):
+            return f"tensor-core kernel: bf16/fp16 inputs, not {case.dtype_name}"
+        return unsupported_reason(case, kind, inputs)
+    return unsupported
+
+
+# x, vals, meta, y, M, N, K, ldx, ldy, dtype, stream
+GEMM_24 = _cuda("kb_cuda_gemm_24",
+                [ptr("x"), ptr("v24_vals"), ptr("v24_meta"), ptr("out"), size("x", 0), size("w", 0), size("x", 1),
+                 stride("x", 0), stride("out", 0), dtype("x")],
+                _sparse_out, "2:4 sparse tensor cores: mma.sp m16n8k32 on the compressed weight and its 2-bit indices",
+                "sparse_24_mma_sp.cu", dtypes=("bfloat16", "float16"), layout={"x": unit_last},
+                unsupported=_sparse_reason("2:4"))
+
+# x, rowptr, cols, vals, y, M, N, K, ldx, ldy, block, dtype, stream
+BSR_GEMM = _cuda("kb_cuda_bsr_gemm",
+                 [ptr("x"), ptr("bsr_rowptr"), ptr("bsr_cols"), ptr("bsr_vals"), ptr("out"), size("x", 0),
+                  size("w", 0), size("x", 1), stride("x", 0), stride("out", 0), i32("block"), dtype("x")],
+                 _sparse_out, "block-sparse GEMM on mma.m16n8k16: a warp per block row x 32 rows of x",
+                 "sparse_bsr.cu", dtypes=("bfloat16", "float16"), layout={"x": unit_last},
+                 unsupported=_sparse_reason("bsr"))

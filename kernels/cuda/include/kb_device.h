@@ -57,6 +57,36 @@ __device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const uint32_t a[4]
         "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
 }
 
+// Sparse D = A * B + C with A 2:4-sparse (16x32, stored compressed as 16x16), B 32x8, fp32 accumulate:
+// mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.{bf16,f16}.{bf16,f16}.f32, sparsity selector 0
+// (2*16*8*32 = 8192 dense-equivalent FLOPs, half of them multiplied). PTX ISA 8.5+, sm_80+.
+//   A (compressed): the m16n8k16 A layout of the 16x16 kept values: a0 = (row g, kept 2t,2t+1) = the two kept
+//     values of row g's 4-wide chunk t (columns 4t..4t+3); a1 = row g+8, chunk t; a2 = row g, chunk 4+t
+//     (columns 16+4t..); a3 = row g+8, chunk 4+t.
+//   B: b0 = (rows k 2t,2t+1, col g), b1 = rows 2t+8,+9, b2 = rows 2t+16,+17, b3 = rows 2t+24,+25.
+//   e (metadata, selector 0: lanes with t = 0 and 1 supply it): for lane 4g + h (h = 0, 1), bits 0..15 =
+//     row g, columns 16h..16h+15, bits 16..31 = row g+8, same columns; chunk j of those 16 columns in bits
+//     4j..4j+3, the first kept index (0..3) in the low 2 bits, the second, larger one in the high 2 bits.
+__device__ __forceinline__ void mma_sp_m16n8k32_bf16(float d[4], const uint32_t a[4], const uint32_t b[4],
+                                                     const float c[4], uint32_t e) {
+  asm volatile(
+      "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 "
+      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9,%10,%11}, {%12,%13,%14,%15}, %16, 0x0;\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]),
+        "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]), "r"(e));
+}
+
+__device__ __forceinline__ void mma_sp_m16n8k32_f16(float d[4], const uint32_t a[4], const uint32_t b[4],
+                                                    const float c[4], uint32_t e) {
+  asm volatile(
+      "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 "
+      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9,%10,%11}, {%12,%13,%14,%15}, %16, 0x0;\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]),
+        "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]), "r"(e));
+}
+
 // Four 8x8 b16 matrices from shared memory; `smem` is this lane's row address (16-byte aligned).
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* smem) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"

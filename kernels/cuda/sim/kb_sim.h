@@ -122,7 +122,7 @@ namespace kb_sim {
 // collective once every lane of the mask has arrived, with the ops of all 32 lanes.
 enum CollKind : int {
   COLL_SYNCWARP = 1, COLL_SHFL_IDX, COLL_SHFL_UP, COLL_SHFL_DOWN, COLL_SHFL_XOR, COLL_BALLOT, COLL_ANY,
-  COLL_ALL, COLL_MMA_BF16, COLL_MMA_F16, COLL_LDMATRIX, COLL_MATCH_ANY
+  COLL_ALL, COLL_MMA_BF16, COLL_MMA_F16, COLL_LDMATRIX, COLL_MATCH_ANY, COLL_MMA_SP_BF16, COLL_MMA_SP_F16
 };
 struct CollOp {
   int kind;
@@ -136,6 +136,7 @@ struct CollOp {
   int arg;             // source lane / delta / lane mask; ldmatrix: number of matrices
   int width;           // shuffle width; ldmatrix: 1 if .trans
   void* out;           // mma: float d[4]; ldmatrix: uint32_t r[n]
+  // mma.sp: in1 = b[4], `value` = the metadata register e, `arg` = the sparsity selector
   const void* in0;     // mma: a[4]; ldmatrix: row address
   const void* in1;     // mma: b[2]
   const void* in2;     // mma: c[4]
@@ -508,6 +509,17 @@ namespace kb {
 KB_SIM_MMA(mma_m16n8k16_bf16, COLL_MMA_BF16)
 KB_SIM_MMA(mma_m16n8k16_f16, COLL_MMA_F16)
 #undef KB_SIM_MMA
+#define KB_SIM_MMA_SP(NAME, KIND)                                                                       \
+  static inline void NAME(float d[4], const uint32_t a[4], const uint32_t b[4], const float c[4],       \
+                          uint32_t e, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {\
+    ::kb_sim::CollOp op{};                                                                              \
+    op.kind = ::kb_sim::KIND; op.mask = 0xffffffffu; op.what = "mma.sp.sync.m16n8k32"; op.file = file;  \
+    op.line = line; op.out = d; op.in0 = a; op.in1 = b; op.in2 = c; op.value = e; op.arg = 0;           \
+    ::kb_sim::warp_collective(&op);                                                                     \
+  }
+KB_SIM_MMA_SP(mma_sp_m16n8k32_bf16, COLL_MMA_SP_BF16)
+KB_SIM_MMA_SP(mma_sp_m16n8k32_f16, COLL_MMA_SP_F16)
+#undef KB_SIM_MMA_SP
 #define KB_SIM_LDMATRIX(NAME, N, TRANS)                                                                 \
   static inline void NAME(uint32_t r[N], const void* smem, const char* file = __builtin_FILE(),          \
                           int line = __builtin_LINE()) {                                                \

@@ -104,6 +104,64 @@ std::string exec_collective(Worker* w, unsigned warp, CollOp** ops, unsigned gro
       }
       return "";
     }
+    case COLL_MMA_SP_BF16: case COLL_MMA_SP_F16: {
+      // mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.{bf16,f16}, sparsity selector 0 (the
+      // layouts: kb_device.h). The kept values of A (16 x 16) are placed by the metadata of the two lanes
+      // 4g + 2*sel + h, h = 0, 1 (row g and g+8, columns 16h..16h+15); a chunk's two indices must increase
+      // (0b0100, 0b1000, 0b1001, 0b1100, 0b1101, 0b1110: anything else is undefined behaviour on the GPU and
+      // an error here).
+      const bool bf16 = kind == COLL_MMA_SP_BF16;
+      const int sel = o0->arg;
+      if (sel != 0 && sel != 1) return format("%s: sparsity selector %d (m16n8k32 takes 0 or 1)", o0->what, sel);
+      float Ac[16][16], B[32][8], C[16][8];
+      for (int l = 0; l < 32; ++l) {
+        const uint32_t* a = (const uint32_t*)ops[l]->in0;
+        const uint32_t* b = (const uint32_t*)ops[l]->in1;
+        const float* c = (const float*)ops[l]->in2;
+        const int g = l >> 2, t = l & 3;
+        Ac[g][2 * t] = b16_to_f32(lo16(a[0]), bf16);     Ac[g][2 * t + 1] = b16_to_f32(hi16(a[0]), bf16);
+        Ac[g + 8][2 * t] = b16_to_f32(lo16(a[1]), bf16); Ac[g + 8][2 * t + 1] = b16_to_f32(hi16(a[1]), bf16);
+        Ac[g][2 * t + 8] = b16_to_f32(lo16(a[2]), bf16); Ac[g][2 * t + 9] = b16_to_f32(hi16(a[2]), bf16);
+        Ac[g + 8][2 * t + 8] = b16_to_f32(lo16(a[3]), bf16); Ac[g + 8][2 * t + 9] = b16_to_f32(hi16(a[3]), bf16);
+        for (int r = 0; r < 4; ++r) {
+          B[2 * t + 8 * r][g] = b16_to_f32(lo16(b[r]), bf16);
+          B[2 * t + 8 * r + 1][g] = b16_to_f32(hi16(b[r]), bf16);
+        }
+        C[g][2 * t] = c[0]; C[g][2 * t + 1] = c[1]; C[g + 8][2 * t] = c[2]; C[g + 8][2 * t + 1] = c[3];
+      }
+      int col[16][16];               // the column (0..31) of A each kept value multiplies
+      for (int g = 0; g < 8; ++g)
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t e = (uint32_t)ops[4 * g + 2 * sel + h]->value;
+          for (int half = 0; half < 2; ++half) {
+            const int row = g + 8 * half;
+            for (int j = 0; j < 4; ++j) {     // chunk j of columns 16h..16h+15
+              const uint32_t nib = (e >> (16 * half + 4 * j)) & 0xfu;
+              const int i0 = nib & 3, i1 = nib >> 2;
+              if (i0 >= i1)
+                return format("%s at %s:%d: metadata nibble 0x%x (lane %d, row %d, columns %d..%d) does not name "
+                              "two increasing positions", o0->what, o0->file, o0->line, nib, 4 * g + 2 * sel + h,
+                              row, 16 * h + 4 * j, 16 * h + 4 * j + 3);
+              const int chunk = 4 * h + j;
+              col[row][2 * chunk] = 4 * chunk + i0;
+              col[row][2 * chunk + 1] = 4 * chunk + i1;
+            }
+          }
+        }
+      float D[16][8];
+      for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 8; ++j) {
+          double s = C[i][j];
+          for (int kk = 0; kk < 16; ++kk) s += (double)Ac[i][kk] * (double)B[col[i][kk]][j];
+          D[i][j] = (float)s;
+        }
+      for (int l = 0; l < 32; ++l) {
+        float* d = (float*)ops[l]->out;
+        const int g = l >> 2, t = l & 3;
+        d[0] = D[g][2 * t]; d[1] = D[g][2 * t + 1]; d[2] = D[g + 8][2 * t]; d[3] = D[g + 8][2 * t + 1];
+      }
+      return "";
+    }
     case COLL_LDMATRIX: {
       // ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16: lanes 8i..8i+7 give the row addresses of
       // matrix i (16 bytes per row). Lane l receives in r[i] matrix i's (row l/4, cols 2(l%4), 2(l%4)+1), or
@@ -135,7 +193,10 @@ std::string exec_collective(Worker* w, unsigned warp, CollOp** ops, unsigned gro
   return format("unknown warp collective kind %d", kind);
 }
 
-bool aligned_op(int kind) { return kind == COLL_MMA_BF16 || kind == COLL_MMA_F16 || kind == COLL_LDMATRIX; }
+bool aligned_op(int kind) {
+  return kind == COLL_MMA_BF16 || kind == COLL_MMA_F16 || kind == COLL_LDMATRIX || kind == COLL_MMA_SP_BF16 ||
+         kind == COLL_MMA_SP_F16;
+}
 
 const char* state_name(int s) {
   switch (s) {
