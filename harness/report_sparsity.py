@@ -17,8 +17,8 @@ TARGET_PCT = 5.0
 
 
 def _pattern(case: str) -> str:
-    parts = str(case).split(":")
-    return parts[1] if len(parts) >= 3 else str(case)
+    parts = str(case).split(":")                 # "<model>:<pattern>:<kind>"; the pattern may hold a ":" (2:4)
+    return ":".join(parts[1:-1]) if len(parts) >= 3 else str(case)
 
 
 def _kind(case: str) -> str:
