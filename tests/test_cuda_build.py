@@ -25,7 +25,11 @@ EXPECTED_KERNELS = (
     + [f"kb_{op}_kernel<{t}>" for op in ("softmax", "rmsnorm", "layernorm") for t in ("float", "__nv_bfloat16", "__half")]
     + [f"kb_gemm_tc_kernel<{t}, {o}, {a}>" for t in ("__nv_bfloat16", "__half") for o in ("float", t)
        for a in ("true", "false")]
+    + [f"kb_sparse24_mma_sp_kernel<{t}>" for t in ("__nv_bfloat16", "__half")]
+    + [f"kb_bsr_mma_kernel<{t}, {b}>" for t in ("__nv_bfloat16", "__half") for b in (16, 32)]
 )
+# kernels that must use tensor cores (HMMA; mma.sp shows as HMMA.SP), the others must not
+TENSOR_CORE_KERNELS = ("kb_gemm_tc_kernel", "kb_attn_fwd_mma_kernel", "kb_sparse24_mma_sp_kernel", "kb_bsr_mma_kernel")
 
 
 def _cuda_archs(build: Path) -> list[str]:
@@ -99,7 +103,7 @@ def test_tensor_core_kernels_use_hmma(report):
             kernel.startswith("kb_gemm_tc_kernel") and ", false>" in kernel), (kernel, arch, n)
     tc = by.tensor_core_instrs
     for (kernel, arch), n in tc.items():
-        if kernel.startswith(("kb_gemm_tc_kernel", "kb_attn_fwd_mma_kernel")):
+        if kernel.startswith(TENSOR_CORE_KERNELS):
             assert n > 0, f"{kernel} on {arch} has no HMMA instruction"
         else:
             assert n == 0, f"{kernel} on {arch} was not expected to use tensor cores"

@@ -154,7 +154,8 @@ KB_API int kb_cpp_bsr_gemm(const void* x, const void* rowptr_, const void* cols_
   const int64_t nbr = n / block, nbc = k / block;
   if (rowptr[0] != 0) return kb::set_error(kb::E_ARG, "bsr: rowptr[0] = %d, not 0", rowptr[0]);
   for (int64_t i = 0; i < nbr; ++i)
-    if (rowptr[i + 1] < rowptr[i]) return kb::set_error(kb::E_ARG, "bsr: rowptr decreases at block row %lld", (long long)i);
+    if (rowptr[i + 1] < rowptr[i])
+      return kb::set_error(kb::E_ARG, "bsr: rowptr decreases at block row %lld", (long long)i);
   const int32_t nnzb = rowptr[nbr];
   if (nnzb > 0 && (!cols || !vals)) return kb::set_error(kb::E_ARG, "bsr: null cols or vals");
   for (int32_t j = 0; j < nnzb; ++j)
