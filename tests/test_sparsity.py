@@ -231,3 +231,28 @@ def test_planned_counts_match_real_pruning(test_lm, pattern):
     assert {n: kept for n, (kept, _) in plan.items()} == {n: int(m.sum()) for n, m in rep.masks.items()}
     units = {n: u for n, (_, u) in plan.items()}
     assert prune.stored_bytes(lm.model, pattern, units, 2) == prune.weight_bytes(lm.model, rep, 2)
+
+
+def test_report_quality_vs_speed_points_and_plot():
+    """harness/report_sparsity.py: decode/prefill speed relative to dense, the quality row's delta, per pattern
+    (names with ':' included); the HTML report gets the section."""
+    import pandas as pd
+    from harness import report, report_sparsity
+    rows = []
+    for pattern, dense_ms, sparse_ms, delta in (("dense", 2.0, None, 0.0), ("2:4-wanda-rec", 2.0, 1.0, 0.2),
+                                               ("block32-d10", 2.0, 4.0, 120.0)):
+        for kind in ("prefill-b8-p64", "decode-b1-ctx32", "quality"):
+            for variant, ms in (("masked_dense", dense_ms), ("sparse_kernels", sparse_ms)):
+                if ms is None:
+                    continue
+                rows.append(dict(run_id="r", suite="sparsity", case=f"tiny:{pattern}:{kind}", variant=variant,
+                                 dtype="float32", status="ok", median_ms=ms, tokens_per_s=1000.0 / ms,
+                                 bpb_delta_pct=delta if kind == "quality" else None, device_name="cpu"))
+    df = pd.DataFrame(rows)
+    pts = report_sparsity.points(df).set_index(["kind", "pattern"])
+    assert pts.loc[("decode", "2:4-wanda-rec"), "speed"] == pytest.approx(2.0)
+    assert pts.loc[("prefill", "block32-d10"), "speed"] == pytest.approx(0.5)
+    assert pts.loc[("decode", "block32-d10"), "bpb_delta_pct"] == pytest.approx(120.0)
+    assert pts.loc[("decode", "dense"), "speed"] == pytest.approx(1.0)
+    assert report_sparsity.quality_speed_png(df)
+    assert report_sparsity.quality_speed_png(df[df["suite"] == "nothing"]) is None
