@@ -26,6 +26,7 @@ import torch
 from harness.registry import Requires, Skip, Suite
 from inference import paged, quant
 from kernels.cpp import lib as cpp
+from kernels.triton import decode_paged as triton_decode
 
 KV_FORMATS = {"native": None, "int8": "int8", "fp8": "fp8_e4m3"}
 
@@ -215,3 +216,4 @@ def flex(case, q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale):
 
 
 SUITE.add("cpp", cpp.DECODE_PAGED)
+SUITE.add("triton", triton_decode.VARIANT)
