@@ -45,7 +45,7 @@ template <> __device__ __forceinline__ float kv_f32<uint8_t>(uint8_t x) {
 
 // kb-report: kb_decode_paged_kernel threads=128 smem_dynamic=0
 template <typename T, typename KV, int EPL>
-__global__ void __launch_bounds__(128) kb_decode_paged_kernel(KbDecodeArgs a) {
+__global__ void __launch_bounds__(128, 1) kb_decode_paged_kernel(KbDecodeArgs a) {
   constexpr int D = EPL * 32;
   __shared__ float Qs[KB_DEC_MAX_R * D];
   __shared__ float Wm[KB_DEC_WARPS * KB_DEC_MAX_R], Wl[KB_DEC_WARPS * KB_DEC_MAX_R];
@@ -85,27 +85,32 @@ __global__ void __launch_bounds__(128) kb_decode_paged_kernel(KbDecodeArgs a) {
 #pragma unroll
     for (int e = 0; e < EPL; ++e) { kf[e] = kb::kv_f32(K[row + e]) * ksc; vf[e] = kb::kv_f32(V[row + e]) * vsc; }
 #pragma unroll
-    for (int r = 0; r < KB_DEC_MAX_R; ++r) {
-      if (r >= R) break;
-      float part = 0.0f;
+    for (int r = 0; r < KB_DEC_MAX_R; ++r) {      // unrolled with constant indices: acc stays in registers
+      if (r < R) {                                 // R and t are uniform across the warp: warp_sum is safe
+        float part = 0.0f;
 #pragma unroll
-      for (int e = 0; e < EPL; ++e) part = fmaf(Qs[r * D + lane * EPL + e], kf[e], part);
-      const float s = kb::warp_sum(part);
-      if (t > L - a.SQ + r / G) continue;                                 // causal over the SQ new tokens
-      const float mn = fmaxf(m[r], s);
-      const float alpha = exp2f(m[r] - mn);                               // m = -inf at first: alpha = 0
-      const float p = exp2f(s - mn);
-      l[r] = l[r] * alpha + p;
+        for (int e = 0; e < EPL; ++e) part = fmaf(Qs[r * D + lane * EPL + e], kf[e], part);
+        const float s = kb::warp_sum(part);
+        if (t <= L - a.SQ + r / G) {               // causal over the SQ new tokens
+          const float mn = fmaxf(m[r], s);
+          const float alpha = exp2f(m[r] - mn);    // m = -inf at first: alpha = 0
+          const float p = exp2f(s - mn);
+          l[r] = l[r] * alpha + p;
 #pragma unroll
-      for (int e = 0; e < EPL; ++e) acc[r][e] = fmaf(acc[r][e], alpha, p * vf[e]);
-      m[r] = mn;
+          for (int e = 0; e < EPL; ++e) acc[r][e] = fmaf(acc[r][e], alpha, p * vf[e]);
+          m[r] = mn;
+        }
+      }
     }
   }
   // the 4 warps' states -> shared memory -> the split's (m, l, acc)
-  for (int r = 0; r < R; ++r) {
-    if (lane == 0) { Wm[warp * KB_DEC_MAX_R + r] = m[r]; Wl[warp * KB_DEC_MAX_R + r] = l[r]; }
 #pragma unroll
-    for (int e = 0; e < EPL; ++e) Wacc[(warp * KB_DEC_MAX_R + r) * D + lane * EPL + e] = acc[r][e];
+  for (int r = 0; r < KB_DEC_MAX_R; ++r) {
+    if (r < R) {
+      if (lane == 0) { Wm[warp * KB_DEC_MAX_R + r] = m[r]; Wl[warp * KB_DEC_MAX_R + r] = l[r]; }
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) Wacc[(warp * KB_DEC_MAX_R + r) * D + lane * EPL + e] = acc[r][e];
+    }
   }
   __syncthreads();
   float* ws = a.ws + (((int64_t)b * a.HKV + hk) * a.nsplit + sp) * R * (D + 2);
