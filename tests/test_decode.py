@@ -114,3 +114,43 @@ def test_pages_past_the_length_are_never_read():
     x["k_cache"][x["block_tables"][1, 1], 1:] = float("nan")     # sequence 1: 17 tokens, 1 in its second page
     x["v_cache"][x["block_tables"][1, 1], 1:] = float("nan")
     assert torch.isfinite(_call(x)).all()
+
+
+@needs_cpp
+@pytest.mark.parametrize("fmt", ["float32", "int8"])
+def test_prefill_into_pages_then_decode_continues_the_sequence(fmt):
+    """One cache end to end: the C++ attention kernel prefills a prompt (K, V written into the pages), a forked
+    sample and the original each append their own next token, and the C++ decode kernel's output for each equals
+    full causal attention over its whole sequence (float64, on the cache's own dequantized K/V)."""
+    from inference import PagedKVCache
+    from inference.prefill import attention_kernel, prefill
+    g = torch.Generator().manual_seed(5)
+    h, hkv, d, n = 8, 2, 64, 37
+    cache = PagedKVCache(num_blocks=16, kv_heads=hkv, head_dim=d, kv_format=fmt)
+    q, k, v = (torch.randn(n, x, d, generator=g) for x in (h, hkv, hkv))
+    sid = cache.add()
+    out = prefill(cache, 0, cache.reserve(sid, n), q, k, v, attention=attention_kernel("cpp"))
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1).double(), *(t.transpose(0, 1).double().repeat_interleave(h // hkv, 0) for t in (k, v)),
+        is_causal=True).transpose(0, 1)
+    if fmt == "float32":
+        torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
+    child = cache.fork(sid)
+    qs = {}
+    for s in (sid, child):                                     # the child's first append copies the shared page
+        kt, vt = torch.randn(1, hkv, d, generator=g), torch.randn(1, hkv, d, generator=g)
+        cache.append(s, kt, vt)
+        qs[s] = torch.randn(1, 1, h, d, generator=g)
+    ids = [sid, child]
+    ks = vs = None
+    if cache.quantized:
+        ks, vs = cache.k_scale[0], cache.v_scale[0]
+    dec = cpp.DECODE_PAGED(q=torch.cat([qs[s] for s in ids]), k_cache=cache.k[0], v_cache=cache.v[0],
+                           block_tables=cache.block_tables(ids), seq_lens=cache.seq_lens(ids), k_scale=ks, v_scale=vs,
+                           out=torch.full((2, 1, h, d), float("nan")))
+    for i, s in enumerate(ids):
+        kk, vv = (t.double().transpose(0, 1).repeat_interleave(h // hkv, 0) for t in cache.gather(0, s))
+        want = torch.softmax(qs[s][0].double().transpose(0, 1) @ kk.transpose(1, 2) / d ** 0.5, -1) @ vv
+        torch.testing.assert_close(dec[i, 0].double(), want[:, 0], atol=2e-6, rtol=2e-5)
+    assert cache.manager.seqs[sid].blocks[:2] == cache.manager.seqs[child].blocks[:2]      # full pages shared
+    assert cache.manager.seqs[sid].blocks[2] != cache.manager.seqs[child].blocks[2]        # the partial one copied
