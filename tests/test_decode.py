@@ -135,6 +135,9 @@ def test_prefill_into_pages_then_decode_continues_the_sequence(fmt):
         is_causal=True).transpose(0, 1)
     if fmt == "float32":
         torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
+    gk, gv = cache.gather(0, sid)                              # the prompt's K, V are in the pages
+    tol = 0.0 if fmt == "float32" else 0.5 / 127 * max(k.abs().max(), v.abs().max())
+    assert (gk - k).abs().max() <= tol + 1e-7 and (gv - v).abs().max() <= tol + 1e-7
     child = cache.fork(sid)
     qs = {}
     for s in (sid, child):                                     # the child's first append copies the shared page
