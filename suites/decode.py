@@ -17,7 +17,9 @@ Baselines: `sdpa_gathered` (the baseline: gather the pages into a contiguous pad
 length/causal mask: what a framework without a paged kernel does, gather included in the timing),
 `sdpa_pregathered` (the same SDPA with the gather done outside the timing: the difference of the two rows is
 the gather's cost), `flex_attention` (torch.compile'd flex_attention over the gathered cache with a block
-mask that skips the padding).
+mask that skips the padding), `flashinfer` (FlashInfer's paged decode on a GPU, the anchor; skipped elsewhere).
+Kernels: `cpp` (kernels/cpp/decode_paged.cpp), `triton` (kernels/triton/decode_paged.py), `cuda`
+(kernels/cuda/decode_paged.cu).
 """
 from __future__ import annotations
 
@@ -214,6 +216,30 @@ def flex(case, q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale):
         o = fn(q.transpose(1, 2), k, v, block_mask=mask, enable_gqa=gqa)
         return o.transpose(1, 2)
     return run
+
+
+@SUITE.variant("flashinfer", requires=Requires(devices=("cuda",), packages=("flashinfer",)))
+def flashinfer_decode(case, q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale):
+    """FlashInfer's BatchDecodeWithPagedKVCacheWrapper on the same pages (NHD layout = vLLM's): the GPU anchor"""
+    _checked(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale)
+    if case.sq != 1:
+        raise Skip("FlashInfer's batch decode takes one query token per sequence (sq > 1 is its prefill API)")
+    if case.kv != "native":
+        raise Skip("quantized KV: FlashInfer's fp8 decode takes per-tensor scales, not these per-head/per-block ones")
+    import flashinfer
+    bs = case.bs
+    lens = seq_lens.to(torch.int64)
+    pages = (lens + bs - 1) // bs
+    indptr = torch.zeros(case.b + 1, dtype=torch.int32, device=q.device)
+    indptr[1:] = pages.cumsum(0)
+    used = torch.arange(block_tables.shape[1], device=q.device)[None, :] < pages[:, None]
+    indices = block_tables[used].to(torch.int32)
+    last = ((lens - 1) % bs + 1).to(torch.int32)
+    workspace = torch.empty(128 << 20, dtype=torch.uint8, device=q.device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD")
+    wrapper.plan(indptr, indices, last, case.h, case.hkv, case.d, bs, pos_encoding_mode="NONE", data_type=q.dtype)
+    q3 = q[:, 0].contiguous()
+    return lambda: wrapper.run(q3, (k_cache, v_cache)).unsqueeze(1)
 
 
 SUITE.add("cpp", cpp.DECODE_PAGED)
