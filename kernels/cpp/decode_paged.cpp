@@ -131,6 +131,16 @@ static void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int
     const int64_t off = (blk * BS + j0) * rs + hk * a.D;
     const float ksc = a.ks ? a.ks[blk * a.ks_bstride + hk] : 1.f;
     const float vsc = a.vs ? a.vs[blk * a.vs_bstride + hk] : 1.f;
+    // the next page is at a random block: prefetch its K and V rows now (the hardware prefetcher cannot guess it)
+    if (p0 + n < t1) {
+      const int64_t nxt = (int64_t(table[page + 1]) * BS) * rs + hk * a.D;
+      const int nn = int(std::min<int64_t>(BS, t1 - p0 - n));
+      for (int j = 0; j < nn; ++j)
+        for (int64_t c = 0; c < int64_t(D) * int64_t(sizeof(KV)); c += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(Kc + nxt + j * rs) + c, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(Vc + nxt + j * rs) + c, _MM_HINT_T0);
+        }
+    }
     int64_t kst;
     const float* K = rows_f32(Kc + off, rs, n, D, bf.Kf, kst);
     // S = Q K^T (x the K scale); row r sees tokens up to L - SQ + s: `vis` of this page's n
