@@ -40,6 +40,7 @@ from sparsity.masks import Pattern
 RECOVERY_STEPS = {"test": 5}          # per model; others: recover.STEPS (200)
 QUALITY_LIMIT = {"test": 4096}        # held-out bytes scored; others: all of them
 DIGITS_RECOVERY_STEPS = 100
+DIGITS_STEPS = {"test": 30}           # digits MLP training steps beside the `test` model; others: models.digits.STEPS
 
 PATTERNS: dict[str, tuple[Pattern | None, bool]] = {"dense": (None, False),
                                                     "2:4": (Pattern("2:4"), False),
@@ -255,8 +256,19 @@ def sparse_kernels(case, input_ids):
 
 
 # ---- quality and the model-level columns ------------------------------------------------------------------
-def _digits_accuracy(pattern: Pattern | None, rec: bool) -> float:
-    net = digits.train()
+_DIGITS: dict[int, torch.nn.Module] = {}
+
+
+def _digits_net(steps: int) -> torch.nn.Module:
+    """The trained digits MLP (trained once per process and step count; callers get a copy)."""
+    if steps not in _DIGITS:
+        with torch.enable_grad():
+            _DIGITS[steps] = digits.train(steps=steps)
+    return copy.deepcopy(_DIGITS[steps])
+
+
+def _digits_accuracy(pattern: Pattern | None, rec: bool, steps: int = digits.STEPS) -> float:
+    net = _digits_net(steps)
     xte, yte = digits.test_split()
     if pattern is None:
         return evaluate.accuracy(net, xte, yte)
@@ -280,16 +292,17 @@ def _digits_accuracy(pattern: Pattern | None, rec: bool) -> float:
                 continue                      # e.g. block 16 on the 10-class output layer: left dense
             mod.weight.mul_(masks[mod])
     if rec and masks:
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        net.train()
-        for _ in range(DIGITS_RECOVERY_STEPS):
-            loss = torch.nn.functional.cross_entropy(net(xtr), ytr)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                for mod, m in masks.items():
-                    mod.weight.mul_(m)
+        with torch.enable_grad():          # the caller may sit under no_grad
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+            net.train()
+            for _ in range(DIGITS_RECOVERY_STEPS if steps == digits.STEPS else 10):
+                loss = torch.nn.functional.cross_entropy(net(xtr), ytr)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for mod, m in masks.items():
+                        mod.weight.mul_(m)
         net.eval()
     return evaluate.accuracy(net, xte, yte)
 
@@ -301,10 +314,11 @@ def quality(spec: str, pattern_name: str) -> dict[str, Any]:
         return _QUALITY_CACHE[key]
     dense = dense_lm(spec)
     limit = QUALITY_LIMIT.get(spec)
+    dsteps = DIGITS_STEPS.get(spec, digits.STEPS)
     if (spec, "_ref") not in _QUALITY_CACHE:
         ref_tokens = evaluate.greedy_tokens(dense)
         _QUALITY_CACHE[(spec, "_ref")] = dict(bpb=evaluate.bits_per_byte(dense, limit=limit), tokens=ref_tokens,
-                                              digits=_digits_accuracy(None, False))
+                                              digits=_digits_accuracy(None, False, dsteps))
     ref = _QUALITY_CACHE[(spec, "_ref")]
     lm, report = pruned(spec, pattern_name)
     pattern, rec = PATTERNS[pattern_name]
@@ -312,7 +326,7 @@ def quality(spec: str, pattern_name: str) -> dict[str, Any]:
     cols = dict(quality_metric="heldout_bpb", quality_value=bpb, quality_ref=ref["bpb"],
                 quality_delta=bpb - ref["bpb"], bpb_delta_pct=100.0 * (bpb - ref["bpb"]) / ref["bpb"],
                 greedy_agreement=evaluate.greedy_agreement(lm, ref["tokens"]),
-                digits_accuracy=_digits_accuracy(pattern, rec), digits_accuracy_dense=ref["digits"],
+                digits_accuracy=_digits_accuracy(pattern, rec, dsteps), digits_accuracy_dense=ref["digits"],
                 density=report.density if report else 1.0,
                 skipped_layers="; ".join(f"{n}: {why}" for n, why in report.skipped) if report else "")
     _QUALITY_CACHE[key] = cols
