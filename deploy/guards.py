@@ -51,7 +51,7 @@ def missing(name: str) -> str | None:
             "tensorrt", "its wheels come from NVIDIA's own index and cannot be installed on the CPU machines; "
                         "make gpu installs it") or _cuda_reason()
     if name == "cupy":
-        return _import_reason("cupy", "make gpu installs cupy-cuda12x") or _cupy_device_reason()
+        return _import_reason("cupy", "make gpu installs cupy-cuda<CUDA major>x") or _cupy_device_reason()
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
