@@ -174,3 +174,56 @@ def test_digits_rows_carry_accuracy(tmp_path):
         assert r["quality_metric"] == "test_accuracy" and r["quality_value"] > 0.9
         assert abs(r["quality_delta"]) < 1e-9                # the same float32 model, another runtime
     assert "CPUExecutionProvider" in rows[1]["config"] and "opt=all" in rows[1]["config"]
+
+
+# ---- ONNX Runtime int8 quantization ----------------------------------------------------------------------------
+def test_the_value_info_trap_is_stripped(graphs):
+    """The dynamo exporter declares value_info for initializers (what made quantize_dynamic's shape inference
+    fail); the strip removes exactly those and keeps the rest."""
+    import onnx
+    from deploy.ort_quant import strip_initializer_value_info
+    m = onnx.load(str(graphs["prefill"]))
+    inits = {i.name for i in m.graph.initializer}
+    before = [v.name for v in m.graph.value_info]
+    named = sum(n in inits for n in before)
+    assert named > 0, "the exporter no longer annotates initializers: the trap is gone, update the docs"
+    assert strip_initializer_value_info(m) == named
+    assert [v.name for v in m.graph.value_info] == [n for n in before if n not in inits]
+
+
+@pytest.mark.parametrize("method,ops", [("dynamic", {"MatMulInteger", "DynamicQuantizeLinear"}),
+                                        ("static", {"QuantizeLinear", "DequantizeLinear"})])
+def test_int8_graphs_are_quantized_and_keep_quality(lm, graphs, method, ops, monkeypatch):
+    import onnx
+    from deploy import ort_quant
+    from models import evaluate, zoo
+    path = ort_quant.quantize(graphs["prefill"], method, ort_quant.calibration_feeds(lm, "prefill"))
+    qm = onnx.load(str(path))
+    got = {n.op_type for n in qm.graph.node}
+    assert ops <= got, f"{method}: no {ops - got} in the graph"
+
+    def elements(m, dtype):
+        return sum(int(torch.tensor(i.dims).prod()) for i in m.graph.initializer if i.data_type == dtype)
+    f32 = elements(onnx.load(str(graphs["prefill"])), onnx.TensorProto.FLOAT)
+    assert elements(qm, onnx.TensorProto.INT8) > 0.75 * f32       # every MatMul weight int8 (not the embedding)
+    from onnxruntime import quantization as q
+    monkeypatch.setattr(q, "quantize_dynamic", lambda *a, **k: pytest.fail("cached graph quantized again"))
+    monkeypatch.setattr(q, "quantize_static", lambda *a, **k: pytest.fail("cached graph quantized again"))
+    assert ort_quant.quantize(graphs["prefill"], method, ort_quant.calibration_feeds(lm, "prefill")) == path
+    fwd, _ = ort_quant.lm_forward(lm, method)
+    ref = evaluate.bits_per_byte(lm, limit=4096)
+    val = evaluate.bits_per_byte(zoo.LM(lm.name, fwd, lm.context), limit=4096)
+    assert val != ref and abs(val - ref) / ref < 0.01
+
+
+def test_int8_decode_setup_follows_the_eager_model(lm):
+    """The quant-suite setup (decode: quantized cache graph with a calibrated past) against eager logits."""
+    from deploy import ort_quant
+    suite = all_suites()["model"]
+    case = next(c for c in suite.cases("test", "cpu") if c.kind == "decode")
+    for method in ("dynamic", "static"):
+        inputs = suite.make_inputs(case, 1)
+        out = ort_quant.model_setup(method)(case, **inputs)()
+        ref = suite.compute_reference(case, inputs)
+        err = (out.double() - ref).abs().max().item()
+        assert 0 < err < 0.05, f"{method}: max error {err} against the eager float32 model"
