@@ -37,6 +37,7 @@ from deploy import export
 METHODS = ("dynamic", "static", "static_fp8")
 CALIBRATION_WINDOWS = 32
 CALIBRATION_LEN = 64
+QUANT_VERSION = 3          # bump when the options below change: the cached graphs are made again
 
 
 def strip_initializer_value_info(model) -> int:
@@ -122,7 +123,8 @@ def quantize(src: Path, method: str, feeds: list[dict[str, np.ndarray]] | None =
     for feed in cal or []:
         for k in sorted(feed):
             digest.update(k.encode() + np.ascontiguousarray(feed[k]).tobytes())
-    want = {"source_sha256": export._sha256(src), "method": method, "onnxruntime": onnxruntime.__version__,
+    want = {"source_sha256": export._sha256(src), "method": method, "version": QUANT_VERSION,
+            "onnxruntime": onnxruntime.__version__,
             "calibration_sha256": digest.hexdigest() if cal is not None else None}
     with export._lock(src.parent, dst.stem):
         if _record_ok(dst, want):
