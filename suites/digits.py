@@ -21,6 +21,7 @@ SUITE = Suite(
     baseline="eager",
     dtypes=("float32",),
     tolerances={"float32": (1e-4, 1e-4)},
+    compute_class="matmul",
     case_name=lambda p: f"b{p['b']}",
 )
 SUITE.add_cases("test", [dict(b=1), dict(b=127)])
