@@ -56,6 +56,7 @@ step "suite attention $MODE --cuda-graph"
 $PY bench.py --suite attention --device cuda $MODE --cuda-graph --filter sdpa_flash,eager --no-progress \
   --out "$DEST/attention-graph" 2>&1 | tail -30
 step "suite model --quick, float32 and float16 (eager, torch.compile, ONNX Runtime, TensorRT side by side)"
-$PY bench.py --suite model --device cuda --quick --dtype float32,float16 --no-progress --out "$DEST/model" 2>&1 | tail -80
+$PY bench.py --suite model --device cuda --quick --dtype float32,float16 --no-progress --out "$DEST/model" 2>&1 \
+  | tail -80
 echo; echo "results under $DEST (exit $status)"
 exit $status
