@@ -18,8 +18,8 @@ Quantized graphs are cached next to their source graph: `<source stem>.<method>.
 (source SHA-256, method, options, calibration, versions); a stale or corrupt one is made again.
 
 `lm_forward(lm, method)` returns the quantized model as a callable the evaluation code scores
-(models/evaluate.py), and `model_setup(method)` a model-suite-style setup: a quant suite registers a method
-in one line, `SUITE.variant("ort_int8_dynamic", requires=..., config=...)(ort_quant.model_setup("dynamic"))`.
+(models/evaluate.py), and `model_setup(method)` a model-suite-style setup; a quant suite registers both
+methods in one line: `ort_quant.register(SUITE)`.
 """
 from __future__ import annotations
 
@@ -189,3 +189,14 @@ def model_setup(method: str) -> Callable:
                                     f"{pre.config},int8={method}", layers, model_suite.Launcher)
     setup.__doc__ = f"ONNX Runtime int8 ({method} quantization) of the exported graphs"
     return setup
+
+
+def register(suite, methods: tuple[str, ...] = ("dynamic", "static")) -> None:
+    """The one registration line of a quant suite: `ort_quant.register(SUITE)` adds `ort_int8_dynamic` and
+    `ort_int8_static` (ONNX Runtime, CPU EP / CUDA EP), skipped with the reason where onnxruntime is missing.
+    The suite's inputs, cases and tolerances must be those of suites/model.py (kinds prefill/decode/quality)."""
+    from deploy import variants
+    from harness.registry import Requires
+    for m in methods:
+        suite.variant(f"ort_int8_{m}", requires=Requires(check=variants.ort_reason()),
+                      config=variants.config_of)(model_setup(m))

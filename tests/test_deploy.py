@@ -232,3 +232,17 @@ def test_int8_decode_setup_follows_the_eager_model(lm):
         ref = suite.compute_reference(case, inputs)
         err = (out.double() - ref).abs().max().item()
         assert 0 < err < 0.05, f"{method}: max error {err} against the eager float32 model"
+
+
+def test_quant_suite_registration_is_one_line():
+    """`ort_quant.register(SUITE)` on a suite shaped like the model suite (what the quant suite will be)."""
+    from deploy import ort_quant
+    from harness.registry import Suite
+    suite = Suite(name="q", description="", baseline="eager")
+    ort_quant.register(suite)
+    assert set(suite.variants) == {"ort_int8_dynamic", "ort_int8_static"}
+    model = all_suites()["model"]
+    case = next(c for c in model.cases("test", "cpu") if c.kind == "prefill")
+    assert suite.variants["ort_int8_static"].requires.missing(case) is None
+    launcher = suite.variants["ort_int8_static"].setup(case, **model.make_inputs(case, 0))
+    assert "int8=static" in suite.variants["ort_int8_static"].config(launcher)
