@@ -184,6 +184,23 @@ def test_mfu_against_the_measured_peak(cache, monkeypatch):
     assert meta["mfu"] is None and "bench.py --suite peak" in meta["peak_source"]
 
 
+def test_mfu_probes_the_peak_on_a_first_training_run(monkeypatch):
+    """With nothing stored, a real recipe's training measures the peak (the runner's first-run probe) rather
+    than leaving MFU blank; the unit tests' `test` recipe never probes."""
+    from harness import autopeak, peaks
+    from models import train
+    stored: dict = {}
+    calls: list = []
+    monkeypatch.setattr(peaks, "load_measured", lambda name: stored or None)
+    monkeypatch.setattr(autopeak, "probe", lambda device, name: calls.append(name) or stored.update(float32=0.25))
+    assert train._measured_peak("cpu", probe=False) == (None, train._measured_peak("cpu", probe=False)[1])
+    assert calls == []
+    peak, source = train._measured_peak("cpu", probe=True)
+    assert peak == 0.25 and len(calls) == 1 and source.startswith("measured")
+    train._measured_peak("cpu", probe=True)                               # stored now: no second probe
+    assert len(calls) == 1
+
+
 def test_cache_is_reused_and_training_is_deterministic(lm, monkeypatch):
     from models import train
     sha = json.loads((lm.path / "meta.json").read_text())["weights_sha256"]
