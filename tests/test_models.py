@@ -288,9 +288,10 @@ def test_tiny_trains_to_its_quality_target(tmp_path, monkeypatch):
     monkeypatch.setenv("KB_MODELS_CACHE", str(tmp_path))
     tiny = zoo.load("tiny", progress=False)
     bpb = evaluate.bits_per_byte(tiny)
-    # The target is 2.1; this recipe measured 2.54 (README, docs/models.md): the bound holds what
-    # was measured, with room for thread-count rounding, and fails if training breaks.
-    assert bpb < 2.65 and bpb < evaluate.bigram_bpb() - 1.0
+    # The target is 2.1; this recipe measured 2.03 on one thread (docs/models.md): the target itself
+    # is the bound (thread counts change the summation order, not the result by 0.07), and it fails if
+    # training breaks.
+    assert bpb <= 2.1 and bpb < evaluate.bigram_bpb() - 1.5
     assert tiny.meta["heldout_bpb"] == pytest.approx(bpb, rel=1e-6)
     assert tiny.meta["recipe"] == TINY.as_dict()
 
