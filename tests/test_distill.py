@@ -205,3 +205,40 @@ def test_ddp_on_two_processes_matches_one_process(tmp_path):
     assert two["curve"][0] != pytest.approx(0.0)
     assert two["bpb"] == pytest.approx(one["bpb"], rel=2e-3)
     assert two["curve"][-1] == pytest.approx(one["curve"][-1], rel=2e-3)
+
+
+# ---- the suite ---------------------------------------------------------------------------------------------------
+def test_suite_rows_carry_the_ablation_and_the_speedups(tmp_path):
+    """The distill suite's test cases through the runner (the bench.py path): every row checked against its
+    own model in float64; quality rows hold the seeds' mean, the teacher's figure and the ablation's; the
+    speedup table pairs each student with the teacher timed in the same run; the report draws the plot."""
+    import pandas as pd
+
+    from distill import report
+    from harness.registry import get_suite
+    from harness.runner import Plan, RunOptions, Runner
+    from harness.timing import TimingConfig
+    suite = get_suite("distill")
+    runner = Runner(RunOptions(suites=[suite], device="cpu", dtypes=None, mode="test", out=tmp_path,
+                               timing=TimingConfig(budget_s=0.01, min_samples=2), progress=False, isolate=False), [])
+    try:
+        rows = [runner.run_one(Plan(suite, c, suite.variants["eager"])) for c in suite.cases("test", "cpu")]
+    finally:
+        runner.close()
+    assert {r["status"] for r in rows} == {"ok"}, [(r["case"], r["reason"]) for r in rows if r["status"] != "ok"]
+    by = {r["case"]: r for r in rows}
+    kd, alone = by["digits:mlp32/kd@0.05labels:quality"], by["digits:mlp32/alone@0.05labels:quality"]
+    assert kd["n_seeds"] == 2 and kd["labels"] == 0.05 and kd["quality_metric"] == "digits_accuracy"
+    assert kd["ablation_value"] == pytest.approx(alone["quality_value"])
+    assert kd["kd_gain"] == pytest.approx(kd["quality_value"] - alone["quality_value"])
+    assert kd["retained_pct"] == pytest.approx(100 * kd["quality_value"] / kd["quality_ref"])
+    lm = by["lm-test:half-depth/kd:quality"]
+    assert lm["quality_ref"] == pytest.approx(by["lm-test:teacher:quality"]["quality_value"])
+    assert lm["kd_gain"] == pytest.approx(lm["ablation_value"] - lm["quality_value"])     # bits: lower is better
+    assert by["digits:teacher:classify-b1"]["params"] > by["digits:mlp32/kd:classify-b1"]["params"]
+    assert by["lm-test:half-depth/kd:decode-b2-ctx9"]["tokens_per_s"] > 0
+    df = pd.DataFrame(rows)
+    sp = report.speedups(df)
+    assert set(zip(sp["task"], sp["student"])) == {("digits", "mlp32"), ("lm-test", "half-depth")}
+    t = by["digits:teacher:classify-b1"]["median_ms"] / by["digits:mlp32/kd:classify-b1"]["median_ms"]
+    assert float(sp[sp["task"] == "digits"]["speedup"].iloc[0]) == pytest.approx(t)
