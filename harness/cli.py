@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "baseline": "harness.baseline",  # store a run as a named baseline
     "model": "models.cli",           # train (first use) and evaluate a model
     "ab": "harness.ab",              # interleaved A/B of two git refs in one job, gated
+    "slurm": "harness.slurm",        # run on a SLURM cluster (submitit), rows gathered into one run
 }
 
 

@@ -385,7 +385,8 @@ class Runner:
         from harness import distributed
         d = self.dist
         status = ("ok" if interrupted is None and stopped is None else
-                  f"interrupted ({signal.Signals(interrupted).name})" if interrupted is not None else f"failed: {stopped}")
+                  f"interrupted ({signal.Signals(interrupted).name})" if interrupted is not None
+                  else f"failed: {stopped}")
         info = dict(rank=d.rank, local_rank=d.local_rank, host=d.host, device_name=self.keys.get("device_name"),
                     telemetry=self.writer.manifest.get("telemetry"))
         if d.rank != 0:

@@ -6,8 +6,8 @@ row is `skipped` (a collective needs world_size >= 2). Every rank measures the s
 (harness/distributed.py): the timing loop's decisions are agreed between ranks so they make the same calls.
 
 Sizes: `size` is nccl-tests' S, in bytes: the buffer of all_reduce and broadcast, the total (all ranks')
-data of all_gather, reduce_scatter and all_to_all; its element count is rounded down to a multiple of the
-world size. 1 KiB to 1 GiB on GPUs, up to 4 MiB quick / 64 MiB full on CPUs (gloo over loopback TCP).
+data of all_gather, reduce_scatter and all_to_all, whose element count is rounded down to a multiple of
+the world size. 1 KiB to 1 GiB on GPUs, up to 4 MiB quick / 64 MiB full on CPUs (gloo over loopback TCP).
 
 Bandwidth (nccl-tests' doc/PERFORMANCE.md): algbw = S / t; busbw = algbw * factor, the factor that makes it
 comparable to the link's bandwidth whatever the rank count n: all_reduce 2(n-1)/n, all_gather and
@@ -62,7 +62,8 @@ def _size_name(n: int) -> str:
     return f"{n}B"
 
 
-SUITE.add_cases("test", [dict(op=op, size=s) for op in OPS for s in (1000, 4 * KiB + 12)])
+# odd element counts where the op allows them (all_reduce, broadcast: 127 and 1025 float32 elements)
+SUITE.add_cases("test", [dict(op=op, size=s) for op in OPS for s in (4 * 127 + 1, 4 * 1025 + 3)])
 SUITE.add_cases("quick", [dict(op=op, size=s) for op in OPS for s in (KiB, 64 * KiB, MiB, 4 * MiB)], devices=("cpu",))
 SUITE.add_cases("full", [dict(op=op, size=KiB << i) for op in OPS for i in range(0, 17, 2)], devices=("cpu",))
 SUITE.add_cases("quick", [dict(op=op, size=s) for op in OPS for s in (KiB, MiB, 64 * MiB, GiB)], devices=("cuda",))
@@ -70,8 +71,10 @@ SUITE.add_cases("full", [dict(op=op, size=KiB << i) for op in OPS for i in range
 
 
 def count(case, world: int) -> int:
-    """Elements of S, a multiple of the world size (reduce_scatter, all_gather and all_to_all split it)."""
-    return max(world, case.size // case.itemsize // world * world)
+    """Elements of S; a multiple of the world size where the op splits it (all_gather, reduce_scatter,
+    all_to_all)."""
+    n = case.size // case.itemsize
+    return n if case.op in ("all_reduce", "broadcast") else max(world, n // world * world)
 
 
 @SUITE.inputs
