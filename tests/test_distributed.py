@@ -174,3 +174,21 @@ def test_a_dead_rank_is_reported_and_rows_kept(tmp_path):
     assert manifest["ranks"][1]["status"].startswith("no report"), manifest["ranks"]
     df = pd.read_parquet(out / "results.parquet")
     assert set(df[df["variant"] == "good"]["rank"]) == {0, 1}
+
+
+@pytest.mark.slow
+def test_resume_under_torchrun_measures_only_missing_rows(tmp_path):
+    out = tmp_path / "run"
+    common = ("--suite", "collectives", "--test-shapes", "--budget", "0.1", "--rank-timeout", "120")
+    p = torchrun(out, *common, "--filter", "all_reduce")
+    assert p.returncode == 0, p.stderr[-2000:]
+    first = pd.read_parquet(out / "results.parquet")
+    p = torchrun(out, *common, "--filter", "all_reduce,broadcast", "--resume")
+    assert p.returncode == 0, p.stderr[-2000:]
+    df = pd.read_parquet(out / "results.parquet")
+    assert len(df) == 2 * len(first) and not df.duplicated(["case", "rank"]).any()
+    kept = df[df["case"].str.startswith("all_reduce")].sort_values(["case", "rank"])
+    assert kept["timestamp"].tolist() == first.sort_values(["case", "rank"])["timestamp"].tolist()
+    assert set(df[df["case"].str.startswith("broadcast")]["rank"]) == {0, 1}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["sessions"]) == 2
