@@ -192,3 +192,15 @@ def test_resume_under_torchrun_measures_only_missing_rows(tmp_path):
     assert set(df[df["case"].str.startswith("broadcast")]["rank"]) == {0, 1}
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["sessions"]) == 2
+
+
+def test_shard_splits_kernel_rows_and_keeps_spanning_rows_on_every_rank():
+    from types import SimpleNamespace as NS
+
+    from harness import distributed
+    kernel, spanning = NS(distributed=None), NS(distributed=lambda w: None)
+    plan = [NS(suite=kernel, i=i) for i in range(5)] + [NS(suite=spanning, i=5)]
+    d = [NS(rank=r, world_size=2) for r in (0, 1)]
+    mine = [[p.i for p in distributed.shard(plan, d[r], "shard")] for r in (0, 1)]
+    assert mine == [[0, 2, 4, 5], [1, 3, 5]]
+    assert distributed.shard(plan, d[1], "same") == plan
