@@ -36,7 +36,13 @@ MEASURED = {
 # not a kernel-vs-reference comparison with a tolerance to pin. The model suite's reference is the eager float32
 # model itself, so its baseline is exact by construction; tests/test_model_suite.py pins its tolerance (logits
 # perturbed 1% -> incorrect).
-SUITES = {n: s for n, s in all_suites().items() if s._reference is not None and n not in ("peak", "model")}
+# The distributed suites (collectives, train) need a process group for their baselines (torchrun): their checks
+# are exercised by tests/test_distributed.py in a real 2-rank job (collectives exact on integer inputs; DDP/FSDP2
+# against the float64 one-process step). Their tolerance use is not pinned here (train's float32 tolerance is
+# looser than the 1e-8..5e-7 errors measured: see docs/scale-out.md). The distill suite's cases are whole models
+# against themselves in float64 (the model suite's situation); tests/test_distill.py checks its rows.
+SUITES = {n: s for n, s in all_suites().items()
+          if s._reference is not None and n not in ("peak", "model", "distill") and s.distributed is None}
 PARAMS = [(n, d) for n, s in SUITES.items() for d in s.dtypes]
 
 
