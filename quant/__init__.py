@@ -7,7 +7,7 @@ quality and speed) and suites/quant_gemm.py (the kernels).
 
 Methods (`METHODS`, name -> Method): ours -- int8_wo (int8_weight_only.py), int4_g32/g64/g128 (RTN,
 int4_weight_only.py), gptq_g64/g128 (gptq.py, calibrated), w8a8 (w8a8_dynamic.py), fp8_wo / fp8_dynamic
-(fp8.py); PyTorch's -- torch_dynamic_int8, torch_int8pack, torch_int4pack_g64 (torch_native.py); torchao's --
+(fp8.py), w8a8_cpp / int4_g64_cpp (cpp_kernels.py: the same grids on our C++ kernels); PyTorch's -- torch_dynamic_int8, torch_int8pack, torch_int4pack_g64 (torch_native.py); torchao's --
 torchao_* (torchao_configs.py). Bad input (an unknown method, a bit width or group size a method does not
 have, a group that does not divide a layer's input size) raises QuantError with one line.
 """
@@ -38,19 +38,25 @@ class Method:
 
 
 def _ours():
-    from quant import fp8, gptq, int4_weight_only, int8_weight_only, w8a8_dynamic
+    from quant import cpp_kernels, fp8, gptq, int4_weight_only, int8_weight_only, w8a8_dynamic
     ms = [Method("none", "unquantized (the reference)", lambda m, lm, cal: m, 32, "none"),
-          Method("int8_wo", "int8 weight-only, per channel, symmetric", lambda m, lm, cal: int8_weight_only.apply(m), 8)]
+          Method("int8_wo", "int8 weight-only, per channel, symmetric",
+                 lambda m, lm, cal: int8_weight_only.apply(m), 8)]
     for g in int4_weight_only.GROUPS:
         ms.append(Method(f"int4_g{g}", f"int4 weight-only RTN, groups of {g}, asymmetric, 2 per byte",
                          lambda m, lm, cal, g=g: int4_weight_only.apply(m, group=g), 4))
     for g in (64, 128):
         ms.append(Method(f"gptq_g{g}", f"int4 GPTQ (Hessian from {gptq.CALIB_WINDOWS} windows of training text), "
-                         f"groups of {g}", lambda m, lm, cal, g=g: gptq.apply(m, lm, group=g, calibrate=cal), 4, calibrated=True))
+                         f"groups of {g}", lambda m, lm, cal, g=g: gptq.apply(m, lm, group=g, calibrate=cal), 4,
+                         calibrated=True))
     ms += [Method("w8a8", "W8A8 dynamic: int8 per-token activations, int8 per-channel weights, int32 GEMM",
                   lambda m, lm, cal: w8a8_dynamic.apply(m), 8),
            Method("fp8_wo", "float8 e4m3 weight-only, per channel (upcast on the CPU)",
                   lambda m, lm, cal: fp8.apply(m), 8),
+           Method("w8a8_cpp", "W8A8 dynamic on our AVX512-VNNI GEMM (kernels/cpp/quant_int8_gemm.cpp)",
+                  lambda m, lm, cal: cpp_kernels.apply_w8a8(m), 8, missing=lambda d: cpp_kernels.missing(d, True)),
+           Method("int4_g64_cpp", "int4 g64 RTN on our AVX-512 int4 GEMV (kernels/cpp/quant_int4_gemv.cpp)",
+                  lambda m, lm, cal: cpp_kernels.apply_int4(m, 64), 4, missing=cpp_kernels.missing),
            Method("fp8_dynamic", "float8 e4m3 weights and per-token activations (torch._scaled_mm on sm_89+)",
                   lambda m, lm, cal: fp8.apply(m, dynamic=True), 8)]
     return ms

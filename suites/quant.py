@@ -87,7 +87,7 @@ def _decode(b, n, **kw):
 
 SUITE.add_cases("test", [_prefill(2, 17, model="test"), _decode(3, 9, model="test"),
                          dict(kind="quality", b=4, n=64, model="test"), dict(kind="digits", b=450, n=64)])
-SUITE.add_cases("quick", [_prefill(1, 64), _prefill(8, 64), _decode(1, 48), _decode(16, 48),
+SUITE.add_cases("quick", [_prefill(1, 64), _prefill(8, 64), _decode(1, 48), _decode(16, 48), _decode(64, 48),
                           dict(kind="quality", b=8, n=64), dict(kind="digits", b=450, n=64)])
 SUITE.add_cases("full", [_prefill(1, 64), _prefill(8, 64), _prefill(32, 64), _decode(1, 48), _decode(8, 48),
                          _decode(32, 48), dict(kind="quality", b=8, n=64), dict(kind="digits", b=450, n=64)])

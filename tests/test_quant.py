@@ -283,3 +283,20 @@ def test_pareto_plot_of_a_quant_run():
     png = pareto_png("tiny", pd.DataFrame(rows))
     assert png and len(png) > 1000
     assert pareto_png("tiny", pd.DataFrame(rows).query("quality_metric != 'heldout_bpb'")) is None
+
+
+@pytest.mark.parametrize("name,ref", [("w8a8_cpp", "w8a8"), ("int4_g64_cpp", "int4_g64")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpp_kernel_methods_compute_what_the_torch_layers_compute(name, ref, dtype):
+    why = quant.METHODS[name].why_not("cpu")
+    if why:
+        pytest.skip(why)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 96), nn.GELU(), nn.Linear(96 if "w8" in name else 128, 32)) \
+        if "w8" in name else nn.Sequential(nn.Linear(128, 128), nn.GELU(), nn.Linear(128, 48))
+    x = torch.randn(2, 7, 128)
+    model = model.to(dtype)
+    a, b = quant.quantize(model, name), quant.quantize(model, ref)
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x.to(dtype)).float(), b(x.to(dtype)).float(), **tol)

@@ -215,7 +215,10 @@ def _needs_avx512(case, **_) -> str | None:
 
 def pack_w8_vnni(w: torch.Tensor) -> torch.Tensor:
     """int8 W[N, K] -> the packed VNNI layout + column sums of kb_cpp_gemm_w8a8_vnni (a uint8 tensor); outside the
-    timing, once per weight (as an inference engine packs its weights at load)."""
+    timing, once per weight (as an inference engine packs its weights at load). A uint8 tensor is packed already
+    (quant/cpp_kernels.py keeps the packed weights) and is returned as it is."""
+    if w.dtype == torch.uint8:
+        return w
     lib = LIB.require()
     nbytes, pack = lib.dll.kb_cpp_w8_vnni_packed_bytes, lib.dll.kb_cpp_pack_w8_vnni
     nbytes.restype, nbytes.argtypes = ctypes.c_int64, [ctypes.c_int64, ctypes.c_int64]

@@ -67,7 +67,8 @@ void tile(const kb::W4Args& g, const float* xe, const float* xo, int64_t m0, int
       __m512 wl[NB], wh[NB];
       for (int j = 0; j < NB; ++j) {
         const int64_t n = n0 + (j < nb ? j : 0);
-        const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.packed + n * half + j0)));
+        const auto* src = reinterpret_cast<const __m128i*>(g.packed + n * half + j0);
+        const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(src));
         wl[j] = _mm512_permutexvar_ps(q, table[j]);                        // index bits 3:0 = the low nibble
         wh[j] = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table[j]);
       }

@@ -4,14 +4,16 @@
 //
 // vpdpbusd multiplies *unsigned* bytes of one operand by *signed* bytes of the other, 4 products per 32-bit lane
 // summed into the lane (16 lanes x 4 = 64 MACs per instruction). Signed activations are made unsigned by adding
-// 128 (a xor 0x80, once per call into a zero-padded copy), and the extra 128 * sum_k W[n,k] is subtracted in the epilogue: `colsum` is computed once when
+// 128 (a xor 0x80, once per call into a zero-padded copy), and the extra 128 * sum_k W[n,k] is subtracted in
+// the epilogue: `colsum` is computed once when
 // the weights are packed (oneDNN's compensation scheme).
 // Packed weights (kb_cpp_pack_w8_vnni, once per weight, outside the timing): for each block of 16 output channels,
 // [K/4 quads][16 channels][4 bytes] -- 64 bytes per quad, one zmm -- zero-padded to K % 4 and N % 16, then
 // colsum int32 [N padded to 16] = 128 * sum_k W[n, k].
 // Micro-kernel: MR x 48 outputs (MR <= 8 rows of A, 3 blocks of 16 channels) in MR*3 zmm accumulators; per quad
 // 3 weight loads, MR broadcasts of 4 activation bytes from memory, MR*3 vpdpbusd (v2: a is converted to
-// unsigned once per call into a padded copy; v1 xored each broadcast scalar and handled the K % 4 tail apart). K is not blocked:
+// unsigned once per call into a padded copy; v1 xored each broadcast scalar and handled the K % 4 tail apart).
+// K is not blocked:
 // one 48-channel panel of packed weights (48 * K bytes: 192 KiB at K = 4096) stays in L2 while all rows of A pass.
 // Work: 2MNK integer ops; bytes: MK + NK (int8) + 4(M + N) scales + M N out.
 // Threads: OpenMP over (row block, column panel) tiles, dynamic schedule.
@@ -31,7 +33,9 @@ struct W8A8Args {
 };
 inline int64_t w8_kq(int64_t K) { return (K + 3) / 4; }
 inline int64_t w8_np(int64_t N) { return (N + 15) / 16 * 16; }
-inline size_t w8_packed_bytes(int64_t N, int64_t K) { return size_t(w8_np(N)) * size_t(w8_kq(K)) * 4 + size_t(w8_np(N)) * 4; }
+inline size_t w8_packed_bytes(int64_t N, int64_t K) {   // weights, then the column sums
+  return size_t(w8_np(N)) * size_t(w8_kq(K)) * 4 + size_t(w8_np(N)) * 4;
+}
 }  // namespace kb
 
 KB_DECLARE(int gemm_w8a8_vnni(const kb::W8A8Args&))
