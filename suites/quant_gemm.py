@@ -12,6 +12,8 @@ operands and PyTorch's own int8/int4 paths. Two schemes (case parameter `scheme`
   fp32 scales and uint8 zero points); x and out in the case dtype. Variants: `torch_matmul` (baseline: x @ the
   dequantized W in the case dtype), `torch_int4pack` (aten's _weight_int4pack_mm_for_cpu with the same grid, in
   its own packing), `cpp_w4` (ours, kernels/cpp/quant_int4_gemv.cpp).
+- `triton` (both schemes, kernels/triton/quant_gemm.py): on a GPU, compiled and autotuned; on the CPU checked
+  under the interpreter (`KB_TRITON_INTERPRET=1`, float32 and float16).
 The check: a float64 reference of the dequantized product (exact integer sums, then the scales).
 Work: 2MNK FLOPs (integer or float); bytes: operands at their stored width -- int8 1 byte, int4 half a byte plus
 5 bytes of scale and zero point per group, activations and output at their dtype's -- so decode (M = 1) is judged
@@ -27,12 +29,13 @@ import torch
 
 from harness.registry import Requires, Skip, Suite
 from kernels.cpp import lib as cpp
+from kernels.triton import quant_gemm as triton_quant
 from quant import int4_weight_only as i4
 
 
 def _tolerances(case):
     s = 2 * math.sqrt(case.k)          # outputs are sums of K terms of O(1): O(sqrt(K)), as in suites/gemm.py
-    return {"float32": (2e-5 * s, 1e-4), "bfloat16": (1e-2 * s, 1.6e-2)}
+    return {"float32": (2e-5 * s, 1e-4), "bfloat16": (1e-2 * s, 1.6e-2), "float16": (2e-3 * s, 2e-3)}
 
 
 def _name(p):
@@ -44,7 +47,7 @@ SUITE = Suite(
     name="quant_gemm",
     description="int8 (W8A8) and int4 weight-only GEMMs against the fp32/bf16 matmul of the dequantized operands",
     baseline="torch_matmul",
-    dtypes=("float32", "bfloat16"),
+    dtypes=("float32", "bfloat16", "float16"),    # float16: the Triton kernels under the interpreter (no bf16)
     tolerances=_tolerances,
     compute_class="matmul",
     case_name=_name,
@@ -178,3 +181,4 @@ def torch_int4pack(case, x, packed, scale, zero):
 
 SUITE.add("cpp_vnni", cpp.GEMM_W8A8)
 SUITE.add("cpp_w4", cpp.GEMM_W4A16)
+SUITE.add("triton", triton_quant.VARIANT)         # both schemes: int8 tl.dot, and nibbles dequantized in registers

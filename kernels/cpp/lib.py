@@ -242,7 +242,7 @@ GEMM_W8A8 = _cpp("kb_cpp_gemm_w8a8_vnni",
                  "C++ W8A8 GEMM on AVX512-VNNI (vpdpbusd, int32 accumulation, scales in the epilogue)",
                  "quant_int8_gemm.cpp", layout={"a": unit_last, "w": pack_w8_vnni, "sa": contiguous,
                                                 "sw": contiguous},
-                 available=vnni_available, unsupported=_needs_avx512)
+                 available=vnni_available, unsupported=_needs_avx512, dtypes=("float32", "bfloat16"))
 
 # x, packed (uint8 [N, K/2]), scale, zero, out, M, N, K, group, ldx, ldo, dtype, threads
 GEMM_W4A16 = _cpp("kb_cpp_gemm_w4a16",
@@ -251,4 +251,4 @@ GEMM_W4A16 = _cpp("kb_cpp_gemm_w4a16",
                   lambda case, x, packed, **_: (x.shape[0], packed.shape[0]),
                   "C++ int4 weight-only GEMV/GEMM (nibbles unpacked in registers, AVX-512)", "quant_int4_gemv.cpp",
                   layout={"x": unit_last, "packed": contiguous, "scale": contiguous, "zero": contiguous},
-                  available=avx512_available, unsupported=_needs_avx512)
+                  available=avx512_available, unsupported=_needs_avx512, dtypes=("float32", "bfloat16"))
