@@ -12,6 +12,8 @@ operands and PyTorch's own int8/int4 paths. Two schemes (case parameter `scheme`
   fp32 scales and uint8 zero points); x and out in the case dtype. Variants: `torch_matmul` (baseline: x @ the
   dequantized W in the case dtype), `torch_int4pack` (aten's _weight_int4pack_mm_for_cpu with the same grid, in
   its own packing), `cpp_w4` (ours, kernels/cpp/quant_int4_gemv.cpp).
+- `cuda_mma` (w8a8, kernels/cuda/quant_int8_gemm.cu): mma.sync.m16n8k32 s8 with int32 accumulators; on the CPU
+  the tests run it under the CUDA simulation, which computes the s8 fragment layouts of the PTX ISA.
 - `triton` (both schemes, kernels/triton/quant_gemm.py): on a GPU, compiled and autotuned; on the CPU checked
   under the interpreter (`KB_TRITON_INTERPRET=1`, float32 and float16).
 The check: a float64 reference of the dequantized product (exact integer sums, then the scales).
@@ -29,6 +31,7 @@ import torch
 
 from harness.registry import Requires, Skip, Suite
 from kernels.cpp import lib as cpp
+from kernels.cuda import lib as cuda
 from kernels.triton import quant_gemm as triton_quant
 from quant import int4_weight_only as i4
 
@@ -133,7 +136,7 @@ def reference(case, a=None, sa=None, w=None, sw=None, x=None, packed=None, scale
 
 
 # ---- variants -----------------------------------------------------------------------------------------------
-W8, W4 = ("cpp_vnni", "torch_int_mm"), ("cpp_w4", "torch_int4pack")
+W8, W4 = ("cpp_vnni", "torch_int_mm", "cuda_mma"), ("cpp_w4", "torch_int4pack")
 
 
 def applies(case, variant: str) -> bool:
@@ -181,4 +184,5 @@ def torch_int4pack(case, x, packed, scale, zero):
 
 SUITE.add("cpp_vnni", cpp.GEMM_W8A8)
 SUITE.add("cpp_w4", cpp.GEMM_W4A16)
+SUITE.add("cuda_mma", cuda.GEMM_W8A8)              # int8 tensor cores; under the simulation in the tests
 SUITE.add("triton", triton_quant.VARIANT)         # both schemes: int8 tl.dot, and nibbles dequantized in registers
