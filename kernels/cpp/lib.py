@@ -252,3 +252,61 @@ GEMM_W4A16 = _cpp("kb_cpp_gemm_w4a16",
                   "C++ int4 weight-only GEMV/GEMM (nibbles unpacked in registers, AVX-512)", "quant_int4_gemv.cpp",
                   layout={"x": unit_last, "packed": contiguous, "scale": contiguous, "zero": contiguous},
                   available=avx512_available, unsupported=_needs_avx512, dtypes=("float32", "bfloat16"))
+
+
+# ---- paged decode (suites/decode.py; the cache layout of inference/paged.py) ---------------------------------
+KV_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int8: 3, torch.float8_e4m3fn: 4}
+
+
+def kv_code(c) -> int:
+    dt = c["k_cache"].dtype
+    if dt not in KV_DTYPE_CODES:
+        raise TypeError(f"paged decode takes a float32/bfloat16/float16/int8/fp8 e4m3 cache, not {dt}")
+    return KV_DTYPE_CODES[dt]
+
+
+def opt_ptr(name: str):
+    """A tensor's address, or NULL when the input is None (a float cache has no scales)."""
+    return Arg(ctypes.c_void_p, lambda c: c.tensors[name].data_ptr() if c.tensors.get(name) is not None else None)
+
+
+def opt_stride0(name: str):
+    return Arg(ctypes.c_int64, lambda c: c.tensors[name].stride(0) if c.tensors.get(name) is not None else 0)
+
+
+def opt_size(name: str, dim: int):
+    return Arg(ctypes.c_int64, lambda c: c.tensors[name].shape[dim] if c.tensors.get(name) is not None else 0)
+
+
+def decode_unsupported(case, q, k_cache, v_cache, block_tables, seq_lens, k_scale=None, v_scale=None, **_):
+    """Inconsistent arguments raise (inference.paged.validate) before the kernel; its own limits skip."""
+    from inference.paged import validate
+    validate(q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale)
+    b, sq, h, d = q.shape
+    if d % 16 or d > 256:
+        return f"head dim {d}: the kernel takes multiples of 16 up to 256"
+    if h // k_cache.shape[2] * sq > 64 or k_cache.shape[1] > 256:
+        return "more than 64 query rows per kv head, or blocks of more than 256 tokens"
+    return None
+
+
+def _decode_scale(c) -> float:
+    return 1.0 / math.sqrt(c["q"].shape[-1])
+
+
+# q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, out, B, SQ, H, D, then each tensor's own sizes
+# (k_cache, v_cache, block_tables, seq_lens, scales: the entry point refuses any mismatch), scale, dtypes, threads
+DECODE_PAGED = _cpp("kb_cpp_decode_paged",
+                    [ptr("q"), ptr("k_cache"), ptr("v_cache"), ptr("block_tables"), ptr("seq_lens"),
+                     opt_ptr("k_scale"), opt_ptr("v_scale"), ptr("out"), size("q", 0), size("q", 1), size("q", 2),
+                     size("q", 3), [size("k_cache", i) for i in range(4)], [size("v_cache", i) for i in range(4)],
+                     size("block_tables", 0), size("block_tables", 1), size("seq_lens", 0),
+                     opt_size("k_scale", 0), opt_size("k_scale", 1), opt_stride0("k_scale"),
+                     opt_size("v_scale", 0), opt_size("v_scale", 1), opt_stride0("v_scale"), f32(_decode_scale),
+                     dtype("q"), Arg(ctypes.c_int, kv_code), threads()],
+                    lambda case, q, **_: q.shape,
+                    "C++ paged decode: split-K over pages (flash-decoding), each KV row read once per GQA group",
+                    "decode_paged.cpp",
+                    layout={"q": contiguous, "k_cache": contiguous, "v_cache": contiguous,
+                            "block_tables": contiguous, "seq_lens": contiguous},
+                    unsupported=decode_unsupported)

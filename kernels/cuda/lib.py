@@ -9,11 +9,12 @@ Never raises on import: a missing library or torch without CUDA shows up as the 
 """
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
 
-from kernels.native import (Kernel, Library, NativeError, aligned16, contiguous, dtype, f32, i32, ptr, rows,
+from kernels.native import (Arg, Kernel, Library, NativeError, aligned16, contiguous, dtype, f32, i32, ptr, rows,
                             size, stream, stride, strides, top_left_causal_only, unit_last)
 
 NOT_BUILT = "CUDA kernels not built: run 'make build'"
@@ -98,6 +99,72 @@ ATTENTION = _cuda("kb_cuda_attention_fwd",
                   "FlashAttention-2 style forward: bf16/fp16 on mma.sync tensor cores, fp32 on CUDA cores",
                   "attention_fwd.cu", layout={"q": aligned16, "k": aligned16, "v": aligned16},
                   unsupported=_attention_unsupported)
+
+
+# ---- paged decode (suites/decode.py; the cache layout of inference/paged.py) ---------------------------------
+def _decode_nsplit(c) -> int:
+    """Splits of each (sequence, kv head): >= 2 blocks per SM on a GPU; 3 under the simulation (the merge runs)."""
+    b, hkv, maxb = c["q"].shape[0], c["k_cache"].shape[2], c["block_tables"].shape[1]
+    if c["q"].device.type != "cuda":
+        return max(1, min(maxb, 3))
+    sms = torch.cuda.get_device_properties(c["q"].device).multi_processor_count
+    return max(1, min(maxb, -(-2 * sms // max(1, b * hkv))))
+
+
+def _decode_workspace(c):
+    """fp32 partials (m, l, acc[d]) per (sequence, kv head, split, query row), kept alive with the call."""
+    q = c["q"]
+    rows = q.shape[2] // c["k_cache"].shape[2] * q.shape[1]
+    n = q.shape[0] * c["k_cache"].shape[2] * _decode_nsplit(c) * rows * (q.shape[3] + 2)
+    ws = torch.empty(max(1, n), dtype=torch.float32, device=q.device)
+    c.tensors["_workspace"] = ws
+    return ws
+
+
+def _decode_kv_code(c) -> int:
+    from kernels.cpp.lib import kv_code
+    return kv_code(c)
+
+
+def _decode_unsupported(case, q, k_cache, **inputs):
+    from kernels.cpp.lib import decode_unsupported
+    decode_unsupported(case, q, k_cache, **inputs)           # raises on inconsistent arguments
+    if q.shape[-1] not in (32, 64, 128):
+        return f"head dim {q.shape[-1]}: the CUDA kernel takes 32, 64 or 128"
+    if q.shape[2] // k_cache.shape[2] * q.shape[1] > 16:
+        return "more than 16 query rows per kv head (heads per kv head x query tokens)"
+    if k_cache.dtype in (torch.float32, torch.bfloat16, torch.float16) and k_cache.dtype != q.dtype:
+        return "a float cache must have q's dtype"
+    return None
+
+
+def _opt(name, get, ctype):
+    from kernels.native import Arg
+    return Arg(ctype, lambda c: get(c.tensors[name]) if c.tensors.get(name) is not None else (None if ctype is
+                                                                                             ctypes.c_void_p else 0))
+
+
+# q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, out, workspace, workspace_bytes, B, SQ, H, D,
+# each tensor's own sizes (the entry point refuses any mismatch), nsplit, scale, q dtype, kv dtype, stream
+DECODE_PAGED = _cuda("kb_cuda_decode_paged",
+                     [ptr("q"), ptr("k_cache"), ptr("v_cache"), ptr("block_tables"), ptr("seq_lens"),
+                      _opt("k_scale", lambda t: t.data_ptr(), ctypes.c_void_p),
+                      _opt("v_scale", lambda t: t.data_ptr(), ctypes.c_void_p), ptr("out"),
+                      Arg(ctypes.c_void_p, lambda c: _decode_workspace(c).data_ptr()),
+                      Arg(ctypes.c_int64, lambda c: c.tensors["_workspace"].numel() * 4),
+                      [size("q", i) for i in range(4)], [size("k_cache", i) for i in range(4)],
+                      [size("v_cache", i) for i in range(4)], size("block_tables", 0), size("block_tables", 1),
+                      size("seq_lens", 0),
+                      [_opt(t, f, ctypes.c_int64) for t in ("k_scale", "v_scale")
+                       for f in (lambda x: x.shape[0], lambda x: x.shape[1], lambda x: x.stride(0))],
+                      Arg(ctypes.c_int64, _decode_nsplit), f32(lambda c: 1.0 / math.sqrt(c["q"].shape[-1])),
+                      dtype("q"), Arg(ctypes.c_int, _decode_kv_code)],
+                     lambda case, q, **_: q.shape,
+                     "paged split-KV decode: GQA rows share each K/V row, warps split tokens, blocks split pages",
+                     "decode_paged.cu",
+                     layout={"q": contiguous, "k_cache": contiguous, "v_cache": contiguous,
+                             "block_tables": contiguous, "seq_lens": contiguous},
+                     unsupported=_decode_unsupported)
 
 
 def bind(path):
