@@ -37,7 +37,12 @@ MEASURED = {
 # model itself, so its baseline is exact by construction; tests/test_model_suite.py pins its tolerance (logits
 # perturbed 1% -> incorrect). The quant suite's reference is the unquantized model, its baseline, and its bound is
 # one on gross error of quantized models: tests/test_quant.py breaks methods and watches it fail.
-SUITES = {n: s for n, s in all_suites().items() if s._reference is not None and n not in ("peak", "model", "quant")}
+# The distributed suites (collectives, train) need a process group for their baselines (torchrun): their checks
+# are exercised by tests/test_distributed.py in a real 2-rank job (collectives exact on integer inputs; DDP/FSDP2
+# against the float64 one-process step). Their tolerance use is not pinned here (train's float32 tolerance is
+# looser than the 1e-8..5e-7 errors measured: see docs/scale-out.md).
+SUITES = {n: s for n, s in all_suites().items()
+          if s._reference is not None and n not in ("peak", "model", "quant") and s.distributed is None}
 PARAMS = [(n, d) for n, s in SUITES.items() for d in s.dtypes]
 
 
