@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "report": "harness.report",      # self-contained HTML report
     "baseline": "harness.baseline",  # store a run as a named baseline
     "model": "models.cli",           # train (first use) and evaluate a model
+    "distill": "distill.cli",        # students with and without their teacher: the ablation
     "ab": "harness.ab",              # interleaved A/B of two git refs in one job, gated
     "slurm": "harness.slurm",        # run on a SLURM cluster (submitit), rows gathered into one run
 }

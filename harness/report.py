@@ -171,6 +171,13 @@ def build(df: pd.DataFrame, title: str = "Benchmark report") -> str:
             if b64:
                 parts.append(_img(b64, f"pareto {model}"))
 
+    if "suite" in df.columns and (df["suite"] == "distill").any():
+        from distill.report import retention_png
+        parts.append("<h2>Distillation: quality retained against speedup</h2>")
+        b64 = retention_png(df)
+        parts.append(_img(b64, "distillation retention versus speedup") if b64 else
+                     '<p class="note">distill: no student with both a quality row and a timed teacher.</p>')
+
     parts.append("<h2>Telemetry over time</h2>")
     shown = False
     for s in sources:
