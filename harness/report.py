@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from harness import result_sets as RS
-from harness.report_plots import roofline_png, speedup_png, telemetry_png
+from harness.report_plots import pareto_png, roofline_png, speedup_png, telemetry_png
 
 
 
@@ -163,6 +163,13 @@ def build(df: pd.DataFrame, title: str = "Benchmark report") -> str:
         b64 = speedup_png(str(suite), g, label_of)
         parts.append(_img(b64, f"speedup {suite}") if b64 else
                      f'<p class="note">{html.escape(str(suite))}: no speedups (the baseline did not run).</p>')
+
+    if "quality_metric" in df.columns and (df["suite"] == "quant").any():
+        parts.append("<h2>Quantization: quality against speed, per model</h2>")
+        for model, g in df[df["suite"] == "quant"].groupby("model", sort=False):
+            b64 = pareto_png(str(model), g)
+            if b64:
+                parts.append(_img(b64, f"pareto {model}"))
 
     if "suite" in df.columns and (df["suite"] == "distill").any():
         from distill.report import retention_png
