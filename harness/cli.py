@@ -18,7 +18,9 @@ SUBCOMMANDS = {
     "report": "harness.report",      # self-contained HTML report
     "baseline": "harness.baseline",  # store a run as a named baseline
     "model": "models.cli",           # train (first use) and evaluate a model
+    "distill": "distill.cli",        # students with and without their teacher: the ablation
     "ab": "harness.ab",              # interleaved A/B of two git refs in one job, gated
+    "slurm": "harness.slurm",        # run on a SLURM cluster (submitit), rows gathered into one run
 }
 
 
@@ -77,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
                         "(LD_PRELOAD; recorded in the manifest; default: whatever is loaded)")
     p.add_argument("--no-auto-peak", action="store_true",
                    help="no quick peak probe on a first run (%% peak stays empty until --suite peak)")
+    p.add_argument("--dist-plan", choices=("same", "shard"), default="same",
+                   help="under torchrun: every rank measures the whole plan on its device (same, the default) or "
+                        "its shard of the rows (shard); collectives and train rows always span every rank")
+    p.add_argument("--rank-timeout", type=float, default=None, metavar="S",
+                   help="under torchrun: seconds rank 0 waits for the other ranks' reports, and a collective's "
+                        "timeout (default 300)")
     p.add_argument("--kernels-report", action="store_true",
                    help="print the compiler resource report of the CUDA and Triton kernels and exit")
     p.set_defaults(mode="quick")
@@ -222,6 +230,12 @@ def resolve(args: argparse.Namespace):
             if v not in known:
                 raise UsageError(f"unknown variant {v!r}; choose from: {', '.join(known)}")
     budget, worker_memory = check_numbers(args)
+    from harness import distributed
+    world = distributed.env_world()[1] if distributed.launched() else 1
+    for s in suites:
+        why = s.distributed(world) if s.distributed is not None else None
+        if why:
+            raise UsageError(f"suite {s.name} cannot run on {world} rank(s): {why}")
 
     if args.model is not None:       # the model suite reads it (also in worker processes) from KB_MODEL
         from models.zoo import ModelError, resolve as resolve_model
@@ -245,7 +259,8 @@ def resolve(args: argparse.Namespace):
                                           cuda_graph=args.cuda_graph),
                       progress=not args.no_progress, isolate=not args.no_isolate, row_timeout=args.row_timeout,
                       worker_memory=worker_memory, resume=args.resume, reset_peaks=reset_peaks,
-                      auto_peak=not args.no_auto_peak and os.environ.get("KB_AUTO_PEAK", "1") != "0")
+                      auto_peak=not args.no_auto_peak and os.environ.get("KB_AUTO_PEAK", "1") != "0",
+                      dist_plan=args.dist_plan, rank_timeout=args.rank_timeout)
     plan = build_plan(opts)
     if not plan:
         what = f" matching --filter {args.filter!r}" if args.filter else ""
@@ -278,6 +293,8 @@ def check_numbers(args: argparse.Namespace) -> tuple[float, int | None]:
         raise UsageError("--row-timeout and --worker-memory apply to isolated workers; drop --no-isolate")
     if args.resume and not args.out:
         raise UsageError("--resume needs --out DIR (the run to continue)")
+    if args.rank_timeout is not None:
+        _number("--rank-timeout", args.rank_timeout, 0, 7 * 86400, "seconds", low_open=True)
     return budget, worker_memory
 
 
@@ -293,8 +310,13 @@ def _number(opt: str, x: float, lo: float, hi: float, what: str, low_open: bool 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     _, worker_memory = check_numbers(args)
+    from harness import distributed
+    problem = distributed.pin_device(args.device)       # under torchrun: this rank's GPU, before CUDA starts
+    if problem:
+        raise UsageError(problem)
     from harness.worker import WorkerPool, worker_spec
     pool = None
+    dist = None
     if not args.no_isolate and args.device == "cuda":
         # A CUDA worker starts first, as a fresh interpreter: its imports overlap this process's own.
         pool = WorkerPool(worker_spec(args.device, args.threads, worker_memory))
@@ -305,6 +327,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             # started yet). A CUDA device picked by "auto": a fresh interpreter (CUDA does not survive fork).
             pool = WorkerPool(worker_spec(opts.device, opts.threads, worker_memory,
                                           start="fork" if opts.device == "cpu" else "exec"))
+        if distributed.launched():          # after the fork above: the process group starts threads
+            dist = distributed.start(opts.device, opts.rank_timeout)
+            plan = distributed.shard(plan, dist, opts.dist_plan)
     except BaseException:
         if pool is not None:
             pool.close()
@@ -312,6 +337,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.runner import Runner, _signals_as_interrupts
     from harness.ui import console, out_console, results_table
 
+    if dist is not None:
+        try:
+            return _run_rank(opts, plan, argv, pool, dist)
+        finally:
+            distributed.stop()
     with _signals_as_interrupts():           # SIGTERM/SIGHUP while starting up: exit 128+signal too
         runner = Runner(opts, argv, pool)
         try:
@@ -333,6 +363,39 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         saved = len(rows)
         console.print(f"[yellow]interrupted ({_signame(code - 128)}): {saved} rows kept in {runner.writer.dir}; "
                       f"--resume --out {runner.writer.dir} continues it[/]")
+    return code
+
+
+def _run_rank(opts, plan, argv: list[str], pool, dist) -> int:
+    """One rank of a torchrun job: rank 0 prints and writes the merged run, the others only measure."""
+    from harness.runner import Runner, _signals_as_interrupts
+    from harness.ui import console, out_console, results_table
+    with _signals_as_interrupts():
+        runner = Runner(opts, argv, pool, dist=dist)
+        try:
+            if dist.rank == 0:
+                console.print(f"[bold]run {runner.run_id}[/]: {dist.world_size} ranks ({dist.backend}), {len(plan)} "
+                              f"rows on rank 0 ({runner.keys['device_name']}) -> {runner.writer.dir}")
+            try:
+                code = runner.run(plan)
+            except KeyboardInterrupt as exc:         # between the run loop's own handling and the gather
+                signum = getattr(exc, "signum", 2)
+                runner.salvage(signum)
+                code = 128 + signum
+        finally:
+            runner.close()
+    if dist.rank != 0:
+        return code
+    rows = runner.writer.rows
+    order = {k: i for i, k in enumerate(dict.fromkeys((r["suite"], r["case"], r["dtype"]) for r in rows))}
+    shown = sorted(({**r, "variant": f"{r['variant']} @rank{r.get('rank')}"} for r in rows),
+                   key=lambda r: (order[(r["suite"], r["case"], r["dtype"])], r["variant"]))
+    out_console.print(results_table(shown, title=f"{runner.run_id} ({opts.mode}, {dist.world_size} ranks)"))
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "incorrect", "error", "skipped")}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" over {dist.world_size} ranks; results in "
+                  f"{runner.writer.dir}")
+    if runner.stop_reason:
+        print(f"bench.py: error: {runner.stop_reason}", file=sys.stderr)
     return code
 
 

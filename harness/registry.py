@@ -156,6 +156,10 @@ class Suite:
     ref: str | None = None                   # "module:attribute" a worker process imports it by (set on load)
     # optional case parameters a --shape may set, with their allowed values (the first is the default)
     options: Mapping[str, tuple] = field(default_factory=dict)
+    # Suites whose rows span ranks (collectives, train): `fn(world_size) -> reason | None`, the reason when the
+    # suite cannot use that world size (bench.py: one line, exit 2). Under torchrun their rows run on every
+    # rank in lockstep, in the rank's own process (harness/distributed.py). None: an ordinary per-device suite.
+    distributed: Callable[[int], str | None] | None = None
 
     def __post_init__(self) -> None:
         self._cases: dict[str, list[dict]] = {m: [] for m in MODES}

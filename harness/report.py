@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from harness import result_sets as RS
-from harness.report_plots import roofline_png, speedup_png, telemetry_png
+from harness.report_plots import pareto_png, roofline_png, speedup_png, telemetry_png
 from harness.report_sparsity import quality_speed_png
 
 
@@ -170,6 +170,19 @@ def build(df: pd.DataFrame, title: str = "Benchmark report") -> str:
         b64 = quality_speed_png(df)
         parts.append(_img(b64, "sparsity quality vs speed") if b64 else
                      '<p class="note">sparsity: no pattern has both a quality row and a timed row.</p>')
+    if "quality_metric" in df.columns and (df["suite"] == "quant").any():
+        parts.append("<h2>Quantization: quality against speed, per model</h2>")
+        for model, g in df[df["suite"] == "quant"].groupby("model", sort=False):
+            b64 = pareto_png(str(model), g)
+            if b64:
+                parts.append(_img(b64, f"pareto {model}"))
+
+    if "suite" in df.columns and (df["suite"] == "distill").any():
+        from distill.report import retention_png
+        parts.append("<h2>Distillation: quality retained against speedup</h2>")
+        b64 = retention_png(df)
+        parts.append(_img(b64, "distillation retention versus speedup") if b64 else
+                     '<p class="note">distill: no student with both a quality row and a timed teacher.</p>')
 
     parts.append("<h2>Telemetry over time</h2>")
     shown = False

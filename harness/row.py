@@ -50,6 +50,7 @@ class RowContext:
     timing: TimingConfig = dataclasses.field(default_factory=TimingConfig)
     sampler: Any = None                      # telemetry.Sampler; made on first use
     flusher: CacheFlusher | None = None      # made on the first cold row
+    lockstep: Any = None                     # harness.distributed.Lockstep under torchrun (distributed suites)
 
     def get_sampler(self):
         if self.sampler is None:
@@ -121,7 +122,8 @@ def _check_and_time(suite: Suite, case: Case, v: Variant, ctx: RowContext, row: 
         ctx.flusher = ctx.flusher or CacheFlusher(ctx.device)
         flush = ctx.flusher
     with ctx.get_sampler().measure() as m:
-        stats = measure(launcher, ctx.device, cfg, flush)
+        stats = measure(launcher, ctx.device, cfg, flush,
+                        lockstep=ctx.lockstep if suite.distributed is not None else None)
     row.update(m.summary(stats.n * stats.calls_per_sample))
     row.update(stats.regime())                           # page faults, context switches per call
     row.update(status="ok", reason=None if stats.stop_reason != "budget" else

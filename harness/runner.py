@@ -63,6 +63,8 @@ class RunOptions:
     resume: bool = False                 # continue the run in `out`, skipping rows it already has
     reset_peaks: list[str] | None = None  # None: keep the stored peaks; []: forget all; [probe...]: those
     auto_peak: bool = True                # no ceiling known for this device: measure one first (seconds)
+    dist_plan: str = "same"               # under torchrun: every rank runs the plan ("same") or its "shard"
+    rank_timeout: float | None = None     # under torchrun: seconds to wait for a rank / a collective
 
 
 def _match(pattern: str, name: str) -> bool:
@@ -104,7 +106,8 @@ def row_key(row: dict[str, Any]) -> tuple:
     return tuple(str(row.get(k)) for k in ROW_KEY)
 
 
-ROW_KEY = ("suite", "case", "variant", "dtype", "device")   # with the run's settings: one measurement
+# with the run's settings: one measurement (`rank`: under torchrun; None elsewhere)
+ROW_KEY = ("suite", "case", "variant", "dtype", "device", "rank")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -120,10 +123,12 @@ class DiskFull(Exception):
 
 
 class Runner:
-    def __init__(self, opts: RunOptions, argv: list[str], pool: WorkerPool | None = None):
+    def __init__(self, opts: RunOptions, argv: list[str], pool: WorkerPool | None = None, dist=None):
         """`pool`: a worker pool started earlier for these options (bench.py starts it before importing the
-        suites, so that the worker's start-up overlaps its own); by default one is started here."""
+        suites, so that the worker's start-up overlaps its own); by default one is started here.
+        `dist`: this rank's harness.distributed.Dist under torchrun (rank 0 writes the run directory)."""
         self.opts = opts
+        self.dist = dist
         configure_compile()
         self.device = opts.device
         if opts.threads:
@@ -149,9 +154,18 @@ class Runner:
             raise
 
     def _open(self, opts: RunOptions, argv: list[str]) -> None:
-        self.rundir = rundir.claim(opts.out, self.device, opts.resume)
+        d = self.dist
+        if d is not None and d.rank != 0:       # rank 0 owns the run directory; this rank's is a scratch one
+            import tempfile
+            self.scratch = Path(tempfile.mkdtemp(prefix=f"kbench-rank{d.rank}-"))
+            self.rundir = rundir.claim(self.scratch, self.device)
+            self.rundir.run_id = d.get("run_id")
+        else:
+            self.rundir = rundir.claim(opts.out, self.device, opts.resume)
         manifest = env.manifest(self.device, argv)
         settings = settings_of(opts, manifest["device_name"])
+        if d is not None:
+            settings.update(world_size=d.world_size, dist_plan=opts.dist_plan)
         prev = self.rundir.manifest
         if prev is not None:
             old = prev.get("settings") or {}
@@ -161,6 +175,14 @@ class Runner:
                                  + "; ".join(f"{k}: {old.get(k)} then, {_jsonish(settings.get(k))} now"
                                              for k in diff) + "); use a new --out")
         self.run_id = self.rundir.run_id or rundir.new_run_id(self.device)
+        self.done_keys: set[tuple] = set()
+        if d is not None and d.rank == 0:
+            from harness import distributed
+            self.rundir.rows, self.done_keys = distributed.resumable(self.rundir.rows, d, opts.suites)
+            d.put("run_id", self.run_id)
+            d.put("resume", self.done_keys)
+        elif d is not None:
+            self.done_keys = d.get("resume")
         self.resumed_rows = len(self.rundir.rows)
         manifest.update(run_id=self.run_id, mode=opts.mode, seed=opts.seed,
                         suites=[s.name for s in opts.suites], timing=vars(opts.timing), settings=settings,
@@ -180,6 +202,8 @@ class Runner:
         except OSError as exc:                                  # checked before anything is measured
             raise UsageError(f"cannot write to {self.rundir.path}: {exc.strerror or exc}") from None
         self.keys = env.row_keys(manifest)
+        if d is not None:
+            self.keys.update(d.columns)
         self.peaks = self._choose_peaks(opts)
         self.writer.write_manifest(peaks=self.peaks.manifest())   # what every row's % peak is against (report)
         self.baseline_ms: dict[tuple, float] = {}
@@ -189,7 +213,9 @@ class Runner:
                 self.baseline_ms[(r["suite"], r["case"], r["dtype"])] = float(r["median_ms"])
         self.errors_log = self.writer.dir / "errors.log"
         self.telemetry_entries: list = [({}, _Recorded(self.rundir.telemetry))] if self.rundir.telemetry else []
-        self.ctx = RowContext(self.device, opts.seed, opts.timing, self.sampler)
+        self.ctx = RowContext(self.device, opts.seed, opts.timing, self.sampler,
+                              lockstep=d.lockstep() if d is not None else None)
+        self.last_timeseries: list = []
 
     def row_timeout(self) -> float | None:
         if not self.opts.isolate:
@@ -228,7 +254,7 @@ class Runner:
     def run_one(self, p: Plan) -> dict[str, Any]:
         """Measure one row (in a worker, or here with --no-isolate), log its failure, derive its figures."""
         row = self.base_row(p)
-        if self.pool is not None:
+        if self.pool is not None and not (self.dist is not None and p.suite.distributed is not None):
             outcome = self.pool.run(task_for(p.suite, p.case, p.variant, self.opts.seed, self.opts.timing),
                                     self.row_timeout())
             if "threads" not in outcome.fields and self.device == "cpu":
@@ -236,12 +262,14 @@ class Runner:
         else:
             outcome = measure_row(p.suite, p.case, p.variant, self.ctx)
         row.update(outcome.fields)
+        self.last_timeseries = outcome.timeseries if outcome.status == "ok" else []
         if outcome.status == "error":
             self._log_error(p, row, outcome.traceback)
         if outcome.status == "ok":
             self.derive(row)
             self.telemetry_entries.append((dict(run_id=self.run_id, suite=p.suite.name, case=p.case.name,
-                                                variant=p.variant.name, dtype=p.case.dtype_name),
+                                                variant=p.variant.name, dtype=p.case.dtype_name,
+                                                **({"rank": self.dist.rank} if self.dist is not None else {})),
                                            _Recorded(outcome.timeseries)))
             telemetry.write_timeseries(self.writer.dir, self.telemetry_entries)
         return row
@@ -279,7 +307,7 @@ class Runner:
     def run(self, plan: list[Plan], on_row: Callable[[dict], None] | None = None) -> int:
         """Measure every row of `plan` not already in the run; returns the exit status (0, 128+signal, 1)."""
         from harness.ui import progress
-        done = {row_key(r) for r in self.writer.rows}
+        done = {row_key(r) for r in self.writer.rows} | self.done_keys
         todo = [p for p in plan if row_key(self.base_row(p)) not in done]
         self.skipped_done = len(plan) - len(todo)
         interrupted: int | None = None
@@ -295,6 +323,8 @@ class Runner:
                         raise DiskFull(f"cannot write results to {self.writer.dir}: {exc.strerror or exc}; "
                                        f"the row of {p.suite.name}/{p.case.name}/{p.variant.name} was not saved, "
                                        f"the {len(self.writer.rows) - 1} rows before it are") from None
+                    if self.dist is not None and self.dist.rank != 0:
+                        self.dist.publish_row(row, self.last_timeseries)
                     if on_row:
                         on_row(row)
             except KeyboardInterrupt as exc:
@@ -310,6 +340,10 @@ class Runner:
                 stopped = str(exc)
             finally:
                 self.close_workers()
+        self.failed_ranks: list[dict] = []
+        if self.dist is not None:
+            self.gathered = True
+            self._gather(interrupted, stopped)
         if interrupted is None and stopped is None:
             for suite in self.opts.suites:
                 if suite.after_run and self.opts.mode != "test":   # test shapes: no figures
@@ -327,7 +361,66 @@ class Runner:
         self.stop_reason = stopped
         if stopped is not None:
             return 1
-        return 128 + interrupted if interrupted is not None else 0
+        if interrupted is not None:
+            return 128 + interrupted
+        return 1 if self.failed_ranks else 0
+
+    def salvage(self, signum: int) -> None:
+        """Under torchrun, a signal that landed outside the run loop's own handling (torchrun ends rank 0 the
+        moment another rank fails): still take the other ranks' rows and say what happened."""
+        _ignore_termination()
+        if self.dist is None or getattr(self, "gathered", False):
+            return
+        self.gathered = True
+        try:
+            self._gather(signum, None)
+            self.writer.write_manifest(interrupted=True, signal=signal.Signals(signum).name,
+                                       rows=len(self.writer.rows))
+        except Exception as exc:   # noqa: BLE001 - the store went away with the job
+            from harness import distributed
+            distributed.say(f"bench.py: could not gather the other ranks' rows: {exc}")
+
+    def _gather(self, interrupted: int | None, stopped: str | None) -> None:
+        """Under torchrun: a rank > 0 reports how it ended; rank 0 takes every rank's rows into its table."""
+        from harness import distributed
+        d = self.dist
+        status = ("ok" if interrupted is None and stopped is None else
+                  f"interrupted ({signal.Signals(interrupted).name})" if interrupted is not None
+                  else f"failed: {stopped}")
+        info = dict(rank=d.rank, local_rank=d.local_rank, host=d.host, device_name=self.keys.get("device_name"),
+                    telemetry=self.writer.manifest.get("telemetry"))
+        if d.rank != 0:
+            try:
+                d.report(status, info)
+            except Exception as exc:   # noqa: BLE001 - the store is gone (rank 0's agent ended): nothing to do
+                distributed.say(f"rank {d.rank}: could not report to rank 0: {exc}")
+            return
+        wait = 0.0 if interrupted is not None else (self.opts.rank_timeout or d.timeout_s)
+        try:
+            rows, records = d.collect(wait)
+        except KeyboardInterrupt as exc:     # torchrun ends rank 0 because another rank failed: take what is there
+            _ignore_termination()
+            status = f"interrupted ({signal.Signals(getattr(exc, 'signum', signal.SIGINT)).name})"
+            rows, records = d.collect(0.0)
+        for row, ts in rows:
+            self.writer.rows.append(row)
+            if ts:
+                self.telemetry_entries.append(({k: row.get(k) for k in ("run_id", "suite", "case", "variant",
+                                                                          "dtype", "rank")}, _Recorded(ts)))
+        try:
+            self.writer.flush()
+            if any(ts for _, ts in rows):
+                telemetry.write_timeseries(self.writer.dir, self.telemetry_entries)
+        except OSError:
+            pass
+        ranks = [{**info, "status": status, "rows": sum(1 for r in self.writer.rows if r.get("rank") == 0)}]
+        ranks += records
+        self.failed_ranks = [r for r in records if r.get("status") != "ok"]
+        for r in self.failed_ranks:
+            distributed.say(f"bench.py: rank {r['rank']}" + (f" ({r['host']})" if r.get("host") else "")
+                            + f": {r['status']}; {r.get('rows', 0)} row(s) from it kept")
+        self.writer.write_manifest(ranks=ranks, world_size=d.world_size, dist_plan=self.opts.dist_plan,
+                                   backend=d.backend)
 
     def close_workers(self) -> None:
         if self.pool is not None:
@@ -338,6 +431,10 @@ class Runner:
         rd = getattr(self, "rundir", None)
         if rd is not None:
             rd.release()
+        scratch = getattr(self, "scratch", None)
+        if scratch is not None:
+            import shutil
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 COMPILE_ALLOWANCE_S = 300.0     # torch.compile / Triton autotuning of one variant, plus the float64 check

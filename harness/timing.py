@@ -145,9 +145,15 @@ def sync(device: str) -> None:
 
 
 def measure(fn: Callable[[], Any], device: str = "cpu", cfg: TimingConfig | None = None,
-            flush: Callable[[], None] | None = None) -> Stats:
-    """Time `fn` (a zero-argument launcher) per call, following `cfg`. Returns per-call statistics."""
+            flush: Callable[[], None] | None = None, lockstep: Any = None) -> Stats:
+    """Time `fn` (a zero-argument launcher) per call, following `cfg`. Returns per-call statistics.
+
+    `lockstep` (harness.distributed.Lockstep, for collectives across ranks): every decision of the loop (end
+    of warm-up, calls per sample, stop) is agreed between the ranks, outside the timed region, so that they
+    all make the same calls; without it a rank that stopped early would leave the others in a collective."""
     cfg = cfg or TimingConfig()
+    agree_all = lockstep.all if lockstep is not None else (lambda flag: flag)
+    agree_any = lockstep.any if lockstep is not None else (lambda flag: flag)
     clock = _CudaClock() if device == "cuda" else _CpuClock()
 
     # Warm-up: at least 2 calls and warmup_s; gives the first estimate of one call's cost. The estimate is
@@ -163,12 +169,14 @@ def measure(fn: Callable[[], Any], device: str = "cpu", cfg: TimingConfig | None
         fastest = min(fastest, now - t_call)
         calls += 1
         elapsed = now - t_start
-        if calls >= 2 and elapsed >= cfg.warmup_s:
-            break
-        if elapsed > max(cfg.warmup_s, cfg.budget_s):   # a very slow call: two are enough
+        done = calls >= 2 and elapsed >= cfg.warmup_s
+        slow = elapsed > max(cfg.warmup_s, cfg.budget_s)   # a very slow call: two are enough
+        if agree_all(done) or agree_any(slow):
             break
     per_call = fastest
     k = 1 if cfg.cold else max(1, min(10_000, math.ceil(cfg.min_sample_s / max(per_call, 1e-9))))
+    if lockstep is not None:
+        k = int(lockstep.max(k))
 
     batch: Callable[[], Any]
     if cfg.cuda_graph and device == "cuda":
@@ -190,10 +198,12 @@ def measure(fn: Callable[[], Any], device: str = "cpu", cfg: TimingConfig | None
         batch()
         samples.append(clock.stop_ms() / k)
         n = len(samples)
-        if n >= cfg.min_samples and median_rel_ci(samples) <= cfg.target_rel_ci:
+        converged = n >= cfg.min_samples and median_rel_ci(samples) <= cfg.target_rel_ci
+        over = time.perf_counter() - t0 >= cfg.budget_s and n >= 3
+        if agree_all(converged):
             reason = "converged"
             break
-        if time.perf_counter() - t0 >= cfg.budget_s and n >= 3:
+        if agree_any(over):
             reason = "budget"
             break
     elapsed = time.perf_counter() - t0

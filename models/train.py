@@ -34,11 +34,17 @@ def _lr(recipe: Recipe, step: int) -> float:
     return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _measured_peak(device: str) -> tuple[float | None, str]:
-    """fp32 TFLOP/s measured on this device by the peak suite, and where it came from."""
+def _measured_peak(device: str, probe: bool = True) -> tuple[float | None, str]:
+    """fp32 TFLOP/s measured on this device, and where it came from. With nothing stored and `probe`, the
+    runner's first-run probe (harness/autopeak.py, seconds) measures it now, so MFU is never blank on a first
+    training run; a figure from `bench.py --suite peak` replaces the probe's as soon as it is stored."""
     from harness import env, peaks
     name = env.device_name(device)
     measured = peaks.load_measured(name)
+    if not (measured and measured.get("float32")) and probe:
+        from harness import autopeak
+        autopeak.probe(device, name)
+        measured = peaks.load_measured(name)
     if measured and measured.get("float32"):
         return float(measured["float32"]), f"measured ({peaks.measured_path(name).name})"
     return None, "no measured peak: run `python bench.py --suite peak`"
@@ -96,7 +102,7 @@ def train(recipe: Recipe, device: str = "cpu", progress: bool = True, eval_every
     model.eval()
     tokens = recipe.steps * recipe.tokens_per_step
     flops = flops_per_token(recipe, n_params) * tokens
-    peak, peak_source = _measured_peak(device)
+    peak, peak_source = _measured_peak(device, probe=recipe.name != "test")   # seconds; not in unit tests
     achieved = flops / seconds / 1e12
     meta = dict(recipe=recipe.as_dict(), corpus=data.corpus_digest(), n_params=n_params, device=device,
                 threads=torch.get_num_threads() if device == "cpu" else None,

@@ -184,6 +184,23 @@ def test_mfu_against_the_measured_peak(cache, monkeypatch):
     assert meta["mfu"] is None and "bench.py --suite peak" in meta["peak_source"]
 
 
+def test_mfu_probes_the_peak_on_a_first_training_run(monkeypatch):
+    """With nothing stored, a real recipe's training measures the peak (the runner's first-run probe) rather
+    than leaving MFU blank; the unit tests' `test` recipe never probes."""
+    from harness import autopeak, peaks
+    from models import train
+    stored: dict = {}
+    calls: list = []
+    monkeypatch.setattr(peaks, "load_measured", lambda name: stored or None)
+    monkeypatch.setattr(autopeak, "probe", lambda device, name: calls.append(name) or stored.update(float32=0.25))
+    assert train._measured_peak("cpu", probe=False) == (None, train._measured_peak("cpu", probe=False)[1])
+    assert calls == []
+    peak, source = train._measured_peak("cpu", probe=True)
+    assert peak == 0.25 and len(calls) == 1 and source.startswith("measured")
+    train._measured_peak("cpu", probe=True)                               # stored now: no second probe
+    assert len(calls) == 1
+
+
 def test_cache_is_reused_and_training_is_deterministic(lm, monkeypatch):
     from models import train
     sha = json.loads((lm.path / "meta.json").read_text())["weights_sha256"]
@@ -271,9 +288,10 @@ def test_tiny_trains_to_its_quality_target(tmp_path, monkeypatch):
     monkeypatch.setenv("KB_MODELS_CACHE", str(tmp_path))
     tiny = zoo.load("tiny", progress=False)
     bpb = evaluate.bits_per_byte(tiny)
-    # The issue's target is 2.1; this recipe measured 2.54 (README, docs/models.md): the bound holds what
-    # was measured, with room for thread-count rounding, and fails if training breaks.
-    assert bpb < 2.65 and bpb < evaluate.bigram_bpb() - 1.0
+    # The issue's target is 2.1; this recipe measured 2.03 on one thread (docs/models.md): the target itself
+    # is the bound (thread counts change the summation order, not the result by 0.07), and it fails if
+    # training breaks.
+    assert bpb <= 2.1 and bpb < evaluate.bigram_bpb() - 1.5
     assert tiny.meta["heldout_bpb"] == pytest.approx(bpb, rel=1e-6)
     assert tiny.meta["recipe"] == TINY.as_dict()
 

@@ -53,6 +53,8 @@ def _suite_params():
     for suite, variant in triton_variants():
         for dtype in CPU_DTYPES:
             for case in suite.cases("test", "cpu", dtype):
+                if suite.applies is not None and not suite.applies(case, variant):
+                    continue
                 out.append(pytest.param(suite.name, variant, case, id=f"{suite.name}-{variant}-{dtype}-{case.name}"))
     return out
 

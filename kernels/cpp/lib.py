@@ -209,6 +209,74 @@ GEMM_24 = _cpp("kb_cpp_gemm_24",
                 stride("x", 0), stride("out", 0), dtype("x"), threads()],
                _sparse_out, "C++ 2:4 compressed GEMV/GEMM (values + 2-bit indices, AVX-512 2-source permutes)",
                "sparse_24.cpp", layout={"x": unit_last}, unsupported=_sparse_reason("2:4"))
+# ---- quantized GEMMs (suites/quant_gemm.py) ------------------------------------------------------------------
+def _cpu_flag(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(flag in line.split() for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+def vnni_available(case=None) -> str | None:
+    """libkb_cpp.so built, on a CPU with AVX512-VNNI (vpdpbusd)"""
+    if not _cpu_flag("avx512_vnni"):
+        return "the int8 GEMM needs a CPU with AVX512-VNNI (vpdpbusd)"
+    return avx512_available(case)
+
+
+def avx512_available(case=None) -> str | None:
+    """libkb_cpp.so built, on an AVX-512 CPU"""
+    lib = LIB.load()
+    if lib is not None and _isa_code(lib) < 2:
+        return "this kernel needs AVX-512"
+    return available(case)
+
+
+def _needs_avx512(case, **_) -> str | None:
+    """The ISA in use (kb_cpp_set_isa may force AVX2) must be AVX-512."""
+    return None if isa() in ("avx512", "amx") else f"needs AVX-512; the ISA in use is {isa()}"
+
+
+def pack_w8_vnni(w: torch.Tensor) -> torch.Tensor:
+    """int8 W[N, K] -> the packed VNNI layout + column sums of kb_cpp_gemm_w8a8_vnni (a uint8 tensor); outside the
+    timing, once per weight (as an inference engine packs its weights at load). A uint8 tensor is packed already
+    (quant/cpp_kernels.py keeps the packed weights) and is returned as it is."""
+    if w.dtype == torch.uint8:
+        return w
+    lib = LIB.require()
+    nbytes, pack = lib.dll.kb_cpp_w8_vnni_packed_bytes, lib.dll.kb_cpp_pack_w8_vnni
+    nbytes.restype, nbytes.argtypes = ctypes.c_int64, [ctypes.c_int64, ctypes.c_int64]
+    pack.restype, pack.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 3
+    w = unit_last(w)
+    n, k = w.shape
+    out = torch.empty(nbytes(n, k), dtype=torch.uint8)
+    lib.check(pack(w.data_ptr(), out.data_ptr(), n, k, w.stride(0)), "kb_cpp_pack_w8_vnni")
+    return out
+
+
+def _i64(get) -> Arg:
+    return Arg(ctypes.c_int64, get)
+
+
+# a (int8), sa, w (packed by pack_w8_vnni), sw, out, M, N, K, lda, ldo, out dtype, threads
+GEMM_W8A8 = _cpp("kb_cpp_gemm_w8a8_vnni",
+                 [ptr("a"), ptr("sa"), ptr("w"), ptr("sw"), ptr("out"), size("a", 0), size("sw", 0), size("a", 1),
+                  stride("a", 0), stride("out", 0), dtype("out"), threads()],
+                 lambda case, a, w, **_: (a.shape[0], w.shape[0]),
+                 "C++ W8A8 GEMM on AVX512-VNNI (vpdpbusd, int32 accumulation, scales in the epilogue)",
+                 "quant_int8_gemm.cpp", layout={"a": unit_last, "w": pack_w8_vnni, "sa": contiguous,
+                                                "sw": contiguous},
+                 available=vnni_available, unsupported=_needs_avx512, dtypes=("float32", "bfloat16"))
+
+# x, packed (uint8 [N, K/2]), scale, zero, out, M, N, K, group, ldx, ldo, dtype, threads
+GEMM_W4A16 = _cpp("kb_cpp_gemm_w4a16",
+                  [ptr("x"), ptr("packed"), ptr("scale"), ptr("zero"), ptr("out"), size("x", 0), size("packed", 0),
+                   size("x", 1), _i64(lambda c: c["group"]), stride("x", 0), stride("out", 0), dtype("x"), threads()],
+                  lambda case, x, packed, **_: (x.shape[0], packed.shape[0]),
+                  "C++ int4 weight-only GEMV/GEMM (nibbles unpacked in registers, AVX-512)", "quant_int4_gemv.cpp",
+                  layout={"x": unit_last, "packed": contiguous, "scale": contiguous, "zero": contiguous},
+                  available=avx512_available, unsupported=_needs_avx512, dtypes=("float32", "bfloat16"))
 
 
 # ---- paged decode (suites/decode.py; the cache layout of inference/paged.py) ---------------------------------

@@ -207,3 +207,16 @@ BSR_GEMM = _cuda("kb_cuda_bsr_gemm",
                  _sparse_out, "block-sparse GEMM on mma.m16n8k16: a warp per block row x 32 rows of x",
                  "sparse_bsr.cu", dtypes=("bfloat16", "float16"), layout={"x": unit_last},
                  unsupported=_sparse_reason("bsr"))
+# ---- quantized GEMMs (suites/quant_gemm.py) ------------------------------------------------------------------
+def _w8a8_only(case, **_):
+    return None if case is None or case.get("scheme") == "w8a8" else "the int8 tensor-core GEMM is the w8a8 scheme's"
+
+
+# out[M, N] = (a[M, K] int8 @ w[N, K]^T int8) * sa[m] * sw[n]; out fp32, bf16 or fp16
+GEMM_W8A8 = _cuda("kb_cuda_gemm_w8a8",
+                  [ptr("a"), ptr("sa"), ptr("w"), ptr("sw"), ptr("out"), size("a", 0), size("w", 0), size("a", 1),
+                   stride("a", 0), stride("w", 0), stride("out", 0), dtype("out")],
+                  lambda case, a, w, **_: (a.shape[0], w.shape[0]),
+                  "W8A8 on int8 tensor cores (mma.sync m16n8k32 s8, int32 accumulation, scales in the epilogue)",
+                  "quant_int8_gemm.cu", layout={"a": unit_last, "w": unit_last, "sa": contiguous, "sw": contiguous},
+                  unsupported=_w8a8_only)

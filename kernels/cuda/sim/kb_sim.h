@@ -122,7 +122,8 @@ namespace kb_sim {
 // collective once every lane of the mask has arrived, with the ops of all 32 lanes.
 enum CollKind : int {
   COLL_SYNCWARP = 1, COLL_SHFL_IDX, COLL_SHFL_UP, COLL_SHFL_DOWN, COLL_SHFL_XOR, COLL_BALLOT, COLL_ANY,
-  COLL_ALL, COLL_MMA_BF16, COLL_MMA_F16, COLL_LDMATRIX, COLL_MATCH_ANY, COLL_MMA_SP_BF16, COLL_MMA_SP_F16
+  COLL_ALL, COLL_MMA_BF16, COLL_MMA_F16, COLL_LDMATRIX, COLL_MATCH_ANY, COLL_MMA_S8, COLL_MMA_SP_BF16,
+  COLL_MMA_SP_F16
 };
 struct CollOp {
   int kind;
@@ -520,6 +521,14 @@ KB_SIM_MMA(mma_m16n8k16_f16, COLL_MMA_F16)
 KB_SIM_MMA_SP(mma_sp_m16n8k32_bf16, COLL_MMA_SP_BF16)
 KB_SIM_MMA_SP(mma_sp_m16n8k32_f16, COLL_MMA_SP_F16)
 #undef KB_SIM_MMA_SP
+// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32: int8 A (16x32) and B (32x8), int32 accumulators
+static inline void mma_m16n8k32_s8(int32_t d[4], const uint32_t a[4], const uint32_t b[2], const int32_t c[4],
+                                   const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  ::kb_sim::CollOp op{};
+  op.kind = ::kb_sim::COLL_MMA_S8; op.mask = 0xffffffffu; op.what = "mma.sync.m16n8k32.s8"; op.file = file;
+  op.line = line; op.out = d; op.in0 = a; op.in1 = b; op.in2 = c;
+  ::kb_sim::warp_collective(&op);
+}
 #define KB_SIM_LDMATRIX(NAME, N, TRANS)                                                                 \
   static inline void NAME(uint32_t r[N], const void* smem, const char* file = __builtin_FILE(),          \
                           int line = __builtin_LINE()) {                                                \

@@ -157,6 +157,37 @@ std::string exec_collective(Worker* w, unsigned warp, CollOp** ops, unsigned gro
         }
       for (int l = 0; l < 32; ++l) {
         float* d = (float*)ops[l]->out;
+    case COLL_MMA_S8: {
+      // mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 (PTX ISA, "Matrix Fragments for mma.m16n8k32"):
+      // g = lane/4, t = lane%4; each .b32 register holds 4 int8, byte i the lowest.
+      //   A 16x32: a[0] row g, cols 4t..4t+3; a[1] row g+8, same cols; a[2] row g, cols 16+4t..; a[3] row g+8, those
+      //   B 32x8 (column-major): b[0] rows 4t..4t+3 of column g; b[1] rows 16+4t..16+4t+3 of column g
+      //   C, D 16x8 int32: c[0], c[1] row g, cols 2t, 2t+1; c[2], c[3] row g+8, the same cols
+      int32_t A[16][32], B[32][8], C[16][8];
+      for (int l = 0; l < 32; ++l) {
+        const uint32_t* a = (const uint32_t*)ops[l]->in0;
+        const uint32_t* b = (const uint32_t*)ops[l]->in1;
+        const int32_t* c = (const int32_t*)ops[l]->in2;
+        const int g = l >> 2, t = l & 3;
+        for (int i = 0; i < 4; ++i) {
+          A[g][4 * t + i] = (int8_t)(a[0] >> (8 * i));
+          A[g + 8][4 * t + i] = (int8_t)(a[1] >> (8 * i));
+          A[g][16 + 4 * t + i] = (int8_t)(a[2] >> (8 * i));
+          A[g + 8][16 + 4 * t + i] = (int8_t)(a[3] >> (8 * i));
+          B[4 * t + i][g] = (int8_t)(b[0] >> (8 * i));
+          B[16 + 4 * t + i][g] = (int8_t)(b[1] >> (8 * i));
+        }
+        C[g][2 * t] = c[0]; C[g][2 * t + 1] = c[1]; C[g + 8][2 * t] = c[2]; C[g + 8][2 * t + 1] = c[3];
+      }
+      int32_t D[16][8];
+      for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 8; ++j) {
+          uint32_t s = (uint32_t)C[i][j];               // wraps as the hardware's int32 does (no saturation)
+          for (int k = 0; k < 32; ++k) s += (uint32_t)(A[i][k] * B[k][j]);
+          D[i][j] = (int32_t)s;
+        }
+      for (int l = 0; l < 32; ++l) {  // written after all inputs were read: d may alias c
+        int32_t* d = (int32_t*)ops[l]->out;
         const int g = l >> 2, t = l & 3;
         d[0] = D[g][2 * t]; d[1] = D[g][2 * t + 1]; d[2] = D[g + 8][2 * t]; d[3] = D[g + 8][2 * t + 1];
       }
@@ -194,8 +225,8 @@ std::string exec_collective(Worker* w, unsigned warp, CollOp** ops, unsigned gro
 }
 
 bool aligned_op(int kind) {
-  return kind == COLL_MMA_BF16 || kind == COLL_MMA_F16 || kind == COLL_LDMATRIX || kind == COLL_MMA_SP_BF16 ||
-         kind == COLL_MMA_SP_F16;
+  return kind == COLL_MMA_BF16 || kind == COLL_MMA_F16 || kind == COLL_MMA_S8 || kind == COLL_LDMATRIX ||
+         kind == COLL_MMA_SP_BF16 || kind == COLL_MMA_SP_F16;
 }
 
 const char* state_name(int s) {

@@ -1,0 +1,122 @@
+"""The quantized GEMM kernels (kernels/cpp/quant_int8_gemm.cpp, quant_int4_gemv.cpp) beyond the suite's test
+cases (tests/test_cpp_kernels.py checks those at every dtype): exact integer results at the extremes of int8 (the
+u8 + compensation trick of vpdpbusd), the quant/ int4 layout end to end, thread counts, bad arguments."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.registry import all_suites
+from kernels.cpp import lib as cpp
+from kernels.native import NativeError
+from quant import int4_weight_only as i4
+
+LIB = cpp.load()
+pytestmark = pytest.mark.skipif(LIB is None or cpp.vnni_available() is not None,
+                                reason=cpp.load_error() or "no AVX512-VNNI on this CPU")
+
+
+def _w8a8(a, w, sa=None, sw=None, dtype=torch.float32, threads=None):
+    m, n = a.shape[0], w.shape[0]
+    sa = torch.ones(m) if sa is None else sa
+    sw = torch.ones(n) if sw is None else sw
+    out = torch.full((m, n), float("nan"), dtype=dtype)
+    if threads is not None:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    try:
+        return cpp.GEMM_W8A8(a=a, sa=sa, w=w, sw=sw, out=out)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 64, 131, 1027])
+def test_int8_extremes_are_exact(k):
+    """-128 activations and weights, +127, zeros: every product exactly (the u8 offset and its compensation)."""
+    m, n = 11, 37
+    g = torch.Generator().manual_seed(k)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    a[0], a[1], w[0], w[1], a[2] = -128, 127, -128, 127, 0
+    got = _w8a8(a, w)
+    want = (a.long() @ w.long().t()).float()
+    assert torch.equal(got, want), (got - want).abs().max()
+
+
+def test_int8_scales_and_bf16_output():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(-127, 128, (5, 96), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (40, 96), generator=g, dtype=torch.int8)
+    sa, sw = torch.rand(5, generator=g) + 0.1, torch.rand(40, generator=g) + 0.1
+    ref = (a.double() @ w.double().t()) * sa.double()[:, None] * sw.double()
+    torch.testing.assert_close(_w8a8(a, w, sa, sw).double(), ref, rtol=1e-6, atol=1e-3)
+    got = _w8a8(a, w, sa, sw, dtype=torch.bfloat16)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), ref, rtol=8e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_counts_give_the_same_answer(threads):
+    g = torch.Generator().manual_seed(2)
+    a = torch.randint(-128, 128, (130, 200), generator=g, dtype=torch.int8)
+    w = torch.randint(-128, 128, (150, 200), generator=g, dtype=torch.int8)
+    assert torch.equal(_w8a8(a, w, threads=threads), (a.long() @ w.long().t()).float())
+    x = torch.randn(9, 256, generator=g)
+    q = torch.randint(0, 16, (70, 256), generator=g, dtype=torch.uint8)
+    s, z = torch.rand(70, 4, generator=g), torch.randint(0, 16, (70, 4), generator=g, dtype=torch.uint8)
+    out1 = torch.empty(9, 70)
+    cpp.GEMM_W4A16(x=x, packed=i4.pack(q), scale=s, zero=z, out=out1, case=_Group(64))
+    torch.set_num_threads(threads)
+    out2 = torch.empty(9, 70)
+    try:
+        cpp.GEMM_W4A16(x=x, packed=i4.pack(q), scale=s, zero=z, out=out2, case=_Group(64))
+    finally:
+        torch.set_num_threads(2)
+    assert torch.equal(out1, out2)
+
+
+class _Group:
+    """The case parameters a direct call of GEMM_W4A16 needs (the group size)."""
+    def __init__(self, group):
+        self.params = {"group": group}
+
+    def get(self, k, d=None):
+        return self.params.get(k, d)
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_kernel_computes_a_quantized_layer_of_quant(group):
+    """quant/'s Int4WeightOnlyLinear storage straight into the kernel: the same product as the layer."""
+    from torch import nn
+    torch.manual_seed(group)
+    lin = nn.Linear(384, 96, bias=False)
+    layer = i4.Int4WeightOnlyLinear(lin, group)
+    x = torch.randn(3, 384)
+    out = torch.full((3, 96), float("nan"))
+    cpp.GEMM_W4A16(x=x, packed=layer.packed, scale=layer.scale, zero=layer.zero, out=out, case=_Group(group))
+    torch.testing.assert_close(out.double(), x.double() @ layer.dequantize(torch.float64).t(), atol=2e-5, rtol=1e-5)
+
+
+def test_bad_arguments_are_errors_not_crashes():
+    x, out = torch.randn(2, 96), torch.empty(2, 8)
+    packed, s, z = torch.zeros(8, 48, dtype=torch.uint8), torch.ones(8, 2), torch.zeros(8, 2, dtype=torch.uint8)
+    with pytest.raises(NativeError, match="group 48 must be a multiple of 32 dividing K=96"):
+        cpp.GEMM_W4A16(x=x, packed=packed, scale=s, zero=z, out=out, case=_Group(48))
+    with pytest.raises(NativeError, match="group 64 must be a multiple of 32 dividing K=96"):
+        cpp.GEMM_W4A16(x=x, packed=packed, scale=s, zero=z, out=out, case=_Group(64))
+    a, w = torch.zeros(2, 70000, dtype=torch.int8), torch.zeros(3, 70000, dtype=torch.int8)
+    with pytest.raises(NativeError, match="overflow"):
+        _w8a8(a, w)
+    with pytest.raises(NativeError, match="output dtype"):
+        cpp.GEMM_W8A8(a=a[:, :8], sa=torch.ones(2), w=w[:, :8], sw=torch.ones(3), out=torch.empty(2, 3).half())
+
+
+def test_quant_gemm_declares_weights_at_their_bit_width():
+    suite = all_suites()["quant_gemm"]
+    w8 = next(c for c in suite.cases("quick") if c.scheme == "w8a8" and c.m == 1)
+    w4 = next(c for c in suite.cases("quick") if c.scheme == "w4" and c.m == 1 and c.n == w8.n and c.k == w8.k)
+    assert suite.work(w8)[0] == suite.work(w4)[0] == 2 * w8.n * w8.k
+    # int4: half a byte per weight + 5 bytes per group of 64; int8: one byte per weight
+    assert suite.work(w4)[1] < 0.6 * suite.work(w8)[1]
+    assert suite.work(w8)[1] >= w8.n * w8.k
