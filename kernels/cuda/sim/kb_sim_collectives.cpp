@@ -157,6 +157,11 @@ std::string exec_collective(Worker* w, unsigned warp, CollOp** ops, unsigned gro
         }
       for (int l = 0; l < 32; ++l) {
         float* d = (float*)ops[l]->out;
+        const int g = l >> 2, t = l & 3;
+        d[0] = D[g][2 * t]; d[1] = D[g][2 * t + 1]; d[2] = D[g + 8][2 * t]; d[3] = D[g + 8][2 * t + 1];
+      }
+      return "";
+    }
     case COLL_MMA_S8: {
       // mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 (PTX ISA, "Matrix Fragments for mma.m16n8k32"):
       // g = lane/4, t = lane%4; each .b32 register holds 4 int8, byte i the lowest.
