@@ -128,7 +128,8 @@ def test_theoretical_peak_from_flags_and_clock(tmp_path, monkeypatch, cpuinfo, f
 def test_matmul_suites_use_the_matrix_ceiling_of_their_dtype():
     suites = all_suites()
     matmul = {n for n, s in suites.items() if s.compute_class == "matmul"}
-    assert matmul == {"attention", "gemm", "peak", "model", "train", "sparse_gemm", "sparsity"}
+    assert matmul == {"attention", "gemm", "peak", "model", "train", "sparse_gemm", "sparsity", "digits", "distill",
+                      "quant", "quant_gemm"}
 
 
 def test_first_run_measures_a_ceiling_and_every_row_names_it(tmp_path, monkeypatch):
