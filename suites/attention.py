@@ -21,6 +21,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from deploy import cupy_launch
 from harness.registry import Requires, Skip, Suite
 from kernels.cpp import lib as cpp
 from kernels.cuda import lib as cuda
@@ -194,4 +195,5 @@ SUITE.variant("sdpa_cudnn", requires=Requires(devices=("cuda",), min_cc=(8, 0)))
 SUITE.add("cpp", cpp.ATTENTION)
 SUITE.add("cpp_amx", cpp.ATTENTION_AMX)
 SUITE.add("cuda_flash", cuda.ATTENTION)
+SUITE.add("cupy_flash", cupy_launch.variant(cuda.ATTENTION))    # the same .cu, NVRTC via CuPy
 SUITE.add("triton", triton_attention.VARIANT)

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from deploy import cupy_launch
 from harness.registry import Suite
 from kernels.cpp import lib as cpp
 from kernels.cuda import lib as cuda
@@ -74,4 +75,5 @@ def torch_matmul(case, a, b):
 
 SUITE.add("cpp", cpp.GEMM)
 SUITE.add("cuda_mma", cuda.GEMM)
+SUITE.add("cupy_mma", cupy_launch.variant(cuda.GEMM))    # the same .cu, NVRTC via CuPy
 SUITE.add("triton", triton_gemm.VARIANT)

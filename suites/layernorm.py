@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deploy import cupy_launch
 from kernels.cpp import lib as cpp
 from kernels.cuda import lib as cuda
 from kernels.triton import layernorm as triton_layernorm
@@ -65,4 +66,5 @@ def torch_compile(case, x, weight, bias, eps):
 
 SUITE.add("cpp", cpp.LAYERNORM)
 SUITE.add("cuda_rowcache", cuda.LAYERNORM)
+SUITE.add("cupy_rowcache", cupy_launch.variant(cuda.LAYERNORM))    # the same .cu, NVRTC via CuPy
 SUITE.add("triton", triton_layernorm.VARIANT)

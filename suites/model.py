@@ -30,6 +30,8 @@ import torch
 
 from harness.registry import Requires, Skip, Suite
 from models import data, evaluate, generate, zoo
+from deploy import tensorrt as trt
+from deploy import variants as deploy
 from models import attention as kb_attention
 from models.measure import peak_memory_bytes
 
@@ -280,6 +282,14 @@ SUITE.variant("cuda_flash", requires=Requires(devices=("cuda",), min_cc=(8, 0), 
               config=_config)(_make("kb_cuda_flash"))
 SUITE.variant("triton", requires=Requires(check=_kernel_reason("kb_triton")), compiled=True,
               config=_config)(_make("kb_triton"))
+# Deployment backends (deploy/, docs/backends.md): the model exported to ONNX and run elsewhere, float32 graphs.
+SUITE.variant("onnxruntime", requires=Requires(dtypes=("float32",), check=deploy.ort_reason()),
+              config=_config)(deploy.ort_model_setup())
+SUITE.variant("ort_tensorrt", requires=Requires(dtypes=("float32",), check=deploy.ort_reason("tensorrt")),
+              config=_config)(deploy.ort_model_setup("tensorrt"))
+for _p in trt.PRECISIONS:     # engines in reduced precision: the float16 rows, checked at the float16 tolerance
+    SUITE.variant(f"tensorrt_{_p}", requires=Requires(dtypes=("float16",), check=trt.precision_reason(_p)),
+                  config=_config)(trt.model_setup(_p))
 
 
 # ---- the model-level columns (docs/CONTRACTS.md §5) ------------------------------------------------------

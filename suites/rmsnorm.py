@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deploy import cupy_launch
 from kernels.cpp import lib as cpp
 from kernels.cuda import lib as cuda
 from kernels.triton import rmsnorm as triton_rmsnorm
@@ -62,4 +63,5 @@ def torch_compile(case, x, weight, eps):
 
 SUITE.add("cpp", cpp.RMSNORM)
 SUITE.add("cuda_rowcache", cuda.RMSNORM)
+SUITE.add("cupy_rowcache", cupy_launch.variant(cuda.RMSNORM))    # the same .cu, NVRTC via CuPy
 SUITE.add("triton", triton_rmsnorm.VARIANT)

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from deploy import cupy_launch
 from harness.registry import Suite
 from kernels.cpp import lib as cpp
 from kernels.cuda import lib as cuda
@@ -83,4 +84,5 @@ def torch_compile(case, x):
 
 SUITE.add("cpp", cpp.SOFTMAX)
 SUITE.add("cuda_rowcache", cuda.SOFTMAX)
+SUITE.add("cupy_rowcache", cupy_launch.variant(cuda.SOFTMAX))    # the same .cu, NVRTC via CuPy
 SUITE.add("triton", triton_softmax.VARIANT)

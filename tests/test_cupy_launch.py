@@ -1,0 +1,189 @@
+"""deploy/cupy_launch.py without a GPU: the device-only source NVRTC would compile (host code stripped; it
+compiles device-only with nvcc, every name expression instantiated), the kernel-name mapping, the launch
+configurations against the sources' constants and kb-report lines, and the Python entry points (validation,
+instantiation, grid, block, shared memory, arguments) through the kernels' own declarations."""
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from deploy import cupy_launch as cl
+from kernels.cuda import lib as cuda
+
+SOURCES = ("softmax.cu", "rmsnorm.cu", "layernorm.cu", "attention_fwd.cu", "gemm_tc.cu")
+
+
+def _globals(text):
+    return set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)", text))
+
+
+@pytest.mark.parametrize("cu", SOURCES)
+def test_device_source_has_every_kernel_and_no_host_code(cu):
+    src = cl.device_source(cu)
+    original = (cl.CUDA_DIR / cu).read_text()
+    assert _globals(original) and _globals(original) <= _globals(src)
+    assert not [item for kind, item in cl._items(src) if kind == "block" and cl.is_host_function(item)]
+    code = re.sub(r"//[^\n]*|/\*.*?\*/", "", src, flags=re.S)
+    for host in ('extern "C"', "KB_LAUNCH", "KB_SET_MAX_DYNAMIC_SMEM", "cudaGetLastError", "kb_set_error(KB_EINVAL"):
+        assert host not in code, f"{cu}: host code {host!r} left in the device source"
+    includes = re.findall(r'#\s*include\s*[<"]([^>"]+)', src)
+    assert set(includes) <= {"cuda_fp16.h", "cuda_bf16.h", "stdint.h"}, includes   # NVRTC has these (or the #else)
+    assert "kb::block_sum" in src or "mma_m16n8k16" in src or "cp_async" in src  # the shared device code came along
+
+
+def test_host_function_detection():
+    assert cl.is_host_function("template <typename T>\nstatic int launch(const void* x) { return 0; }")
+    assert cl.is_host_function('extern "C" int kb_cuda_x(int a) { return a; }')
+    assert not cl.is_host_function("template <typename T>\n__global__ void k(T* x) { }")
+    assert not cl.is_host_function("__device__ __forceinline__ float f(float x) { return x; }")
+    assert not cl.is_host_function("template <> struct Mma<__half> { static __device__ void run(); };")
+    assert not cl.is_host_function("namespace kb { __device__ int g() { return 1; } }")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+def test_assembled_sources_compile_device_only_with_every_instantiation(tmp_path):
+    """The assembled source plus a reference to every name expression, compiled to PTX (device code only): a
+    missing instantiation, a leftover host call or a header NVRTC lacks fails here."""
+    procs = []
+    for cu, names in cl.all_instantiations().items():
+        f = tmp_path / cu
+        f.write_text(cl.device_source(cu) + "\nvoid kb_refs() {\n" + "".join(f"  (void)&{n};\n" for n in names) + "}\n")
+        procs.append((cu, names, subprocess.Popen(
+            ["nvcc", "-arch=sm_80", "--ptx", "-std=c++17", "-diag-suppress", "177", str(f), "-o",
+             str(f.with_suffix(".ptx"))], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    for cu, names, p in procs:
+        out = p.communicate(timeout=600)[0]
+        assert p.returncode == 0, f"{cu}: {out[-2000:]}"
+        entries = re.findall(r"\.entry\s+(\w+)", (tmp_path / cu).with_suffix(".ptx").read_text())
+        assert len(entries) == len(names), (cu, entries, names)
+
+
+def test_every_declared_cuda_kernel_has_a_cupy_launcher():
+    declared = {k.symbol for k in cuda.LIB.kernels}
+    assert declared == set(cl.ENTRY_POINTS) | set(cl.NOT_YET), f"declared {declared}, CuPy launchers " \
+        f"{set(cl.ENTRY_POINTS)}, listed as not yet {set(cl.NOT_YET)}"
+    assert not set(cl.ENTRY_POINTS) & set(cl.NOT_YET)
+    every = {n.split("<")[0] for names in cl.all_instantiations().values() for n in names}
+    assert every == set().union(*(_globals((cl.CUDA_DIR / cu).read_text()) for cu in SOURCES))
+
+
+def test_launch_constants_match_the_sources():
+    common = (cl.CUDA_DIR / "include" / "kb_common.h").read_text()
+    assert re.search(r"#define KB_ROW_CACHE_BYTES \((\d+) \* (\d+)\)", common).groups() == ("96", "1024")
+    gemm = (cl.CUDA_DIR / "gemm_tc.cu").read_text()
+    consts = dict(re.findall(r"\b(BM|BN|BK|STAGES|THREADS) = (\d+)", gemm))
+    assert {k: int(v) for k, v in consts.items()} == cl.GEMM
+    for cu in SOURCES:
+        for name, threads, smem in re.findall(r"kb-report: (\w+) threads=(\d+) smem_dynamic=(\d+)",
+                                              (cl.CUDA_DIR / cu).read_text()):
+            if name == "kb_gemm_tc_kernel":
+                launch = cl.gemm_launch(1, 0, 4096, 4096, 4096, 4096, 4096, 0, 0)
+            elif name.startswith("kb_attn"):
+                launch = cl.attention_launch(0 if "f32" in name else 1, 64, 1, 8, 512)
+            else:                                   # "as launched for 1024 columns"
+                launch = cl.row_launch(name, 0, 8, 1024)
+            assert (launch.block[0], launch.smem) == (int(threads), int(smem)), name
+
+
+@pytest.mark.parametrize("cols,threads,smem", [(1, 32, 4), (127, 32, 508), (129, 64, 516), (1000, 256, 4000),
+                                               (4096, 512, 16384), (24576, 512, 98304), (24577, 512, 0)])
+def test_row_launch(cols, threads, smem):
+    launch = cl.row_launch("kb_softmax_kernel", 2, 7, cols)
+    assert launch.name == "kb_softmax_kernel<__half>" and launch.grid == (7,)
+    assert launch.block == (threads,) and launch.smem == smem and launch.args == (int(smem > 0),)
+
+
+def test_attention_and_gemm_launches():
+    a = cl.attention_launch(1, 128, 2, 8, 1000)
+    assert (a.name, a.grid, a.block) == ("kb_attn_fwd_mma_kernel<__nv_bfloat16, 128, 32>", (16, 8, 2), (128,))
+    assert cl.attention_launch(0, 64, 1, 4, 33).grid == (2, 4, 1)
+    g = cl.gemm_launch(2, 0, 1000, 129, 64, 64, 129, 0, 0)
+    assert g.name == "kb_gemm_tc_kernel<__half, float, false>"     # N = 129: not a multiple of 8
+    assert g.grid == (2, 8) and g.smem == 56832
+    assert cl.gemm_launch(1, 1, 128, 128, 64, 64, 128, 256, 512).name.endswith("__nv_bfloat16, true>")
+
+
+class RecordingLib(cl.CupyLib):
+    """CupyLib with the launch recorded instead of run, on CPU tensors (the entry points' logic only)."""
+    device = "cpu"
+
+    def __init__(self):
+        self.error, self.launches = "", []
+
+    def launch(self, cu_file, launch, args, stream):
+        self.launches.append((cu_file, launch, args))
+        return cl.KB_OK
+
+    def stream(self):
+        return 0
+
+
+def _bind(kernel, **tensors):
+    from harness.registry import Case
+    lib = RecordingLib()
+    out = tensors.pop("out")
+    call = kernel.bind(lib, Case("t", {"causal": tensors.pop("causal", False)}), tensors, out)
+    return lib, call
+
+
+def test_softmax_entry_point_through_the_declaration():
+    x = torch.randn(129, 1000, dtype=torch.float16)
+    out = torch.empty_like(x)
+    lib, call = _bind(cuda.SOFTMAX, x=x, out=out)
+    call()
+    cu, launch, args = lib.launches[0]
+    assert cu == "softmax.cu" and launch == cl.row_launch("kb_softmax_kernel", 2, 129, 1000)
+    assert [int(a) for a in args] == [x.data_ptr(), out.data_ptr(), 1000, 1000, 1000, 1]
+    assert [a.dtype.name for a in args] == ["uint64", "uint64", "int64", "int64", "int64", "int32"]
+
+
+def test_rmsnorm_and_layernorm_pass_eps_and_weights():
+    x = torch.randn(3, 64)
+    lib, call = _bind(cuda.LAYERNORM, x=x, weight=torch.ones(64), bias=torch.zeros(64), out=torch.empty_like(x),
+                      eps=1e-5)
+    call()
+    args = lib.launches[0][2]
+    assert len(args) == 4 + 3 + 2 and args[-2].dtype.name == "float32" and abs(float(args[-2]) - 1e-5) < 1e-9
+
+
+def test_entry_points_validate_like_the_c_code():
+    lib = RecordingLib()
+    softmax = cl.ENTRY_POINTS["kb_cuda_softmax"](lib)
+    assert softmax(0, 0, 0, 0, 5, 5, 5, 0) == cl.KB_OK and not lib.launches        # no rows: nothing launched
+    assert softmax(0, 0, 0, 3, 0, 5, 5, 0) == cl.KB_EINVAL and "bad shape" in lib.error
+    assert softmax(0, 0, 7, 3, 5, 5, 5, 0) == cl.KB_EINVAL and "dtype" in lib.error
+    with pytest.raises(Exception, match="unknown dtype code 7"):
+        lib.check(cl.KB_EINVAL, "kb_cuda_softmax")
+    gemm = cl.ENTRY_POINTS["kb_cuda_gemm"](lib)
+    assert gemm(0, 0, 0, 1, 2, 8, 8, 8, 8, 8, 8, 0) == cl.KB_EINVAL and "out_dtype" in lib.error
+    attn = cl.ENTRY_POINTS["kb_cuda_attention_fwd"](lib)
+    assert attn(16, 16, 16, 16, 1, 1, 4, 2, 8, 8, 96, 0, 0.0, *[8] * 12, 0) == cl.KB_EINVAL
+    assert "head dim 96" in lib.error
+
+
+def test_attention_entry_packs_the_args_struct():
+    q = torch.randn(1, 4, 33, 64)
+    k, v = torch.randn(1, 2, 40, 64), torch.randn(1, 2, 40, 64)
+    lib, call = _bind(cuda.ATTENTION, q=q, k=k, v=v, out=torch.empty_like(q), causal=True)
+    call()
+    cu, launch, (arg,) = lib.launches[0]
+    assert launch == cl.attention_launch(0, 64, 1, 4, 33)
+    assert (int(arg["H"]), int(arg["group"]), int(arg["SQ"]), int(arg["SK"]), int(arg["causal"])) == (4, 2, 33, 40, 1)
+    assert int(arg["q"]) == q.data_ptr() and int(arg["k_ss"]) == 64 and int(arg["v_sh"]) == 40 * 64
+    assert abs(float(arg["scale_log2"]) - 1.4426950408889634 / 8) < 1e-6
+    assert arg.dtype.itemsize == 4 * 8 + 6 * 4 + 12 * 8                       # KbAttnArgs' C size (aligned)
+
+
+def test_without_cupy_the_variants_are_skipped_with_the_reason():
+    from harness.registry import all_suites
+    if cl.reason() is None:
+        pytest.skip("cupy is usable here: the skip path is not taken")
+    suites = all_suites()
+    names = {"softmax": "cupy_rowcache", "rmsnorm": "cupy_rowcache", "layernorm": "cupy_rowcache",
+             "attention": "cupy_flash", "gemm": "cupy_mma"}
+    for suite, variant in names.items():
+        v = suites[suite].variants[variant]
+        case = suites[suite].cases("test", "cuda", "bfloat16")[0]
+        assert v.requires.check(case) == cl.reason(case) and "cupy" in cl.reason(case)
