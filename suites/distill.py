@@ -31,9 +31,16 @@ HYPER = {"digits": dict(temperature=4.0, alpha=0.9), "lm": dict(temperature=2.0,
          "lm-test": dict(temperature=2.0, alpha=0.5)}
 
 
+def _kind_name(p: dict) -> str:
+    k = p["kind"]
+    if k == "quality":
+        return k
+    return f"{k}-b{p['b']}" + {"classify": "", "prefill": f"-p{p.get('n')}", "decode": f"-ctx{p.get('n')}"}[k]
+
+
 def _name(p: dict) -> str:
     lab = f"@{p['labels']:g}labels" if p.get("labels", 1.0) < 1.0 else ""
-    return f"{p['task']}:{p['model']}{lab}:{p['kind']}"
+    return f"{p['task']}:{p['model']}{lab}:{_kind_name(p)}"
 
 
 SUITE = Suite(
@@ -48,8 +55,17 @@ SUITE = Suite(
 )
 
 
+def _kind(text: str) -> dict:
+    """"decode-b8-ctx128" -> {kind: decode, b: 8, n: 128} (sizes as integer case parameters)."""
+    parts = text.split("-")
+    out = dict(kind=parts[0], b=int(parts[1][1:]))
+    if len(parts) > 2:
+        out["n"] = int(parts[2][3:] if parts[2].startswith("ctx") else parts[2][1:])
+    return out
+
+
 def _speed(task, models, kinds, **kw):
-    return [dict(task=task, model=m, kind=k, **kw) for m in models for k in kinds]
+    return [dict(task=task, model=m, **_kind(k), **kw) for m in models for k in kinds]
 
 
 def _quality(task, student, modes, labels=1.0):
@@ -58,20 +74,27 @@ def _quality(task, student, modes, labels=1.0):
 
 
 _ALL = ("kd", "kd_feat", "alone")
-SUITE.add_cases("test", _speed("digits", ("teacher", "mlp32/kd"), ("classify-b1",), steps="test") +
+SUITE.add_cases("test", _speed("digits", ("teacher", "mlp32/kd"), ("classify-b3",), steps="test") +
                 [dict(q, steps="test") for q in _quality("digits", "mlp32", ("kd", "alone"), 0.05)] +
-                _speed("lm-test", ("teacher", "half-depth/kd"), ("decode-b2-ctx9",)) +
+                _speed("lm-test", ("teacher", "half-depth/kd"), ("decode-b3-ctx9",)) +
                 _quality("lm-test", "half-depth", ("kd", "alone")))
+def _unique(cases: list[dict]) -> list[dict]:
+    """Each case once (every student's quality list names the teacher's quality case)."""
+    seen: dict[str, dict] = {}
+    for c in cases:
+        seen.setdefault(_name(c), c)
+    return list(seen.values())
+
+
 _DIGITS = (_speed("digits", ("teacher", "mlp64/kd", "mlp32/kd"), ("classify-b1", "classify-b256")) +
            _quality("digits", "mlp64", _ALL) + _quality("digits", "mlp32", _ALL) +
            _quality("digits", "mlp64", ("kd", "alone"), 0.05) + _quality("digits", "mlp32", ("kd", "alone"), 0.05))
 _LM_KINDS = ("prefill-b1-p128", "decode-b1-ctx128", "decode-b8-ctx128")
-SUITE.add_cases("quick", _DIGITS + _speed("lm", ("teacher", "half-depth/kd"), _LM_KINDS) +
-                _quality("lm", "half-depth", _ALL))
-SUITE.add_cases("full", _DIGITS + _speed("lm", ("teacher", "half-depth/kd", "narrow/kd", "half-depth-narrow/kd"),
-                                         _LM_KINDS) +
-                [q for s in ("half-depth", "narrow", "half-depth-narrow") for q in _quality("lm", s, _ALL)
-                 if s == "half-depth" or q["model"] != "teacher"])
+SUITE.add_cases("quick", _unique(_DIGITS + _speed("lm", ("teacher", "half-depth/kd"), _LM_KINDS) +
+                _quality("lm", "half-depth", _ALL)))
+_LM_STUDENTS = ("half-depth", "narrow", "half-depth-narrow")
+SUITE.add_cases("full", _unique(_DIGITS + _speed("lm", ("teacher",) + tuple(f"{s}/kd" for s in _LM_STUDENTS), _LM_KINDS)
+                                + [q for s in _LM_STUDENTS for q in _quality("lm", s, _ALL)]))
 
 
 # ---- the models, trained on first use and cached ---------------------------------------------------------
@@ -116,20 +139,16 @@ def model_of(case) -> torch.nn.Module:
     return _MODELS[key]
 
 
-def _parse(kind: str) -> tuple[str, int, int]:
+def _parse(case) -> tuple[str, int, int]:
     """("classify"|"prefill"|"decode"|"quality", batch, tokens)."""
-    if kind == "quality":
-        return "quality", 0, 0
-    parts = kind.split("-")
-    b = int(parts[1][1:])
-    n = int(parts[2][3:] if parts[2].startswith("ctx") else parts[2][1:]) if len(parts) > 2 else 0
-    return parts[0], b, n
+    p = case.params
+    return p["kind"], int(p.get("b", 0)), int(p.get("n", 0))
 
 
 @SUITE.inputs
 def make_inputs(case, rng):
     from models import data
-    what, b, n = _parse(case.kind)
+    what, b, n = _parse(case)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng, device=rng.device))
     g = torch.Generator().manual_seed(seed)
     if case.task == "digits":
@@ -155,7 +174,7 @@ def flops(case):
     """2 FLOPs per weight per row or token (the embedding of a language model counts once, as the output
     projection; digits convolutions: their multiply-adds per image), plus causal attention."""
     model = model_of(case)
-    what, b, n = _parse(case.kind)
+    what, b, n = _parse(case)
     if case.task == "digits":
         rows = 64 if what == "quality" else b
         return rows * report.digits_flops_per_image(model)
@@ -173,7 +192,7 @@ def flops(case):
 def nbytes(case):
     """Every weight read once per call, plus the inputs and logits (digits) or the KV cache (decode)."""
     model = model_of(case)
-    what, b, n = _parse(case.kind)
+    what, b, n = _parse(case)
     w = tasks.weight_bytes(model)
     if case.task == "digits":
         rows = 64 if what == "quality" else b
@@ -191,7 +210,7 @@ def reference(case, x):
     if case.task == "digits":
         return model(x.double())
     out = model(input_ids=x).logits
-    return out[:, -1] if _parse(case.kind)[0] == "decode" else out
+    return out[:, -1] if _parse(case)[0] == "decode" else out
 
 
 @SUITE.variant("eager")
@@ -199,7 +218,7 @@ def eager(case, x):
     """the model in eager PyTorch (float32); language models with a DynamicCache"""
     from models import generate
     model = model_of(case)
-    what, b, n = _parse(case.kind)
+    what, b, n = _parse(case)
     if case.task == "digits" or what in ("quality",):
         def run():
             with torch.no_grad():
@@ -229,7 +248,7 @@ def eager(case, x):
 def model_columns(case, launcher, row: dict[str, Any]) -> dict[str, Any]:
     model = model_of(case)
     t = task_of(case)
-    what, b, n = _parse(case.kind)
+    what, b, n = _parse(case)
     sec = row["median_ms"] / 1e3
     cols: dict[str, Any] = dict(model=f"{case.task}:{case.model}", params=tasks.n_params(model),
                                 weight_bytes=tasks.weight_bytes(model))

@@ -235,10 +235,10 @@ def test_suite_rows_carry_the_ablation_and_the_speedups(tmp_path):
     lm = by["lm-test:half-depth/kd:quality"]
     assert lm["quality_ref"] == pytest.approx(by["lm-test:teacher:quality"]["quality_value"])
     assert lm["kd_gain"] == pytest.approx(lm["ablation_value"] - lm["quality_value"])     # bits: lower is better
-    assert by["digits:teacher:classify-b1"]["params"] > by["digits:mlp32/kd:classify-b1"]["params"]
-    assert by["lm-test:half-depth/kd:decode-b2-ctx9"]["tokens_per_s"] > 0
+    assert by["digits:teacher:classify-b3"]["params"] > by["digits:mlp32/kd:classify-b3"]["params"]
+    assert by["lm-test:half-depth/kd:decode-b3-ctx9"]["tokens_per_s"] > 0
     df = pd.DataFrame(rows)
     sp = report.speedups(df)
     assert set(zip(sp["task"], sp["student"])) == {("digits", "mlp32"), ("lm-test", "half-depth")}
-    t = by["digits:teacher:classify-b1"]["median_ms"] / by["digits:mlp32/kd:classify-b1"]["median_ms"]
+    t = by["digits:teacher:classify-b3"]["median_ms"] / by["digits:mlp32/kd:classify-b3"]["median_ms"]
     assert float(sp[sp["task"] == "digits"]["speedup"].iloc[0]) == pytest.approx(t)
