@@ -85,6 +85,8 @@ __device__ __forceinline__ void mma_sp_m16n8k32_f16(float d[4], const uint32_t a
       : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]),
         "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]), "r"(e));
+}
+
 // D = A * B + C on tensor cores, one warp, int8 inputs, int32 accumulate (2*16*8*32 = 8192 integer ops; IMMA).
 __device__ __forceinline__ void mma_m16n8k32_s8(int32_t d[4], const uint32_t a[4], const uint32_t b[2],
                                                 const int32_t c[4]) {
