@@ -370,7 +370,11 @@ ENTRY_POINTS: dict[str, Callable[[CupyLib], Callable[..., int]]] = {
 NOT_YET = {"kb_cuda_decode_paged": "the paged decode kernel (issue 18) landed after this launcher was written; "
                                    "its host function is still to be copied here",
            "kb_cuda_gemm_w8a8": "the int8 tensor-core GEMM (issue 15) landed after this launcher was written; its "
-                                "host function is still to be copied here"}
+                                "host function is still to be copied here",
+           "kb_cuda_gemm_24": "the 2:4 sparse mma.sp GEMM (issue 17) landed after this launcher was written; its "
+                              "host function is still to be copied here",
+           "kb_cuda_bsr_gemm": "the block-sparse GEMM (issue 17) landed after this launcher was written; its "
+                               "host function is still to be copied here"}
 
 
 # ---- the variants ----------------------------------------------------------------------------------------------

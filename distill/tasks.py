@@ -154,6 +154,7 @@ class DigitsTask(Task):
         return student.out.in_features, self.teacher().head[1].out_features
 
 
+@torch.enable_grad()        # trained on first use, possibly inside a suite's no_grad reference
 def _train_digits_teacher(seed: int = 0, steps: int = 400) -> nn.Module:
     x, y, _, _ = data.digits()
     torch.manual_seed(seed)

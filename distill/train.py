@@ -79,6 +79,7 @@ def _lr(base: float, step: int, steps: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+@torch.enable_grad()        # a suite's reference or setup may run under no_grad and train on first use
 def fit(task: Task, spec: Any, mode: str, seed: int, steps: int, hyper: Hyper | None = None,
         ckpt: Path | None = None, ckpt_every: int = 50, progress: Callable[[int, float], None] | None = None,
         stop_after: int | None = None) -> Fitted:

@@ -53,6 +53,7 @@ def _measured_peak(device: str, probe: bool = True) -> tuple[float | None, str]:
 EVAL_BYTES = 8192          # held-out bytes scored every `eval_every` steps (the held-out curve)
 
 
+@torch.enable_grad()        # trained on first use, possibly inside a suite's no_grad reference or setup
 def train(recipe: Recipe, device: str = "cpu", progress: bool = True, eval_every: int = 0) -> tuple[Any, dict]:
     """Train `recipe` from its seed; returns (model in eval mode, metadata: loss curve, time, FLOPs, MFU).
     `eval_every` > 0 also records held-out bits per byte (first EVAL_BYTES bytes) every that many steps;

@@ -120,6 +120,16 @@ def test_training_is_deterministic_and_modes_share_the_initialisation():
     assert not torch.equal(_weights(c.student), _weights(a.student))   # the teacher changed the training
 
 
+def test_training_on_first_use_works_inside_no_grad():
+    """A suite computes its reference under no_grad and trains the models it needs on first use there."""
+    with torch.no_grad():
+        f = fit(tasks.get("digits"), 32, "kd", seed=0, steps=2)
+        teacher = tasks._train_digits_teacher(steps=2)
+    torch.manual_seed(0)
+    init = tasks.DigitsCNN()                                   # the teacher's seed-0 initialisation
+    assert len(f.curve) == 2 and not torch.equal(_weights(teacher), _weights(init))
+
+
 @pytest.mark.parametrize("task_name,spec,mode", [("digits", 32, "kd+feat"), ("lm-test", {"layers": 1}, "kd")])
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, task_name, spec, mode):
     task = tasks.get(task_name)
