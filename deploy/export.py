@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import hashlib
 import io
 import json
@@ -142,15 +141,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
 def _lock(root: Path, name: str):
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """The model cache's per-entry file lock (models/zoo.py), so concurrent exports of one graph wait."""
+    from models.zoo import _lock as zoo_lock
+    return zoo_lock(root, name)
 
 
 def verify(path: Path) -> str | None:
