@@ -191,6 +191,10 @@ def run_ab(trees: dict[str, T.Tree], plan_req: dict, rounds: int, budget: float,
                 raise RS.BadInput(f"the {trees[n].label} tree cannot load its suites: {e}") from None
             if "rows" not in plans[n]:
                 raise RS.BadInput(f"the {trees[n].label} tree cannot load its suites: {plans[n].get('reason')}")
+        unknown = [n for n in plan_req["suites"]
+                   if n in plans["base"].get("unknown", ()) and n in plans["current"].get("unknown", ())]
+        if unknown:
+            raise RS.BadInput(f"unknown suite {', '.join(unknown)} (in neither tree)")
         bkeys = [tuple(k[c] for c in KEY) for k in plans["base"]["rows"]]
         ckeys = [tuple(k[c] for c in KEY) for k in plans["current"]["rows"]]
         if not bkeys and not ckeys:
@@ -257,6 +261,17 @@ def _split(s: str | None) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()] if s else []
 
 
+def expand_suites(names: list[str]) -> list[str]:
+    """Suite names with aliases (`norm` -> rmsnorm, layernorm) expanded, in order, once each: the workers
+    look suites up by name, so an alias left as it is would select no row (the gate evidence lost its norm
+    rows that way)."""
+    from harness.registry import ALIASES
+    out: list[str] = []
+    for n in names:
+        out += [m for m in ALIASES.get(n, (n,)) if m not in out]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         a = _parser().parse_args(argv)
@@ -279,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path(a.out) if a.out else RS.results_root() / f"ab-{stamp}"
         out.mkdir(parents=True, exist_ok=True)
-        plan_req = dict(op="plan", suites=_split(a.suite), device=a.device, mode=a.mode, dtypes=_split(a.dtype) or None,
+        plan_req = dict(op="plan", suites=expand_suites(_split(a.suite)), device=a.device, mode=a.mode, dtypes=_split(a.dtype) or None,
                         filters=_split(a.filter), variants=_split(a.variant) or None, inject=inject,
                         threads=a.threads)
         t0 = time.time()

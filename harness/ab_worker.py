@@ -80,6 +80,7 @@ class Worker:
             spec.loader.exec_module(inj)
             inj.apply(suites, req["inject"], delays=self.side == "current")
         self.rows, keys = [], []
+        unknown = [n for n in req["suites"] if n not in suites]
         for name in req["suites"]:
             if name not in suites:
                 continue                                   # a suite this tree lacks: its rows are absent
@@ -100,7 +101,7 @@ class Worker:
         import harness
         env = {"harness": os.path.dirname(os.path.abspath(harness.__file__)), "torch": torch.__version__,
                "python": platform.python_version(), "threads": torch.get_num_threads()}
-        return {"rows": keys, "env": env}
+        return {"rows": keys, "env": env, "unknown": unknown}
 
     def prepare(self, req: dict) -> dict:
         self.release({})

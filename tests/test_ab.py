@@ -139,6 +139,7 @@ def test_worker_on_this_tree_plans_checks_measures_and_survives_a_crash(tmp_path
     try:
         ans = side.ask(plan)
         assert Path(ans["env"]["harness"]) == ROOT / "harness"                # the tree's code, not another's
+        assert ans["unknown"] == ["nosuch"]
         names = {r["variant"] for r in ans["rows"]}
         assert names == {"torch_eager", "torch_eager_x"} and len(ans["rows"]) % 2 == 0
         assert side.ask({"op": "prepare", "row": 0, "seed": 0})["status"] == "ok"
@@ -150,6 +151,11 @@ def test_worker_on_this_tree_plans_checks_measures_and_survives_a_crash(tmp_path
         assert side.ask({"op": "prepare", "row": 0, "seed": 0})["status"] == "ok"  # restarted, plan replayed
     finally:
         side.stop()
+
+
+def test_suite_aliases_expand_before_the_workers_plan():
+    # the workers look suites up by name: `norm` unexpanded selected no row, silently (gate evidence, 2026-11-30)
+    assert AB.expand_suites(["softmax", "norm", "rmsnorm"]) == ["softmax", "rmsnorm", "layernorm"]
 
 
 def test_worker_dying_inside_a_request_is_reported(tmp_path, monkeypatch):
@@ -174,6 +180,7 @@ def _bench(*args, env=None):
     (["--baseline-ref", "HEAD", "--rounds", "2"], {}, "--rounds"),
     (["--baseline-ref", "HEAD"], {"KB_GATE_INJECT": "softmax/torch_eager"}, "KB_GATE_INJECT"),
     (["--suite"], {}, "expected one argument"),
+    (["--baseline-ref", "HEAD", "--no-build", "--suite", "nosuch"], {}, "unknown suite nosuch (in neither tree)"),
 ])
 def test_ab_bad_input_one_line_exit_2(args, env, msg):
     r = _bench(*args, env=env)
