@@ -151,31 +151,11 @@ def run(task: _tasks.Task, student: str, seeds: Iterable[int] = SEEDS, steps: in
                  _tasks.weight_bytes(probe), _tasks.weight_bytes(teacher), task.higher_is_better,
                  task.quality_metric)
     jobs = [(m, s) for m in modes for s in seeds]
-    with _bar(progress, f"distill {task.name}/{student}", len(jobs) * steps) as advance:
+    from harness.ui import loss_bar
+    with loss_bar(progress, f"distill {task.name}/{student}", len(jobs) * steps) as advance:
         for m, s in jobs:
             res.runs.append(run_one(task, student, m, s, steps, hyper, progress=advance))
     return res
-
-
-class _bar:
-    def __init__(self, enabled: bool, title: str, total: int):
-        self.enabled, self.title, self.total = enabled, title, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        from harness.ui import console
-        self.prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), console=console)
-        self.prog.__enter__()
-        tid = self.prog.add_task(self.title, total=self.total)
-        return lambda step, loss: self.prog.update(tid, advance=1, description=f"{self.title}: loss {loss:.3f}")
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.prog.__exit__(*exc)
-        return False
 
 
 def load_student(task: _tasks.Task, res: Result, mode: str, seed: int = 0) -> torch.nn.Module:

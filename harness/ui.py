@@ -4,11 +4,11 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 console = Console(stderr=True)
@@ -36,6 +36,22 @@ def progress(total: int, enabled: bool = True) -> Iterator:
             prog.update(task, description=desc[:60])
         yield advance
         prog.advance(task)
+
+
+@contextlib.contextmanager
+def loss_bar(enabled: bool, title: str, total: int, describe: Callable[[float], str] = lambda loss: f"loss {loss:.3f}",
+             remaining: bool = False) -> Iterator[Callable[[int, float], None]]:
+    """A training bar (models/train.py, distill/experiment.py): `advance(step, loss)` moves it one step and shows
+    "<title>: <describe(loss)>"; a no-op when disabled. `remaining` adds the estimated time left."""
+    if not enabled:
+        yield lambda step, loss: None
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    with Progress(*columns, console=console) as prog:
+        task = prog.add_task(title, total=total)
+        yield lambda step, loss: prog.update(task, advance=1, description=f"{title}: {describe(loss)}")
 
 
 def _num(x, fmt: str) -> str:

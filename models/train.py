@@ -77,7 +77,9 @@ def train(recipe: Recipe, device: str = "cpu", progress: bool = True, eval_every
     load_before = os.getloadavg()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    with _progress(progress, recipe) as advance:
+    from harness.ui import loss_bar
+    with loss_bar(progress, f"training {recipe.name}", recipe.steps, remaining=True,
+                  describe=lambda loss: f"loss {loss / math.log(2):.3f} bits/byte") as advance:
         for step in range(recipe.steps):
             start = torch.randint(0, len(train_ids) - recipe.context - 1, (recipe.batch,), generator=gen)
             batch = train_ids[start[:, None] + offsets].to(device)
@@ -119,31 +121,3 @@ def _heldout_bpb(model, recipe: Recipe) -> float:
     from models.zoo import LM
     model.eval()
     return evaluate.bits_per_byte(LM(recipe.name, model, recipe.context), limit=EVAL_BYTES)
-
-
-class _progress:
-    """A rich progress bar with the current loss (bits per byte); silent when disabled."""
-
-    def __init__(self, enabled: bool, recipe: Recipe):
-        self.enabled, self.recipe = enabled, recipe
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda step, loss: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
-        from harness.ui import console
-        self.prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-        self.prog.__enter__()
-        task = self.prog.add_task(f"training {self.recipe.name}", total=self.recipe.steps)
-
-        def advance(step: int, loss: float) -> None:
-            self.prog.update(task, advance=1,
-                             description=f"training {self.recipe.name}: loss {loss / math.log(2):.3f} bits/byte")
-        return advance
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.prog.__exit__(*exc)
-        return False

@@ -25,6 +25,7 @@ import torch
 from distill import experiment, report, tasks
 from distill.train import Hyper
 from harness.registry import Suite
+from suites import _lm
 
 MODE_NAMES = {"kd": "kd", "kd_feat": "kd+feat", "alone": "alone"}
 HYPER = {"digits": dict(temperature=4.0, alpha=0.9), "lm": dict(temperature=2.0, alpha=0.5),
@@ -33,9 +34,9 @@ HYPER = {"digits": dict(temperature=4.0, alpha=0.9), "lm": dict(temperature=2.0,
 
 def _kind_name(p: dict) -> str:
     k = p["kind"]
-    if k == "quality":
-        return k
-    return f"{k}-b{p['b']}" + {"classify": "", "prefill": f"-p{p.get('n')}", "decode": f"-ctx{p.get('n')}"}[k]
+    if k in ("quality", "classify"):
+        return k if k == "quality" else f"classify-b{p['b']}"
+    return _lm.kind_label(p)
 
 
 def _name(p: dict) -> str:
@@ -149,24 +150,14 @@ def _parse(case) -> tuple[str, int, int]:
 def make_inputs(case, rng):
     from models import data
     what, b, n = _parse(case)
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng, device=rng.device))
-    g = torch.Generator().manual_seed(seed)
+    g = _lm.generator(rng)
     if case.task == "digits":
         x = data.digits()[2]
         rows = 64 if what == "quality" else b
         return {"x": x[torch.randint(0, len(x), (rows,), generator=g)].to(case.device)}
-    held = data.as_tensor(data.split()[1])
     if what == "quality":
         b, n = 4, task_of(case).recipe.context
-    n = n + (1 if what == "decode" else 0)
-    starts = torch.randint(0, len(held) - n - 1, (b,), generator=g)
-    return {"x": held[starts[:, None] + torch.arange(n)].to(case.device)}
-
-
-def _lm_shape(model) -> dict[str, int]:
-    c = model.config
-    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return dict(layers=c.num_hidden_layers, heads=c.num_attention_heads, kv=c.num_key_value_heads, hd=hd)
+    return {"x": _lm.held_out_windows(g, b, n + (1 if what == "decode" else 0)).to(case.device)}
 
 
 @SUITE.flops
@@ -178,14 +169,9 @@ def flops(case):
     if case.task == "digits":
         rows = 64 if what == "quality" else b
         return rows * report.digits_flops_per_image(model)
-    s = _lm_shape(model)
-    p = tasks.n_params(model)
-    attn = 4 * s["layers"] * s["heads"] * s["hd"]
-    if what == "decode":
-        return b * (2 * p + attn * (n + 1))
     if what == "quality":
         b, n = 4, task_of(case).recipe.context
-    return b * (2 * p * n + attn * n * (n + 1) // 2)
+    return _lm.flops(_lm.shape(model), tasks.n_params(model), what, b, n)
 
 
 @SUITE.bytes
@@ -197,10 +183,9 @@ def nbytes(case):
     if case.task == "digits":
         rows = 64 if what == "quality" else b
         return w + rows * (64 + 10) * 4
-    s = _lm_shape(model)
     if what == "quality":
         b, n = 4, task_of(case).recipe.context
-    return w + b * (n + 1) * 2 * s["layers"] * s["kv"] * s["hd"] * 4
+    return w + _lm.kv_bytes(_lm.shape(model), b, n, 4)
 
 
 @SUITE.reference
@@ -209,39 +194,18 @@ def reference(case, x):
     model = copy.deepcopy(model_of(case)).double()
     if case.task == "digits":
         return model(x.double())
-    out = model(input_ids=x).logits
-    return out[:, -1] if _parse(case)[0] == "decode" else out
+    return _lm.last_if_decode(_parse(case)[0], model(input_ids=x).logits)
 
 
 @SUITE.variant("eager")
 def eager(case, x):
     """the model in eager PyTorch (float32); language models with a DynamicCache"""
-    from models import generate
     model = model_of(case)
     what, b, n = _parse(case)
-    if case.task == "digits" or what in ("quality",):
-        def run():
-            with torch.no_grad():
-                return model(x) if case.task == "digits" else model(input_ids=x).logits
-        return run
-    if what == "prefill":
-        pos = torch.arange(n, device=x.device)
-
-        def run():
-            with torch.no_grad():
-                kv = generate.make_cache(model, "dynamic", b, n)
-                return model(input_ids=x, cache=kv, cache_position=pos, use_cache=True).logits
-        return run
-    cache = generate.make_cache(model, "dynamic", b, n + 1)
-    generate.prefill(model, x[:, :n], cache)
-    tok, pos = x[:, n], torch.tensor([n], device=x.device)
-
-    def run():
-        with torch.no_grad():
-            logits = model(input_ids=tok[:, None], cache=cache, cache_position=pos, use_cache=True).logits[:, -1]
-        cache.crop(-1)                          # back to n cached tokens: the same work every call
-        return logits
-    return run
+    if case.task == "digits":
+        return _lm.Launcher(lambda: model(x))
+    with torch.no_grad():                    # decode: the cache is filled here, outside the timing
+        return _lm.Launcher(_lm.runner(model, what, x, n))
 
 
 @SUITE.model_columns
@@ -253,7 +217,7 @@ def model_columns(case, launcher, row: dict[str, Any]) -> dict[str, Any]:
     cols: dict[str, Any] = dict(model=f"{case.task}:{case.model}", params=tasks.n_params(model),
                                 weight_bytes=tasks.weight_bytes(model))
     if what in ("prefill", "decode"):
-        cols["tokens_per_s"] = (b * n if what == "prefill" else b) / sec
+        cols["tokens_per_s"] = _lm.tokens(what, b, n) / sec
         if what == "decode":
             cols["ms_per_token"] = row["median_ms"]
     elif what == "classify":

@@ -23,31 +23,18 @@ per call plus the KV cache read (decode) or written (prefill).
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 
 import torch
 
-from harness.registry import Requires, Skip, Suite
-from models import data, evaluate, generate, zoo
 from deploy import tensorrt as trt
 from deploy import variants as deploy
+from harness.registry import Requires, Skip, Suite
 from models import attention as kb_attention
-from models.measure import peak_memory_bytes
+from models import evaluate, zoo
+from suites import _lm
 
 QUALITY_BYTES = 8192        # held-out bytes scored per quality row (seconds on the tiny model)
-
-
-def _model_spec(params: dict) -> str:
-    return params.get("model") or os.environ.get("KB_MODEL", "tiny")
-
-
-def _name(p: dict) -> str:
-    spec = _model_spec(p)
-    model = spec if spec in zoo.RECIPES else os.path.basename(os.path.normpath(spec))
-    if p["kind"] == "quality":
-        return f"{model}:quality"
-    return f"{model}:{p['kind']}-b{p['b']}-" + ("p" if p["kind"] == "prefill" else "ctx") + str(p["n"])
 
 
 SUITE = Suite(
@@ -60,17 +47,9 @@ SUITE = Suite(
     # dtype's, compounded over the layers; the bounds are what a correct half-precision model meets.
     tolerances={"float32": (2e-3, 2e-3), "bfloat16": (0.35, 0.1), "float16": (0.1, 0.05)},
     compute_class="matmul",
-    case_name=_name,
+    case_name=_lm.case_name,
 )
-
-
-def _prefill(b, n, **kw):
-    return dict(kind="prefill", b=b, n=n, **kw)
-
-
-def _decode(b, n, **kw):
-    return dict(kind="decode", b=b, n=n, **kw)
-
+_prefill, _decode = _lm.prefill, _lm.decode
 
 SUITE.add_cases("test", [_prefill(2, 17, model="test"), _decode(3, 9, model="test"),
                          dict(kind="quality", b=4, n=64, model="test")])
@@ -90,21 +69,7 @@ _REF_BPB: dict[tuple, float] = {}
 
 
 def lm_for(case, dtype: torch.dtype | None = None) -> zoo.LM:
-    spec = _model_spec(case.params)
-    dtype = dtype or case.dtype
-    key = (spec, case.device, dtype)
-    if key not in _LOADED:
-        if len(_LOADED) > 4:
-            _LOADED.clear()
-        _LOADED[key] = zoo.load(spec, device=case.device, dtype=dtype, attn="sdpa", progress=False)
-    return _LOADED[key]
-
-
-def _shape(lm: zoo.LM) -> dict[str, int]:
-    c = lm.model.config
-    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return dict(layers=c.num_hidden_layers, heads=c.num_attention_heads, kv=c.num_key_value_heads, hd=hd,
-                params=sum(p.numel() for p in lm.model.parameters()))
+    return _lm.load(_LOADED, _lm.model_spec(case.params), case.device, dtype or case.dtype, keep=4)
 
 
 def _fp32_case(case):
@@ -113,16 +78,11 @@ def _fp32_case(case):
 
 @SUITE.inputs
 def make_inputs(case, rng):
-    held = data.as_tensor(data.split()[1])
     n = case.n + (1 if case.kind == "decode" else 0)        # decode: c cached tokens + the new one
     if case.kind == "quality":
         n = _n(case)
-    starts = torch.randint(0, len(held) - n - 1, (case.b,), generator=torch.Generator().manual_seed(
-        int(torch.randint(0, 2**31 - 1, (1,), generator=rng, device=rng.device))))
-    ids = held[starts[:, None] + torch.arange(n)]
-    if not lm_for(_fp32_case(case)).byte_level:       # a user's tokenizer model: random ids of its vocabulary
-        ids = ids % lm_for(_fp32_case(case)).model.config.vocab_size
-    return {"input_ids": ids.to(case.device)}
+    ids = _lm.held_out_windows(_lm.generator(rng), case.b, n)
+    return {"input_ids": _lm.token_ids(lm_for(_fp32_case(case)), ids).to(case.device)}
 
 
 def _n(case) -> int:
@@ -133,25 +93,19 @@ def _n(case) -> int:
 
 @SUITE.flops
 def flops(case):
-    s = _shape(lm_for(_fp32_case(case)))
-    attn = 4 * s["layers"] * s["heads"] * s["hd"]
-    if case.kind == "decode":
-        return case.b * (2 * s["params"] + attn * (case.n + 1))
-    n = _n(case)
-    pairs = n * (n + 1) // 2                             # causal: query i sees i + 1 keys
-    return case.b * (2 * s["params"] * n + attn * pairs)
+    model = lm_for(_fp32_case(case)).model
+    return _lm.flops(_lm.shape(model), _lm.n_params(model), case.kind, case.b, _n(case))
 
 
 @SUITE.bytes
 def nbytes(case):
-    s = _shape(lm_for(_fp32_case(case)))
-    kv_per_token = 2 * s["layers"] * s["kv"] * s["hd"] * case.itemsize
-    return s["params"] * case.itemsize + case.b * (_n(case) + 1) * kv_per_token
+    model = lm_for(_fp32_case(case)).model
+    return _lm.n_params(model) * case.itemsize + _lm.kv_bytes(_lm.shape(model), case.b, _n(case), case.itemsize)
 
 
 def tokens(case) -> int:
     """Tokens processed per call (the tokens/s numerator)."""
-    return case.b if case.kind == "decode" else case.b * _n(case)
+    return _lm.tokens(case.kind, case.b, _n(case))
 
 
 @SUITE.reference
@@ -160,7 +114,7 @@ def reference(case, input_ids):
     lm = lm_for(_fp32_case(case), torch.float32)
     with _attn(lm.model, "eager"), torch.no_grad():
         logits = lm.model(input_ids=input_ids).logits
-    return logits[:, -1] if case.kind == "decode" else logits
+    return _lm.last_if_decode(case.kind, logits)
 
 
 # ---- variants ---------------------------------------------------------------------------------------------
@@ -175,16 +129,12 @@ def _attn(model, impl: str):
         model.set_attn_implementation(before)
 
 
-class Launcher:
+class Launcher(_lm.Launcher):
     """A zero-argument call of the model for one case; `forward(ids)` and `context()` serve the quality
     metric (the same attention and backend as the timed call); `config` names what was chosen."""
 
     def __init__(self, run, forward, context, config: str):
-        self.run, self.forward, self.context, self.config = run, forward, context, config
-
-    def __call__(self):
-        with self.context():
-            return self.run()
+        super().__init__(run, context, forward=forward, config=config)
 
 
 def _make(impl: str, backend: str | None = None, compiled: bool = False):
@@ -207,31 +157,8 @@ def _make(impl: str, backend: str | None = None, compiled: bool = False):
 
         fwd = torch.compile(model, dynamic=False) if compiled else model
         cache_kind = "static" if compiled else "dynamic"
-        ids = input_ids
-        if case.kind == "decode":
-            ctx = case.n
-            with context():
-                cache = generate.make_cache(model, cache_kind, case.b, ctx + 1)
-                generate.prefill(fwd, ids[:, :ctx], cache)     # fill the cache, outside the timing
-            tok, pos = ids[:, ctx], torch.tensor([ctx], device=ids.device)
-
-            def run():
-                logits = fwd(input_ids=tok[:, None], cache=cache, cache_position=pos, use_cache=True).logits[:, -1]
-                cache.crop(-1)       # back to c tokens (a StaticCache rewinds its length): same work every call
-                return logits
-        elif case.kind == "prefill":
-            cache = generate.make_cache(model, cache_kind, case.b, case.n) if compiled else None
-            pos = torch.arange(case.n, device=ids.device)
-
-            def run():
-                kv = cache if cache is not None else generate.make_cache(model, "dynamic", case.b, case.n)
-                logits = fwd(input_ids=ids, cache=kv, cache_position=pos, use_cache=True).logits
-                if cache is not None:
-                    cache.crop(-case.n)          # the StaticCache is rewritten from slot 0 next call
-                return logits
-        else:
-            def run():
-                return fwd(input_ids=ids).logits
+        with context():                  # decode: the cache is filled here, outside the timing
+            run = _lm.runner(model, case.kind, input_ids, case.n, fwd=fwd, cache=cache_kind)
         try:
             with context():
                 run()          # refusals (a backend, a kernel) surface here, before the check
@@ -261,7 +188,7 @@ SUITE.variant("sdpa_cudnn", requires=Requires(devices=("cuda",), min_cc=(8, 0)),
               config=_config)(_make("sdpa", "CUDNN_ATTENTION"))
 def _compile_reason(case) -> str | None:
     """not on the `test` model on a CPU (minutes of compilation; tests/test_models.py checks it, slow)"""
-    if case.device == "cpu" and _model_spec(case.params) == "test":
+    if case.device == "cpu" and _lm.model_spec(case.params) == "test":
         return ("compiling a whole model takes minutes on a 2-core CPU; the compiled StaticCache path is "
                 "checked by tests/test_models.py::test_compiled_static_cache_matches_eager (slow)")
     return None
@@ -295,7 +222,7 @@ for _p in trt.PRECISIONS:     # engines in reduced precision: the float16 rows, 
 # ---- the model-level columns (docs/CONTRACTS.md §5) ------------------------------------------------------
 def _reference_bpb(case) -> float:
     lm = lm_for(_fp32_case(case), torch.float32)
-    key = (_model_spec(case.params), case.device)
+    key = (_lm.model_spec(case.params), case.device)
     if key not in _REF_BPB:
         with _attn(lm.model, "eager"):
             _REF_BPB[key] = evaluate.bits_per_byte(lm, limit=QUALITY_BYTES)
@@ -306,19 +233,14 @@ def _reference_bpb(case) -> float:
 def model_columns(case, launcher, row: dict[str, Any]) -> dict[str, Any]:
     lm = lm_for(case)
     n_tok = tokens(case)
-    sec = row["median_ms"] / 1e3
-    cols: dict[str, Any] = dict(model=lm.name, tokens_per_s=n_tok / sec,
-                                ms_per_token=row["median_ms"] if case.kind == "decode" else None,
-                                peak_mem_mb=None, energy_per_token_j=None)
-    peak = peak_memory_bytes(launcher, case.device)
-    cols["peak_mem_mb"] = peak / 2**20 if peak is not None else None
+    cols: dict[str, Any] = dict(model=lm.name, **_lm.speed_columns(case.kind, row["median_ms"], n_tok),
+                                peak_mem_mb=_lm.peak_mem_mb(launcher, case.device), energy_per_token_j=None)
     energy = row.get("energy_per_call_j")
     if energy is not None and energy == energy:
         cols["energy_per_token_j"] = energy / n_tok
     if case.kind == "quality":
-        scored = zoo.LM(lm.name, launcher.forward, lm.context, lm.byte_level, lm.tokenizer)
         with launcher.context():
-            value = evaluate.bits_per_byte(scored, limit=QUALITY_BYTES)
+            value = evaluate.bits_per_byte(_lm.scored(lm, launcher.forward), limit=QUALITY_BYTES)
         ref = _reference_bpb(case)
         cols.update(quality_metric="heldout_bpb", quality_value=value, quality_ref=ref, quality_delta=value - ref)
     return cols

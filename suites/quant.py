@@ -28,31 +28,25 @@ KV cache: the same for every variant of a case, so `gbps` is the effective rate;
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 import torch
 
 import quant
 from harness.registry import Requires, Skip, Suite
-from models import data, digits, evaluate, generate, zoo
-from models.measure import peak_memory_bytes
+from models import data, digits, evaluate, zoo
+from suites import _lm
 
 QUALITY_BYTES = None           # held-out bytes scored per quality row: the whole split (46,080 bytes)
 TEST_QUALITY_BYTES = 2048
 GREEDY_TOKENS = 32              # per prompt of models.evaluate.PROMPTS (8 on the `test` model)
 
 
-def _spec(p: dict) -> str:
-    return "test" if p.get("model") == "test" else (p.get("model") or os.environ.get("KB_MODEL", "tiny"))
+_spec = _lm.model_spec
 
 
 def _name(p: dict) -> str:
-    spec = _spec(p)
-    model = spec if spec in zoo.RECIPES else os.path.basename(os.path.normpath(spec))
-    if p["kind"] in ("quality", "digits"):
-        return f"{model}:{p['kind']}" if p["kind"] == "quality" else "digits"
-    return f"{model}:{p['kind']}-b{p['b']}-" + ("p" if p["kind"] == "prefill" else "ctx") + str(p["n"])
+    return "digits" if p["kind"] == "digits" else _lm.case_name(p)
 
 
 def _tolerances(case):
@@ -75,15 +69,7 @@ SUITE = Suite(
     compute_class="matmul",
     case_name=_name,
 )
-
-
-def _prefill(b, n, **kw):
-    return dict(kind="prefill", b=b, n=n, **kw)
-
-
-def _decode(b, n, **kw):
-    return dict(kind="decode", b=b, n=n, **kw)
-
+_prefill, _decode = _lm.prefill, _lm.decode
 
 SUITE.add_cases("test", [_prefill(2, 17, model="test"), _decode(3, 9, model="test"),
                          dict(kind="quality", b=4, n=64, model="test"), dict(kind="digits", b=450, n=64)])
@@ -99,10 +85,7 @@ _Q: dict[tuple, Any] = {}
 
 
 def lm_for(case, dtype: torch.dtype | None = None) -> zoo.LM:
-    key = (_spec(case.params), case.device, dtype or case.dtype)
-    if key not in _LM:
-        _LM[key] = zoo.load(key[0], device=case.device, dtype=key[2], attn="sdpa", progress=False)
-    return _LM[key]
+    return _lm.load(_LM, _spec(case.params), case.device, dtype or case.dtype)
 
 
 def digits_model(device: str, dtype: torch.dtype):
@@ -141,30 +124,16 @@ def _fp32(case):
 # ---- inputs, work, reference ----------------------------------------------------------------------------
 @SUITE.inputs
 def make_inputs(case, rng):
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng, device=rng.device))
-    g = torch.Generator().manual_seed(seed)
+    g = _lm.generator(rng)
     if case.kind == "digits":            # the test images, in a seeded order
         x, _ = digits.test_split()
         return {"x": x[torch.randperm(len(x), generator=g)[:case.b]].to(case.device, case.dtype)}
-    held = data.as_tensor(data.split()[1])
-    n = _n(case) + (1 if case.kind == "decode" else 0)
-    starts = torch.randint(0, len(held) - n - 1, (case.b,), generator=g)
-    ids = held[starts[:, None] + torch.arange(n)]
-    lm = lm_for(_fp32(case))
-    if not lm.byte_level:
-        ids = ids % lm.model.config.vocab_size
-    return {"input_ids": ids.to(case.device)}
+    ids = _lm.held_out_windows(g, case.b, _n(case) + (1 if case.kind == "decode" else 0))
+    return {"input_ids": _lm.token_ids(lm_for(_fp32(case)), ids).to(case.device)}
 
 
 def _n(case) -> int:
     return min(case.n, lm_for(_fp32(case)).context) if case.kind == "quality" else case.n
-
-
-def _shape(model) -> dict[str, int]:
-    c = model.config
-    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return dict(layers=c.num_hidden_layers, heads=c.num_attention_heads, kv=c.num_key_value_heads, hd=hd,
-                params=sum(p.numel() for p in model.parameters()))
 
 
 @SUITE.flops
@@ -172,12 +141,8 @@ def flops(case):
     if case.kind == "digits":
         return 2 * case.b * sum(p.numel() for n, p in digits_model("cpu", torch.float32).named_parameters()
                                 if n.endswith("weight"))
-    s = _shape(lm_for(_fp32(case)).model)
-    attn = 4 * s["layers"] * s["heads"] * s["hd"]
-    if case.kind == "decode":
-        return case.b * (2 * s["params"] + attn * (case.n + 1))
-    n = _n(case)
-    return case.b * (2 * s["params"] * n + attn * n * (n + 1) // 2)
+    model = lm_for(_fp32(case)).model
+    return _lm.flops(_lm.shape(model), _lm.n_params(model), case.kind, case.b, _n(case))
 
 
 @SUITE.bytes
@@ -185,13 +150,12 @@ def nbytes(case):
     if case.kind == "digits":
         m = digits_model("cpu", torch.float32)
         return sum(p.numel() for p in m.parameters()) * case.itemsize + case.b * (64 + 10) * case.itemsize
-    s = _shape(lm_for(_fp32(case)).model)
-    kv_per_token = 2 * s["layers"] * s["kv"] * s["hd"] * case.itemsize
-    return s["params"] * case.itemsize + case.b * (_n(case) + 1) * kv_per_token
+    model = lm_for(_fp32(case)).model
+    return _lm.n_params(model) * case.itemsize + _lm.kv_bytes(_lm.shape(model), case.b, _n(case), case.itemsize)
 
 
 def tokens(case) -> int:
-    return case.b if case.kind in ("decode", "digits") else case.b * _n(case)
+    return case.b if case.kind == "digits" else _lm.tokens(case.kind, case.b, _n(case))
 
 
 @SUITE.reference
@@ -202,46 +166,18 @@ def reference(case, input_ids=None, x=None):
     lm = lm_for(_fp32(case), torch.float32)
     with torch.no_grad():
         logits = lm.model(input_ids=input_ids).logits
-    return logits[:, -1] if case.kind == "decode" else logits
+    return _lm.last_if_decode(case.kind, logits)
 
 
 # ---- variants: one per method ---------------------------------------------------------------------------
-class Launcher:
-    def __init__(self, run, model, method: str):
-        self.run, self.model, self.method = run, model, method
-
-    def __call__(self):
-        with torch.no_grad():
-            return self.run()
-
-
 def _setup(method: str):
     def setup(case, input_ids=None, x=None):
         model = quantized(case, method)
         if case.kind == "digits":
-            return Launcher(lambda: model(x), model, method)
-        ids = input_ids
-        if case.kind == "decode":
-            ctx = case.n
-            with torch.no_grad():
-                cache = generate.make_cache(model, "dynamic", case.b, ctx + 1)
-                generate.prefill(model, ids[:, :ctx], cache)            # outside the timing
-            tok, pos = ids[:, ctx], torch.tensor([ctx], device=ids.device)
-
-            def run():
-                logits = model(input_ids=tok[:, None], cache=cache, cache_position=pos, use_cache=True).logits[:, -1]
-                cache.crop(-1)
-                return logits
-        elif case.kind == "prefill":
-            pos = torch.arange(case.n, device=ids.device)
-
-            def run():
-                kv = generate.make_cache(model, "dynamic", case.b, case.n)
-                return model(input_ids=ids, cache=kv, cache_position=pos, use_cache=True).logits
-        else:
-            def run():
-                return model(input_ids=ids).logits
-        return Launcher(run, model, method)
+            return _lm.Launcher(lambda: model(x), model=model, method=method)
+        with torch.no_grad():            # decode: the cache is filled here, outside the timing
+            run = _lm.runner(model, case.kind, input_ids, case.n)
+        return _lm.Launcher(run, model=model, method=method)
     setup.__doc__ = quant.METHODS[method].description
     return setup
 
@@ -283,7 +219,7 @@ def _quality(case, launcher) -> dict[str, Any]:
     if key not in _REF:
         _REF[key] = (evaluate.bits_per_byte(lm, limit=limit), evaluate.greedy_tokens(lm, new_tokens=new))
     ref_bpb, ref_tokens = _REF[key]
-    scored = zoo.LM(lm.name, launcher.model, lm.context, lm.byte_level, lm.tokenizer)
+    scored = _lm.scored(lm, launcher.model)
     value = evaluate.bits_per_byte(scored, limit=limit)
     agree = evaluate.greedy_agreement(scored, ref_tokens, new_tokens=new)
     return dict(quality_metric="heldout_bpb", quality_value=value, quality_ref=ref_bpb,
@@ -305,12 +241,10 @@ def model_columns(case, launcher, row: dict[str, Any]) -> dict[str, Any]:
     model = launcher.model
     n_tok = tokens(case)
     cols: dict[str, Any] = dict(model="digits" if case.kind == "digits" else lm_for(case).name,
-                                tokens_per_s=n_tok / (row["median_ms"] / 1e3),
-                                ms_per_token=row["median_ms"] if case.kind == "decode" else None,
+                                **_lm.speed_columns(case.kind, row["median_ms"], n_tok),
                                 weight_bytes=quant.weight_bytes(model), bits_per_weight=_bits_per_weight(case, model),
-                                method_family=quant.METHODS[launcher.method].family)
-    peak = peak_memory_bytes(launcher, case.device)
-    cols["peak_mem_mb"] = peak / 2**20 if peak is not None else None
+                                method_family=quant.METHODS[launcher.method].family,
+                                peak_mem_mb=_lm.peak_mem_mb(launcher, case.device))
     if case.kind == "quality":
         cols.update(_quality(case, launcher))
     elif case.kind == "digits":

@@ -26,16 +26,15 @@ per byte of dense) is judged on the `2:4-wanda-rec` quality row.
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 import torch
 
 from harness.registry import Requires, Skip, Suite
-from models import data, digits, evaluate, generate, zoo
-from models.measure import peak_memory_bytes
+from models import data, digits, evaluate, zoo
 from sparsity import modules, prune, recover
 from sparsity.masks import Pattern
+from suites import _lm
 
 RECOVERY_STEPS = {"test": 5}          # per model; others: recover.STEPS (200)
 QUALITY_LIMIT = {"test": 4096}        # held-out bytes scored; others: all of them
@@ -53,16 +52,12 @@ for _d in (0.5, 0.25, 0.1):
     PATTERNS[f"unstructured-d{round(_d * 100)}"] = (Pattern("unstructured", _d), False)
 
 
-def _spec(params: dict) -> str:
-    return params.get("model") or os.environ.get("KB_MODEL", "tiny")
+_spec = _lm.model_spec
 
 
 def _name(p: dict) -> str:
-    spec = _spec(p)
-    model = spec if spec in zoo.RECIPES else os.path.basename(os.path.normpath(spec))
-    kind = "quality" if p["kind"] == "quality" else \
-        f"{p['kind']}-b{p['b']}-" + ("p" if p["kind"] == "prefill" else "ctx") + str(p["n"])
-    return f"{model}:{p['pattern']}:{kind}"
+    kind = "quality" if p["kind"] == "quality" else _lm.kind_label(p)
+    return f"{_lm.model_label(_spec(p))}:{p['pattern']}:{kind}"
 
 
 SUITE = Suite(
@@ -144,11 +139,8 @@ def _lm_as(lm: zoo.LM, dtype: torch.dtype, sparse_report=None) -> zoo.LM:
 
 @SUITE.inputs
 def make_inputs(case, rng):
-    held = data.as_tensor(data.split()[1])
-    n = case.n + (1 if case.kind == "decode" else 0)
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng, device=rng.device))
-    starts = torch.randint(0, len(held) - n - 1, (case.b,), generator=torch.Generator().manual_seed(seed))
-    return {"input_ids": held[starts[:, None] + torch.arange(n)]}
+    return {"input_ids": _lm.held_out_windows(_lm.generator(rng), case.b,
+                                              case.n + (1 if case.kind == "decode" else 0))}
 
 
 def _plan(case):
@@ -164,23 +156,17 @@ def _plan(case):
 def flops(case):
     # 2 FLOPs per stored weight per token (pruned weights skipped: what the sparse kernels do) + attention
     lm, plan = _plan(case)
-    c = lm.model.config
-    params = sum(p.numel() for p in lm.model.parameters()) - sum(
+    params = _lm.n_params(lm.model) - sum(
         dict(lm.model.named_modules())[n].weight.numel() - kept for n, (kept, _) in plan.items())
-    attn = 4 * c.num_hidden_layers * c.num_attention_heads * (c.hidden_size // c.num_attention_heads)
-    if case.kind == "decode":
-        return case.b * (2 * params + attn * (case.n + 1))
-    return case.b * (2 * params * case.n + attn * case.n * (case.n + 1) // 2)
+    return _lm.flops(_lm.shape(lm.model), params, case.kind, case.b, case.n)
 
 
 @SUITE.bytes
 def nbytes(case):
     lm, plan = _plan(case)
-    c = lm.model.config
-    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * case.itemsize
     pattern = PATTERNS[case.pattern][0]
     weights = prune.stored_bytes(lm.model, pattern, {n: u for n, (_, u) in plan.items()}, case.itemsize)
-    return weights + case.b * (case.n + 1) * kv
+    return weights + _lm.kv_bytes(_lm.shape(lm.model), case.b, case.n, case.itemsize)
 
 
 @SUITE.reference
@@ -190,21 +176,11 @@ def reference(case, input_ids):
     m64 = copy.deepcopy(lm.model).to(torch.float64)
     with torch.no_grad():
         logits = m64(input_ids=input_ids).logits
-    return logits[:, -1] if case.kind == "decode" else logits
+    return _lm.last_if_decode(case.kind, logits)
 
 
-class Launcher:
-    """A zero-argument call of the (pruned) model for one case; `lm` is the model the call runs."""
-
-    def __init__(self, run, lm, config: str, sparse: bool):
-        self.run, self.lm, self.config, self.sparse = run, lm, config, sparse
-
-    def __call__(self):
-        with torch.no_grad():
-            return self.run()
-
-
-def _launcher(case, input_ids, sparse: bool) -> Launcher:
+def _launcher(case, input_ids, sparse: bool) -> _lm.Launcher:
+    """A zero-argument call of the (pruned) model for one case; its `lm` is the model the call runs."""
     lm32, report = pruned(_spec(case.params), case.pattern)
     if sparse:
         if report is None:
@@ -213,30 +189,11 @@ def _launcher(case, input_ids, sparse: bool) -> Launcher:
         if why:
             raise Skip(why)
     lm = _lm_as(lm32, case.dtype, report if sparse else None)
-    model = lm.model
-    ids = input_ids
-    if case.kind == "decode":
-        with torch.no_grad():
-            cache = generate.make_cache(model, "dynamic", case.b, case.n + 1)
-            generate.prefill(model, ids[:, :case.n], cache)
-        tok, pos = ids[:, case.n], torch.tensor([case.n])
-
-        def run():
-            logits = model(input_ids=tok[:, None], cache=cache, cache_position=pos, use_cache=True).logits[:, -1]
-            cache.crop(-1)
-            return logits
-    elif case.kind == "prefill":
-        pos = torch.arange(case.n)
-
-        def run():
-            kv = generate.make_cache(model, "dynamic", case.b, case.n)
-            return model(input_ids=ids, cache=kv, cache_position=pos, use_cache=True).logits
-    else:
-        def run():
-            return model(input_ids=ids).logits
+    with torch.no_grad():                # decode: the cache is filled here, outside the timing
+        run = _lm.runner(lm.model, case.kind, input_ids, case.n)
     kernels = "dense" if not sparse else {"2:4": "cpp_24", "block": "cpp_bsr", "unstructured": "torch_csr"}[
         report.pattern.kind]
-    return Launcher(run, lm, f"pattern={case.pattern},layers={kernels}", sparse)
+    return _lm.Launcher(run, lm=lm, config=f"pattern={case.pattern},layers={kernels}", sparse=sparse)
 
 
 def _config(launcher) -> str:
@@ -337,15 +294,13 @@ def quality(spec: str, pattern_name: str) -> dict[str, Any]:
 def model_columns(case, launcher, row: dict[str, Any]) -> dict[str, Any]:
     spec = _spec(case.params)
     lm32, report = pruned(spec, case.pattern)
-    n_tok = case.b if case.kind == "decode" else case.b * case.n
-    cols: dict[str, Any] = dict(model=lm32.name, tokens_per_s=n_tok / (row["median_ms"] / 1e3),
-                                ms_per_token=row["median_ms"] if case.kind == "decode" else None,
+    cols: dict[str, Any] = dict(model=lm32.name,
+                                **_lm.speed_columns(case.kind, row["median_ms"], _lm.tokens(case.kind, case.b, case.n)),
                                 # as this variant stores them: compressed (sparse_kernels) or dense (masked_dense)
                                 weight_bytes=prune.weight_bytes(lm32.model, report if launcher.sparse else None,
                                                                 case.itemsize),
-                                weight_bytes_dense=prune.weight_bytes(lm32.model, None, case.itemsize))
-    peak = peak_memory_bytes(launcher, case.device)
-    cols["peak_mem_mb"] = peak / 2**20 if peak is not None else None
+                                weight_bytes_dense=prune.weight_bytes(lm32.model, None, case.itemsize),
+                                peak_mem_mb=_lm.peak_mem_mb(launcher, case.device))
     if case.kind == "quality":
         cols.update(quality(spec, case.pattern))
     return cols
