@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class QuantError(ValueError):
@@ -40,6 +41,31 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, method={self.method}"
+
+
+class PerChannelLinear(QuantLinear):
+    """A linear layer whose weight is stored quantized per output channel: `qweight` [out, in] (int8 or float8)
+    and one fp32 `scale` per row, W[n, :] ~= scale[n] * qweight[n, :]. Subclasses name the rounding
+    (`quantize_weight`: w [out, in] -> (qweight, scale)) and, unless weight-only, their forward.
+    Storage: out*in bytes + out fp32 scales (8 + 32/in bits per weight)."""
+
+    @staticmethod
+    def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __init__(self, lin: nn.Linear):
+        super().__init__(lin.in_features, lin.out_features, lin.bias)
+        q, s = self.quantize_weight(lin.weight)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scale", s)
+
+    def dequantize(self, dtype=torch.float32):
+        return (self.qweight.to(torch.float64) * self.scale.to(torch.float64)[:, None]).to(dtype)
+
+    def forward(self, x):
+        # weight-only: the stored weight upcast per call, the scale on the output ((x q^T) * s == x (s q)^T)
+        y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
 
 
 def decoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from quant.common import QuantError, QuantLinear, check_bits, replace_linears
+from quant.common import PerChannelLinear, QuantError, check_bits, replace_linears
 
 F8 = getattr(torch, "float8_e4m3fn", None)
 F8_MAX = 448.0
@@ -38,21 +38,9 @@ def _scaled_mm_ok(x: torch.Tensor) -> bool:
     return x.is_cuda and torch.cuda.get_device_capability(x.device) >= (8, 9) and hasattr(torch, "_scaled_mm")
 
 
-class Fp8WeightOnlyLinear(QuantLinear):
+class Fp8WeightOnlyLinear(PerChannelLinear):
     method = "fp8_wo"
-
-    def __init__(self, lin: nn.Linear):
-        super().__init__(lin.in_features, lin.out_features, lin.bias)
-        q, s = quantize_rows_f8(lin.weight)
-        self.register_buffer("qweight", q)
-        self.register_buffer("scale", s)
-
-    def dequantize(self, dtype=torch.float32):
-        return (self.qweight.to(torch.float64) * self.scale.to(torch.float64)[:, None]).to(dtype)
-
-    def forward(self, x):
-        y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+    quantize_weight = staticmethod(quantize_rows_f8)
 
 
 class Fp8DynamicLinear(Fp8WeightOnlyLinear):

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from quant.common import QuantLinear, check_bits, replace_linears
+from quant.common import PerChannelLinear, check_bits, replace_linears
 
 QMAX = 127
 
@@ -25,21 +24,9 @@ def quantize_per_channel(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, 
     return q, scale
 
 
-class Int8WeightOnlyLinear(QuantLinear):
+class Int8WeightOnlyLinear(PerChannelLinear):
     method = "int8_wo"
-
-    def __init__(self, lin: nn.Linear):
-        super().__init__(lin.in_features, lin.out_features, lin.bias)
-        q, s = quantize_per_channel(lin.weight)
-        self.register_buffer("qweight", q)
-        self.register_buffer("scale", s)
-
-    def dequantize(self, dtype=torch.float32):
-        return (self.qweight.to(torch.float64) * self.scale.to(torch.float64)[:, None]).to(dtype)
-
-    def forward(self, x):
-        y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+    quantize_weight = staticmethod(quantize_per_channel)
 
 
 def apply(model: nn.Module, bits: int = 8) -> nn.Module:

@@ -12,24 +12,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quant.common import QuantError, QuantLinear, decoder_linears, replace_linears
+from quant.common import PerChannelLinear, QuantError, QuantLinear, decoder_linears, replace_linears
 from quant.int4_weight_only import check as check_int4
 from quant.int4_weight_only import group_params, quantize_with
 from quant.int8_weight_only import quantize_per_channel
 
 
-class Int8PackLinear(QuantLinear):
+class Int8PackLinear(PerChannelLinear):
     method = "torch_int8pack"
+    quantize_weight = staticmethod(quantize_per_channel)
 
     def __init__(self, lin: nn.Linear):
-        super().__init__(lin.in_features, lin.out_features, lin.bias)
-        q, s = quantize_per_channel(lin.weight)
-        self.register_buffer("qweight", q)
-        self.register_buffer("scale", s)
+        super().__init__(lin)
         self._scale_as: dict[torch.dtype, torch.Tensor] = {}
-
-    def dequantize(self, dtype=torch.float32):
-        return (self.qweight.to(torch.float64) * self.scale.to(torch.float64)[:, None]).to(dtype)
 
     def forward(self, x):
         shape = x.shape

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quant.common import QuantLinear, check_bits, replace_linears
+from quant.common import PerChannelLinear, check_bits, replace_linears
 from quant.int8_weight_only import QMAX, quantize_per_channel
 
 
@@ -32,17 +32,9 @@ def int_mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
         return (a.double() @ b_t.double().t()).to(torch.int32)
 
 
-class W8A8DynamicLinear(QuantLinear):
+class W8A8DynamicLinear(PerChannelLinear):
     method = "w8a8_dynamic"
-
-    def __init__(self, lin: nn.Linear):
-        super().__init__(lin.in_features, lin.out_features, lin.bias)
-        q, s = quantize_per_channel(lin.weight)
-        self.register_buffer("qweight", q)
-        self.register_buffer("scale", s)
-
-    def dequantize(self, dtype=torch.float32):
-        return (self.qweight.to(torch.float64) * self.scale.to(torch.float64)[:, None]).to(dtype)
+    quantize_weight = staticmethod(quantize_per_channel)
 
     def forward(self, x):
         shape = x.shape
