@@ -34,7 +34,10 @@ def int_mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
 
 class W8A8DynamicLinear(PerChannelLinear):
     method = "w8a8_dynamic"
-    quantize_weight = staticmethod(quantize_per_channel)
+
+    @staticmethod
+    def quantize_weight(w):
+        return quantize_per_channel(w)          # looked up per call: a test may patch the module's function
 
     def forward(self, x):
         shape = x.shape
