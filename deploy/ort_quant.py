@@ -35,6 +35,7 @@ import torch
 from deploy import export
 
 METHODS = ("dynamic", "static", "static_fp8")
+LM_KINDS = ("prefill", "decode", "quality")          # the case kinds of suites/model.py the graphs serve
 CALIBRATION_WINDOWS = 32
 CALIBRATION_LEN = 64
 QUANT_VERSION = 3          # bump when the options below change: the cached graphs are made again
@@ -184,9 +185,11 @@ def model_setup(method: str) -> Callable:
         names = export.kv_names(layers, "past")
         dec = (variants.session(quantize(export.export_lm(lm, "decode"), method, calibration_feeds(lm, "decode")),
                                 provider) if case.kind == "decode" else None)
-        return variants.lm_launcher(case, input_ids, lambda ids: pre.run(input_ids=ids),
-                                    dec and (lambda ids, past: dec.run(input_ids=ids, **dict(zip(names, past)))),
-                                    f"{pre.config},int8={method}", layers, model_suite.Launcher)
+        launcher = variants.lm_launcher(case, input_ids, lambda ids: pre.run(input_ids=ids),
+                                        dec and (lambda ids, past: dec.run(input_ids=ids, **dict(zip(names, past)))),
+                                        f"{pre.config},int8={method}", layers, model_suite.Launcher)
+        launcher.graph, launcher.ort_method = pre.path, method     # what a suite's model columns read
+        return launcher
     setup.__doc__ = f"ONNX Runtime int8 ({method} quantization) of the exported graphs"
     return setup
 
@@ -194,9 +197,26 @@ def model_setup(method: str) -> Callable:
 def register(suite, methods: tuple[str, ...] = ("dynamic", "static")) -> None:
     """The one registration line of a quant suite: `ort_quant.register(SUITE)` adds `ort_int8_dynamic` and
     `ort_int8_static` (ONNX Runtime, CPU EP / CUDA EP), skipped with the reason where onnxruntime is missing.
-    The suite's inputs, cases and tolerances must be those of suites/model.py (kinds prefill/decode/quality)."""
+    Its language-model cases (kinds prefill/decode/quality) must have suites/model.py's inputs; the float32 rows
+    only (the graphs are float32 before quantization); other kinds (the quant suite's `digits`) are skipped rows
+    with the reason. Each launcher carries `graph` (the quantized prefill graph) and `ort_method`."""
     from deploy import variants
     from harness.registry import Requires
+    ort = variants.ort_reason()
+
+    def check(case) -> str | None:
+        if case.params.get("kind") not in LM_KINDS:
+            return (f"the int8 graphs are the exported language model's (cases {', '.join(LM_KINDS)}); "
+                    f"a {case.params.get('kind')!r} case has none")
+        return ort(case)
+    check.__doc__ = ort.__doc__ + "; language-model cases only"
     for m in methods:
-        suite.variant(f"ort_int8_{m}", requires=Requires(check=variants.ort_reason()),
+        suite.variant(f"ort_int8_{m}", requires=Requires(dtypes=("float32",), check=check),
                       config=variants.config_of)(model_setup(m))
+
+
+def graph_bytes(path) -> int:
+    """Bytes of a graph's initializers as stored (int8 weights, their scales and zero points, float32 rest)."""
+    import onnx
+    from onnx import numpy_helper
+    return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 import quant
+from deploy import ort_quant
 from harness.registry import Requires, Skip, Suite
 from models import data, digits, evaluate, zoo
 from suites import _lm
@@ -195,6 +196,9 @@ def _requires(method: str) -> Requires:
 
 for _m in quant.METHODS:
     SUITE.variant(_m, requires=_requires(_m), config=lambda launcher: launcher.method)(_setup(_m))
+# ONNX Runtime int8 (deploy/ort_quant.py): the exported float32 graphs quantized by quantize_dynamic, and by
+# quantize_static calibrated on training text; float32 language-model rows (digits: skipped with the reason).
+ort_quant.register(SUITE)
 
 
 # ---- model-level columns ------------------------------------------------------------------------------------
@@ -211,7 +215,19 @@ def _bits_per_weight(case, model) -> float:
     return 8.0 * (quant.weight_bytes(model) - rest) / n
 
 
-def _quality(case, launcher) -> dict[str, Any]:
+def _greedy_uncached(lm: zoo.LM, new_tokens: int) -> list[list[int]]:
+    """models.evaluate.greedy_tokens for a graph without a cache interface (the ORT rows): each step runs the
+    whole sequence so far (the same greedy tokens; slower, outside the timing)."""
+    out = []
+    for prompt in evaluate.PROMPTS:
+        ids = lm.encode(prompt)[None]
+        for _ in range(new_tokens):
+            ids = torch.cat([ids, lm.model(input_ids=ids).logits[:, -1].argmax(-1)[:, None]], 1)
+        out.append(ids[0, -new_tokens:].tolist())
+    return out
+
+
+def _quality(case, forward, cached: bool = True) -> dict[str, Any]:
     lm = lm_for(case)
     test = _spec(case.params) == "test"
     limit, new = (TEST_QUALITY_BYTES, 8) if test else (QUALITY_BYTES, GREEDY_TOKENS)
@@ -219,9 +235,13 @@ def _quality(case, launcher) -> dict[str, Any]:
     if key not in _REF:
         _REF[key] = (evaluate.bits_per_byte(lm, limit=limit), evaluate.greedy_tokens(lm, new_tokens=new))
     ref_bpb, ref_tokens = _REF[key]
-    scored = _lm.scored(lm, launcher.model)
+    scored = _lm.scored(lm, forward)
     value = evaluate.bits_per_byte(scored, limit=limit)
-    agree = evaluate.greedy_agreement(scored, ref_tokens, new_tokens=new)
+    if cached:
+        agree = evaluate.greedy_agreement(scored, ref_tokens, new_tokens=new)
+    else:
+        got = _greedy_uncached(scored, new)
+        agree = sum(a == b for r, g in zip(ref_tokens, got) for a, b in zip(r, g)) / sum(map(len, ref_tokens))
     return dict(quality_metric="heldout_bpb", quality_value=value, quality_ref=ref_bpb,
                 quality_delta=value - ref_bpb, quality_delta_pct=100.0 * (value - ref_bpb) / ref_bpb,
                 greedy_agreement=agree)
@@ -236,8 +256,22 @@ def _digits_accuracy(case, launcher) -> dict[str, Any]:
                 quality_delta_pct=100.0 * (acc - ref) / ref)
 
 
+def _ort_columns(case, launcher, row: dict[str, Any]) -> dict[str, Any]:
+    """An ONNX Runtime int8 row: storage of the quantized graph's initializers (the int8 weights, their scales
+    and zero points, the float32 rest: `bits_per_weight` left empty, as the graph also quantizes a copy of the
+    tied output head), quality scored on the graph itself."""
+    cols: dict[str, Any] = dict(model=lm_for(case).name, **_lm.speed_columns(case.kind, row["median_ms"], tokens(case)),
+                                weight_bytes=ort_quant.graph_bytes(launcher.graph), bits_per_weight=None,
+                                method_family="onnxruntime", peak_mem_mb=_lm.peak_mem_mb(launcher, case.device))
+    if case.kind == "quality":
+        cols.update(_quality(case, launcher.forward, cached=False))
+    return cols
+
+
 @SUITE.model_columns
 def model_columns(case, launcher, row: dict[str, Any]) -> dict[str, Any]:
+    if getattr(launcher, "graph", None) is not None:
+        return _ort_columns(case, launcher, row)
     model = launcher.model
     n_tok = tokens(case)
     cols: dict[str, Any] = dict(model="digits" if case.kind == "digits" else lm_for(case).name,
@@ -246,7 +280,7 @@ def model_columns(case, launcher, row: dict[str, Any]) -> dict[str, Any]:
                                 method_family=quant.METHODS[launcher.method].family,
                                 peak_mem_mb=_lm.peak_mem_mb(launcher, case.device))
     if case.kind == "quality":
-        cols.update(_quality(case, launcher))
+        cols.update(_quality(case, launcher.model))
     elif case.kind == "digits":
         cols.update(_digits_accuracy(case, launcher))
     return cols

@@ -169,7 +169,10 @@ def test_every_method_is_a_variant_and_bad_cases_are_skipped_rows(qsuite):
     method that cannot run here or cannot take a layer says why, as a skipped row would."""
     from harness.check import check_variant
     from harness.registry import Skip
-    assert set(qsuite.variants) == set(quant.METHODS)
+    # every method of quant/, and ONNX Runtime's int8 (deploy/ort_quant.py: test_ort_int8_rows_on_the_quant_suite)
+    assert set(qsuite.variants) == set(quant.METHODS) | {"ort_int8_dynamic", "ort_int8_static"}
+    assert "digits" in qsuite.variants["ort_int8_dynamic"].requires.missing(
+        next(c for c in qsuite.cases("test") if c.kind == "digits"))
     prefill = next(c for c in qsuite.cases("test") if c.kind == "prefill")
     assert "CUDA" in qsuite.variants["torchao_int4_wo"].requires.missing(prefill)
     with pytest.raises(Skip, match="group size 128 does not divide the input size 64"):
@@ -291,3 +294,40 @@ def test_cpp_kernel_methods_compute_what_the_torch_layers_compute(name, ref, dty
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     with torch.no_grad():
         torch.testing.assert_close(a(x.to(dtype)).float(), b(x.to(dtype)).float(), **tol)
+
+
+def test_ort_int8_rows_on_the_quant_suite(qsuite, tmp_path):
+    """deploy/ort_quant's variants as registered in the quant suite, through the runner on the suite's own test
+    shapes: the language-model rows ok (checked against the float32 model before timing) with their quality
+    columns; the digits and bfloat16 rows skipped with the reason."""
+    from deploy import guards
+    from harness.runner import Plan, RunOptions, Runner
+    from harness.timing import TimingConfig
+    why = guards.missing("onnxruntime")
+    if why:
+        pytest.skip(why)
+    import suites.quant as sq
+    opts = RunOptions(suites=[qsuite], device="cpu", dtypes=None, mode="test", out=tmp_path, progress=False,
+                      timing=TimingConfig(budget_s=0.01, min_samples=2), isolate=False)
+    runner = Runner(opts, [])
+    try:
+        for name in ("ort_int8_dynamic", "ort_int8_static"):
+            for dtype in qsuite.dtypes:
+                for case in qsuite.cases("test", "cpu", dtype):
+                    row = runner.run_one(Plan(qsuite, case, qsuite.variants[name]))
+                    what = f"{name} {case.name} {dtype}"
+                    if case.kind == "digits" or dtype != "float32":
+                        assert row["status"] == "skipped" and row["reason"], what
+                        continue
+                    assert row["status"] == "ok", (what, row.get("reason"))
+                    assert f"int8={name.removeprefix('ort_int8_')}" in row["config"], what
+                    assert row["method_family"] == "onnxruntime" and row["tokens_per_s"] > 0, what
+                    fp32_bytes = 4 * sum(p.numel() for p in sq.lm_for(case.with_(dtype="float32")).model.parameters())
+                    assert 0 < row["weight_bytes"] < fp32_bytes, what       # int8 weights stored
+                    if case.kind == "quality":
+                        assert row["quality_metric"] == "heldout_bpb", what
+                        # quantized: not the float32 model's figure, but within 2% of it
+                        assert row["quality_delta"] != 0 and abs(row["quality_delta"]) / row["quality_ref"] < 0.02, what
+                        assert 0.5 <= row["greedy_agreement"] <= 1.0, what
+    finally:
+        runner.close()
