@@ -157,7 +157,8 @@ def report(a, results: dict, copies: dict, started: str, load0: float, argv: lis
              f"Command: `python scripts/gate_evidence.py {shlex.join(argv)}`".replace(" `", " `", 1), "",
              f"Machine: {os.cpu_count()} CPUs, load average {load0:.1f} at the start and "
              f"{os.getloadavg()[0]:.1f} at the end (per-run loads in the JSON and log). Suites {a.suites}, quick "
-             f"CPU shapes, variants {a.variants}; slowed copies `{a.inject}`; threads {a.threads}; ab: {a.rounds} "
+             f"CPU shapes, variants {a.variants}; slowed copies `{a.inject}`; threads {a.threads}; allocator "
+             f"{a.allocator}; ab: {a.rounds} "
              f"rounds of {a.budget:g} s per side; stored: {a.baseline_runs} baseline runs, --budget "
              f"{a.stored_budget:g}" + ("" if a.strict_contention else ", gated with --allow-contended (on this shared "
                                      "machine every row is contended, and the gate would compare none)") + ".", "",
@@ -198,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strict-contention", action="store_true",
                    help="stored: leave contended rows out as the gate does by default (on a shared machine that "
                         "is every row; by default the evidence passes --allow-contended and says so)")
+    p.add_argument("--allocator", default="tcmalloc",
+                   help="allocator of every measuring process: tcmalloc (default: one page-fault regime in every "
+                        "process), jemalloc, system (glibc: rows with 16 MiB outputs are bimodal per process, 0 or "
+                        "4096 faults per call, which raised the A/A false alarms of 2026-11-30), inherit")
     p.add_argument("--no-build", action="store_true", help="ab: do not build the trees (torch-only variants)")
     p.add_argument("--work", type=Path, help="scratch directory (default .cache/gate-evidence)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "gate-evidence.md")
@@ -212,6 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load0 = os.getloadavg()[0]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if a.allocator != "inherit":                # every process of the evidence (bench.py, ab workers) under it
+        from harness import allocator
+        try:
+            env = allocator.worker_env(a.allocator, env)
+        except allocator.AllocatorError as e:
+            print(f"gate_evidence: {e}", file=sys.stderr)
+            return 2
     results, raw = {}, {}
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     if set(modes) - {"ab", "stored"}:
