@@ -1,0 +1,356 @@
+"""Our serving engine: a Llama-architecture model (models.zoo) run over the paged KV cache with continuous batching.
+
+`PagedLlama` is the forward over the HF model's own weights (its embedding, RMSNorm, projection and MLP
+modules; the rotary table of its `rotary_emb`), one flat batch of tokens per step (vLLM's varlen layout: every
+scheduled sequence's chunk concatenated), so the projections and the MLP run as one [T, hidden] GEMM for all
+sequences. Per layer: RMSNorm -> q/k/v -> RoPE at each token's own position -> K, V written into the pages
+(`cache.write`, vLLM's reshape_and_cache) -> attention:
+  - decode rows (one new token): the paged decode kernel of suites/decode over every such sequence at once
+    (kernels/cpp/decode_paged.cpp where built and the head dim fits, else `inference.paged`'s torch path:
+    gather the pages, SDPA with the length mask);
+  - prefill chunks (n > 1 tokens at positions start..start+n-1): causal over the chunk AND the sequence's
+    earlier pages (its pages gathered, SDPA with the bottom-right causal mask);
+-> o_proj, residual, MLP, residual; final norm and lm_head only on the rows that sample (the last token of
+each sequence whose chunk completes it). Cost of one step: 2 * params FLOPs per token for the weights, plus
+attention over the cache: each decode row reads its sequence's whole K and V once per layer.
+
+`Engine` owns the model, the cache and the scheduler (inference/scheduler.py) and runs them in one background
+thread; `submit`/`cancel` are thread-safe (an inbox queue), tokens go out through each request's callback as
+they are produced. tests/test_engine.py checks the forward against the HF forward and the engine's greedy
+output under any interleaving against each request run alone.
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from typing import Callable
+
+import torch
+
+from inference.kv_cache import PagedKVCache
+from inference.metrics import EngineMetrics
+from inference.paged import sdpa_gathered
+from inference.requests import Detokenizer, Event, Handle, QueueFull, RequestError, SamplingParams
+from inference.scheduler import Request, Scheduled, Scheduler
+
+DECODE_KERNELS = ("auto", "cpp", "torch")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def cpp_decode_reason(head_dim: int, heads: int, kv_heads: int) -> str | None:
+    """None when kernels/cpp/decode_paged.cpp can serve this model's decode steps, else why not."""
+    from kernels.cpp import lib as cpp
+    why = cpp.LIB.reason()
+    if why:
+        return why
+    if head_dim % 16 or head_dim > 256:
+        return f"head dim {head_dim}: the C++ decode kernel takes multiples of 16 up to 256"
+    if heads // kv_heads > 64:
+        return "more than 64 query heads per kv head"
+    return None
+
+
+class PagedLlama:
+    """The forward of a transformers Llama-architecture causal LM over a `PagedKVCache`."""
+
+    def __init__(self, model, num_blocks: int, block_size: int = 16, decode: str = "auto",
+                 kv_format: str = "float32"):
+        if decode not in DECODE_KERNELS:
+            raise ValueError(f"decode kernel must be one of {DECODE_KERNELS}, got {decode!r}")
+        inner = getattr(model, "model", None)
+        needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+        if inner is None or not all(hasattr(inner, a) for a in needed) or not hasattr(model, "lm_head"):
+            raise ValueError(f"{type(model).__name__}: the paged engine runs Llama-architecture models "
+                             "(model.embed_tokens, layers, norm, rotary_emb, lm_head)")
+        cfg = model.config
+        self.model, self.cfg = model, cfg
+        self.embed, self.layers, self.norm, self.rotary = inner.embed_tokens, inner.layers, inner.norm, inner.rotary_emb
+        self.lm_head = model.lm_head
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.vocab = cfg.vocab_size
+        self.dtype = next(model.parameters()).dtype
+        self.cache = PagedKVCache(num_blocks, self.kv_heads, self.head_dim, block_size=block_size,
+                                  num_layers=len(self.layers), kv_format=kv_format)
+        self.decode_reason = None
+        if decode == "torch":
+            self.decode_kernel = "torch"
+        else:
+            self.decode_reason = cpp_decode_reason(self.head_dim, self.heads, self.kv_heads)
+            if self.decode_reason and decode == "cpp":
+                raise RuntimeError(f"C++ decode kernel unavailable: {self.decode_reason}")
+            self.decode_kernel = "torch" if self.decode_reason else "cpp"
+
+    @torch.no_grad()
+    def forward(self, plan: list[Scheduled], all_logits: bool = False) -> torch.Tensor:
+        """Compute the planned chunks (their slots already reserved). Returns the logits [rows, vocab] of the
+        sampling rows in plan order (`Scheduled.samples`), or of every token when `all_logits`."""
+        ids = torch.tensor([t for s in plan for t in s.ids], dtype=torch.long)
+        pos = torch.cat([torch.arange(s.start, s.start + len(s.ids)) for s in plan])
+        slots = torch.cat([s.slots for s in plan])
+        lens = [len(s.ids) for s in plan]
+        offs = list(itertools.accumulate([0] + lens))
+        dec = [i for i, n in enumerate(lens) if n == 1]
+        pre = [i for i, n in enumerate(lens) if n > 1]
+        dec_rows = torch.tensor([offs[i] for i in dec], dtype=torch.long)
+        seqs = [s.req.seq_id for s in plan]
+        dec_ids = [seqs[i] for i in dec]
+        dec_tables = self.cache.block_tables(dec_ids) if dec else None
+        dec_lens = self.cache.seq_lens(dec_ids) if dec else None
+        T, H, Hk, D = ids.numel(), self.heads, self.kv_heads, self.head_dim
+        x = self.embed(ids)                                                    # [T, hidden]
+        cos, sin = self.rotary(x, pos[None])                                   # [1, T, D]
+        cos, sin = cos[0, :, None, :], sin[0, :, None, :]
+        for li, layer in enumerate(self.layers):
+            att = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = att.q_proj(h).view(T, H, D)
+            k = att.k_proj(h).view(T, Hk, D)
+            v = att.v_proj(h).view(T, Hk, D)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            self.cache.write(li, slots, k, v)
+            o = torch.empty_like(q)
+            if dec:
+                o[dec_rows] = self._decode(li, q[dec_rows][:, None], dec_tables, dec_lens)[:, 0]
+            for i in pre:                                                     # chunk + earlier pages, causal
+                a, b = offs[i], offs[i + 1]
+                kk, vv = self.cache.gather(li, seqs[i], dtype=q.dtype)       # [L, Hk, D], L = start + n
+                L = kk.shape[0]
+                o[a:b] = sdpa_gathered(q[None, a:b], kk.transpose(0, 1)[None], vv.transpose(0, 1)[None],
+                                       torch.tensor([L]))[0]
+            x = x + att.o_proj(o.reshape(T, H * D))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        if not all_logits:
+            rows = torch.tensor([offs[i + 1] - 1 for i, s in enumerate(plan) if s.samples], dtype=torch.long)
+            x = x[rows]
+        return self.lm_head(self.norm(x))
+
+    def _decode(self, layer: int, q: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """q [b, 1, H, D] over the pages: the C++ split-K kernel or torch (gather + masked SDPA)."""
+        kc, vc = self.cache.k[layer], self.cache.v[layer]
+        if self.decode_kernel == "cpp":
+            from kernels.cpp import lib as cpp
+            out = torch.empty_like(q)
+            return cpp.DECODE_PAGED(q=q.contiguous(), k_cache=kc, v_cache=vc, block_tables=tables, seq_lens=lens,
+                                    k_scale=None, v_scale=None, out=out)
+        from inference.paged import gather
+        k, v = gather(kc, vc, tables, lens, dtype=q.dtype)
+        return sdpa_gathered(q, k, v, lens)
+
+
+class Engine:
+    """Continuous batching over `PagedLlama` in one background thread (or stepped by hand: `step()`)."""
+
+    name = "ours"
+
+    def __init__(self, lm, *, num_blocks: int = 1024, block_size: int = 16, max_num_seqs: int = 32,
+                 max_tokens_per_step: int = 512, max_queue: int = 256, preemption: str = "recompute",
+                 decode: str = "auto", max_model_len: int | None = None):
+        self.lm = lm
+        self.model = PagedLlama(lm.model, num_blocks, block_size, decode=decode)
+        self.cache = self.model.cache
+        self.scheduler = Scheduler(self.cache, max_num_seqs, max_tokens_per_step, preemption)
+        self.max_model_len = int(max_model_len or lm.context)
+        self.max_queue = max_queue
+        self.eos = None
+        eos = getattr(lm.model.config, "eos_token_id", None)
+        if eos is not None:
+            self.eos = {eos} if isinstance(eos, int) else set(eos)
+        self.metrics = EngineMetrics(self.stats)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._ids = itertools.count()
+        self._reqs: dict[int, Request] = {}
+        self._waiting_n = 0                 # scheduler.waiting, as last seen by the engine thread
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+        self._preempted_seen = 0
+        self.error: str | None = None       # the last step failure (the engine keeps serving)
+
+    # ---- the submitter's side (any thread) --------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {"engine": self.name, "decode_kernel": self.model.decode_kernel, "decode_reason": self.model.decode_reason,
+                "num_blocks": self.cache.num_blocks, "block_size": self.cache.block_size,
+                "max_num_seqs": self.scheduler.max_num_seqs, "max_tokens_per_step": self.scheduler.budget,
+                "preemption": self.scheduler.preemption, "max_model_len": self.max_model_len}
+
+    def check(self, prompt_len: int, params: SamplingParams) -> None:
+        """RequestError for a request this engine can never serve."""
+        if prompt_len < 1:
+            raise RequestError("the prompt is empty: it must hold at least one token")
+        total = prompt_len + params.max_tokens
+        if total > self.max_model_len:
+            raise RequestError(f"this model's maximum context length is {self.max_model_len} tokens; the request "
+                               f"needs {total} ({prompt_len} in the prompt, {params.max_tokens} max_tokens)")
+        cap = self.cache.num_blocks * self.cache.block_size
+        if total > cap:
+            raise RequestError(f"the request needs {total} tokens of KV cache, the pool holds {cap}")
+
+    def submit(self, prompt: list[int], params: SamplingParams, on_event: Callable[[Event], None]) -> Handle:
+        self.check(len(prompt), params)
+        if self._inbox.qsize() + self._waiting_n >= self.max_queue:
+            self.metrics.count("rejected")
+            raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
+        handle = Handle(next(self._ids), len(prompt), params, on_event)
+        self._inbox.put(("add", handle, list(prompt)))
+        self._wake.set()
+        return handle
+
+    def cancel(self, handle: Handle) -> None:
+        handle.cancelled = True
+        self._inbox.put(("cancel", handle, None))
+        self._wake.set()
+
+    def stats(self) -> dict:
+        return {"requests_running": len(self.scheduler.running), "requests_waiting": self._waiting_n,
+                "kv_blocks_used": self.scheduler.blocks_used, "kv_blocks_total": self.cache.num_blocks}
+
+    # ---- the engine's thread ----------------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"kbench-engine-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop.is_set():
+            if not self.scheduler.has_work() and self._inbox.empty():
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            self.step()
+        self._drain()
+        for req in list(self._reqs.values()):                     # shutting down: end every request
+            self._finish(req, "cancelled", status="cancelled")
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                kind, handle, prompt = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "add":
+                if handle.cancelled:
+                    self.metrics.count("cancelled")
+                    continue
+                gen = None
+                if handle.params.temperature > 0:
+                    gen = torch.Generator().manual_seed(handle.params.seed if handle.params.seed is not None
+                                                        else int(torch.randint(2 ** 62, ()).item()))
+                decode_ids = None if self.lm.byte_level else self.lm.decode
+                req = Request(handle, prompt, Detokenizer(handle.params.stop, decode_ids), generator=gen)
+                self._reqs[handle.rid] = req
+                self.scheduler.add(req)
+            else:
+                req = self._reqs.get(handle.rid)
+                if req is not None:
+                    self._finish(req, "cancelled", status="cancelled")
+        self._waiting_n = len(self.scheduler.waiting)
+
+    def step(self) -> bool:
+        """One iteration: take in submissions and cancellations, plan, compute, sample, emit. False if idle."""
+        self._drain()
+        t0 = time.perf_counter()
+        plan = self.scheduler.schedule()
+        if self.scheduler.preempted_total > self._preempted_seen:
+            self.metrics.preemptions.inc(self.scheduler.preempted_total - self._preempted_seen)
+            self._preempted_seen = self.scheduler.preempted_total
+        self._waiting_n = len(self.scheduler.waiting)
+        if not plan:
+            return False
+        try:
+            logits = self.model.forward(plan)
+        except Exception as exc:                                   # a failing step ends its requests, not us
+            self.error = f"{type(exc).__name__}: {exc}"
+            for s in plan:
+                self._finish(s.req, "error", status="error", error=self.error)
+            return True
+        row = 0
+        for s in plan:
+            req = s.req
+            self.metrics.prompt.inc(sum(1 for i in range(s.start, s.start + len(s.ids)) if i < len(req.prompt)))
+            if not s.samples:
+                continue
+            tok = self._sample(logits[row], req)
+            row += 1
+            self._emit(req, tok)
+        self.steps += 1
+        self.metrics.step.observe(time.perf_counter() - t0)
+        self.metrics.step_tokens.observe(sum(len(s.ids) for s in plan))
+        return True
+
+    def _sample(self, logits: torch.Tensor, req: Request) -> int:
+        t = req.handle.params.temperature
+        if t <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits.float() / t, -1)
+        return int(torch.multinomial(probs, 1, generator=req.generator))
+
+    def _emit(self, req: Request, tok: int) -> None:
+        req.output.append(tok)
+        self.metrics.generated.inc()
+        text = req.detok.push(tok)
+        p = req.handle.params
+        reason = None
+        if req.detok.stopped:
+            reason = "stop"
+        elif self.eos is not None and tok in self.eos and not p.ignore_eos:
+            reason = "stop"
+        elif len(req.output) >= p.max_tokens:
+            reason = "length"
+        if reason is None:
+            self._send(req, Event(tok, text, len(req.output) - 1, prompt_tokens=len(req.prompt)))
+            return
+        if reason == "length":
+            text += req.detok.flush()
+        self._finish(req, reason, status="finished", token=tok, text=text)
+
+    def _finish(self, req: Request, reason: str, *, status: str, token: int | None = None, text: str = "",
+                error: str | None = None) -> None:
+        self.scheduler.drop(req)
+        self._reqs.pop(req.handle.rid, None)
+        self.metrics.count(status)
+        self._send(req, Event(token, text, len(req.output) - 1, finished=True, finish_reason=reason,
+                              prompt_tokens=len(req.prompt), error=error))
+
+    def _send(self, req: Request, ev: Event) -> None:
+        try:
+            req.handle.on_event(ev)
+        except Exception:                                          # a broken sink must not stop the engine
+            pass
+
+    # ---- synchronous use (tests, scripts) ---------------------------------------------------------------------
+    def run_until_idle(self, max_steps: int = 1_000_000) -> int:
+        n = 0
+        while n < max_steps and (self.scheduler.has_work() or not self._inbox.empty()):
+            self.step()
+            n += 1
+        return n
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
+        """Submit every prompt, step until done (in this thread), return each request's generated tokens."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        outs: list[list[int]] = [[] for _ in prompts]
+
+        def sink(i):
+            return lambda ev: ev.token is not None and outs[i].append(ev.token)
+        for i, (p, sp) in enumerate(zip(prompts, plist)):
+            self.submit(p, sp, sink(i))
+        self.run_until_idle()
+        return outs
