@@ -9,7 +9,8 @@ between any two steps. A step's plan, under a budget of `max_tokens_per_step` to
 2. running prefills (oldest first): the next chunk of the prompt, as much as the budget and the free blocks
    allow; with no room at all, newer unplanned sequences are preempted for it;
 3. admission, first come first served, while fewer than `max_num_seqs` run: the waiting queue's head gets a
-   prompt chunk (again budget and free blocks); a head that does not fit stops admission (no overtaking).
+   prompt chunk (again budget and free blocks); a head that does not fit stops admission (no overtaking);
+   no admission in a step that preempted (vLLM V1's rule: the victim is not readmitted at once).
 The budget is never exceeded; the oldest running sequence can always make progress (it may preempt every
 newer one and requests larger than the pool are refused at submission), so nothing deadlocks.
 
@@ -120,6 +121,7 @@ class Scheduler:
     # ---- the plan of one step ---------------------------------------------------------------------------------
     def schedule(self) -> list[Scheduled]:
         budget = self.budget
+        before = self.preempted_total
         plan: list[Scheduled] = []
         planned: set[int] = set()
         for req in list(self.running):                            # 1. decodes, oldest first
@@ -141,7 +143,8 @@ class Scheduler:
             if n >= 1:
                 plan.append(self._take(req, n, planned))
                 budget -= n
-        while self.waiting and budget >= 1 and len(self.running) < self.max_num_seqs:   # 3. admission, FCFS
+        # 3. admission, FCFS; none in a step that preempted (vLLM V1: no readmission of the victim at once)
+        while self.waiting and budget >= 1 and len(self.running) < self.max_num_seqs and self.preempted_total == before:
             req = self.waiting[0]
             if req.swapped is not None:
                 if self._free_tokens() < req.computed + 1:
