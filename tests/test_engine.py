@@ -208,6 +208,21 @@ def test_scheduler_plan_order_budget_and_newest_preempted_first():
     cache.manager.audit()
 
 
+def test_scheduler_preempts_the_newest_then_itself():
+    cache = _Cache(num_blocks=5, bs=4)
+    s = Scheduler(cache, max_num_seqs=4, max_tokens_per_step=16)
+    a, b, c, d = (_req(4) for _ in range(4))
+    for r in (a, b, c, d):
+        s.add(r)
+    assert [len(p.ids) for p in s.schedule()] == [4, 4, 4, 4]   # 4 full blocks, 1 free
+    for r in (a, b, c, d):
+        r.output.append(1)
+    plan = s.schedule()     # a takes the free block; b needs one: d (newest) goes; c needs one: no newer, c goes
+    assert [p.req for p in plan] == [a, b]
+    assert s.running == [a, b] and list(s.waiting) == [c, d]
+    cache.manager.audit()
+
+
 def test_queue_bound_and_refusals(lm):
     eng = Engine(lm, num_blocks=8, block_size=16, max_queue=2, decode="torch")
     sink = lambda ev: None  # noqa: E731
