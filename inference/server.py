@@ -1,0 +1,377 @@
+"""An OpenAI-compatible streaming server over any of the engines (FastAPI + uvicorn).
+
+    python -m inference.server --model tiny --port 8000 --engine ours|hf-static|hf-cb [--host 127.0.0.1]
+        [--max-num-seqs N] [--num-blocks B] [--block-size 16] [--max-tokens-per-step T] [--max-queue Q]
+        [--preemption recompute|swap] [--threads K] [--max-model-len L] [--decode auto|cpp|torch]
+
+Endpoints: POST /v1/completions, POST /v1/chat/completions (OpenAI's request and response JSON; `stream`
+sends server-sent events, one per generated token, then `data: [DONE]`), GET /health (200 {"status": "ok"}
+once the engine runs, 503 before), GET /metrics (Prometheus text, inference/metrics.py), GET /v1/models.
+Errors use OpenAI's JSON {"error": {"message", "type", "code"}}: 400 for malformed JSON, bad fields, a prompt
+that does not fit the context; 429 when the engine's queue is full; 404 for an unknown path. A client that
+disconnects (mid-stream or while waiting for a non-streamed answer) cancels its request: the engine drops it
+at its next step and frees its KV blocks.
+
+The engine runs in its own thread and owns the model; a request talks to it through `engine.submit` (a
+thread-safe inbox) and receives its tokens through `loop.call_soon_threadsafe` into an asyncio.Queue.
+It binds to the loopback address unless --host says otherwise. Ready line on stdout:
+`kbench server ready on http://HOST:PORT` (PORT is the bound one: --port 0 picks a free port).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inference.requests import Event, QueueFull, RequestError, SamplingParams
+
+READY = "kbench server ready on http://{host}:{port}"
+DISCONNECT_POLL_S = 0.25
+
+
+# ---- request bodies (pydantic: a violation is a 400 in OpenAI's error JSON, never a 422 or a 500) --------------
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0)           # OpenAI's default; 0 is greedy
+    seed: int | None = None
+    stream: bool = False
+    ignore_eos: bool = False
+    stop: str | list[str] | None = None
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1)
+
+    def params(self) -> SamplingParams:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed,
+                              stop=tuple(stop), ignore_eos=self.ignore_eos)
+
+
+class CompletionBody(_Common):
+    prompt: str | list[str]
+
+    def text(self) -> str:
+        if isinstance(self.prompt, list):
+            if len(self.prompt) != 1:
+                raise RequestError(f"prompt: a string or a list of ONE string, got a list of {len(self.prompt)}")
+            return self.prompt[0]
+        return self.prompt
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class ChatBody(_Common):
+    messages: list[Message] = Field(min_length=1)
+
+    def text(self) -> str:
+        """The template: one role-prefixed line per message, then the assistant's prefix."""
+        return "".join(f"{m.role}: {m.content}\n" for m in self.messages) + "assistant: "
+
+
+def error(status: int, message: str, code: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}}, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:3]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+# ---- the app ------------------------------------------------------------------------------------------------
+def create_app(engine, model_name: str | None = None, start_engine: bool = True) -> FastAPI:
+    """The FastAPI app over `engine` (ours or a baseline). Its lifespan starts the engine's thread and stops it."""
+    name = model_name or getattr(engine.lm, "name", "model")
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if start_engine:
+            await asyncio.to_thread(engine.start)
+        state["ready"] = True
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await asyncio.to_thread(engine.stop)
+
+    app = FastAPI(title="kbench", lifespan=lifespan)
+    app.state.engine = engine
+    invalid = _invalid_counter(engine)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request, exc):
+        invalid.inc()
+        return error(400, _validation_message(exc), "invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error(exc.status_code, str(exc.detail), code)
+
+    @app.get("/health")
+    async def health():
+        if not state["ready"]:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "kbench",
+                                           "max_model_len": engine.max_model_len}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionBody, request: Request):
+        return await _serve(body, request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatBody, request: Request):
+        return await _serve(body, request, chat=True)
+
+    async def _serve(body: _Common, request: Request, chat: bool):
+        try:
+            params = body.params()
+            ids = engine.lm.encode(body.text()).tolist()
+            engine.check(len(ids), params)
+        except RequestError as exc:
+            invalid.inc()
+            return error(400, str(exc), "invalid_request")
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[Event] = asyncio.Queue()
+
+        def on_event(ev: Event) -> None:
+            loop.call_soon_threadsafe(q.put_nowait, ev)
+        try:
+            handle = engine.submit(ids, params, on_event)
+        except QueueFull as exc:
+            return error(429, str(exc), "queue_full", "rate_limit_error")
+        except RequestError as exc:
+            invalid.inc()
+            return error(400, str(exc), "invalid_request")
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{handle.rid}"
+        created = int(time.time())
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_stream(q, handle, rid, created, chat, usage, len(ids)),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await _whole(q, handle, request, rid, created, chat, len(ids))
+
+    def _usage(prompt: int, completion: int) -> dict:
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _chunk(rid, created, chat, text, reason, first) -> dict:
+        if chat:
+            delta: dict[str, Any] = {"content": text}
+            if first:
+                delta = {"role": "assistant", **delta}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+            return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
+                    "choices": [choice]}
+        return {"id": rid, "object": "text_completion", "created": created, "model": name,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]}
+
+    async def _stream(q, handle, rid, created, chat, include_usage, prompt_len):
+        finished = False
+        count = 0
+        first = True
+        try:
+            while True:
+                ev = await q.get()
+                if ev.token is not None:
+                    count += 1
+                if ev.finished and ev.finish_reason == "error":
+                    finished = True
+                    err = {"error": {"message": ev.error or "engine error", "type": "server_error",
+                                     "code": "engine_error", "param": None}}
+                    yield f"data: {json.dumps(err)}\n\n"
+                    break
+                if ev.text or ev.finished:
+                    reason = ev.finish_reason if ev.finished else None
+                    if reason == "cancelled":                  # the server is shutting down
+                        reason = "abort"
+                    yield f"data: {json.dumps(_chunk(rid, created, chat, ev.text, reason, first))}\n\n"
+                    first = False
+                if ev.finished:
+                    finished = True
+                    break
+            if include_usage:
+                tail = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                        "created": created, "model": name, "choices": [], "usage": _usage(prompt_len, count)}
+                yield f"data: {json.dumps(tail)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            if not finished:                                   # the client went away: free its blocks
+                engine.cancel(handle)
+
+    async def _whole(q, handle, request, rid, created, chat, prompt_len):
+        text, count, ev = [], 0, None
+        try:
+            while True:
+                try:
+                    ev = await asyncio.wait_for(q.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        engine.cancel(handle)
+                        return Response(status_code=499)
+                    continue
+                count += ev.token is not None
+                text.append(ev.text)
+                if ev.finished:
+                    break
+        except asyncio.CancelledError:
+            engine.cancel(handle)
+            raise
+        if ev.finish_reason == "error":
+            return error(500, ev.error or "engine error", "engine_error", "server_error")
+        reason = "abort" if ev.finish_reason == "cancelled" else ev.finish_reason
+        out = "".join(text)
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": out}, "logprobs": None,
+                      "finish_reason": reason}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": out, "logprobs": None, "finish_reason": reason}
+            obj = "text_completion"
+        return {"id": rid, "object": obj, "created": created, "model": name, "choices": [choice],
+                "usage": _usage(prompt_len, count)}
+
+    return app
+
+
+def _invalid_counter(engine):
+    from prometheus_client import Counter
+    c = getattr(engine.metrics, "invalid", None)
+    if c is None:
+        c = engine.metrics.invalid = Counter("kbench_invalid_requests", "requests refused with a 400",
+                                             registry=engine.metrics.registry)
+    return c
+
+
+# ---- the command line ---------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):                    # one line, exit 2 (argparse prints the usage too)
+        print(f"inference.server: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def parse_args(argv):
+    from inference.hf_engines import ENGINES
+    from inference.scheduler import PREEMPTION
+    p = _Parser(prog="python -m inference.server", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny", help="tiny, small, test, or a checkpoint directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0: any free port (printed on the ready line)")
+    p.add_argument("--engine", default="ours", choices=ENGINES)
+    p.add_argument("--max-num-seqs", type=int, default=32, help="most sequences in one batch")
+    p.add_argument("--num-blocks", type=int, default=1024, help="KV cache blocks (ours, hf-cb)")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    p.add_argument("--max-tokens-per-step", type=int, default=512, help="tokens computed per step (ours, hf-cb)")
+    p.add_argument("--max-queue", type=int, default=256, help="waiting requests before 429")
+    p.add_argument("--preemption", default="recompute", choices=PREEMPTION)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--max-model-len", type=int, default=None, help="prompt + max_tokens limit (default: context)")
+    p.add_argument("--decode", default="auto", choices=("auto", "cpp", "torch"), help="decode attention (ours)")
+    p.add_argument("--batch-timeout-ms", type=float, default=50.0, help="hf-static: wait for a fuller batch")
+    a = p.parse_args(argv)
+    for name in ("max_num_seqs", "num_blocks", "block_size", "max_tokens_per_step", "max_queue", "threads",
+                 "max_model_len"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if not 0 <= a.port <= 65535:
+        p.error(f"--port must be in 0..65535, got {a.port}")
+    return a
+
+
+def build_engine(a):
+    from inference.hf_engines import make_engine
+    from models.zoo import ModelError, load
+    try:
+        lm = load(a.model, progress=False)
+    except ModelError as exc:
+        print(f"inference.server: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if a.max_model_len and a.max_model_len > lm.context:
+        print(f"inference.server: error: --max-model-len {a.max_model_len} exceeds the model's context "
+              f"{lm.context}", file=sys.stderr)
+        raise SystemExit(2)
+    opts = dict(num_blocks=a.num_blocks, block_size=a.block_size, max_num_seqs=a.max_num_seqs,
+                max_tokens_per_step=a.max_tokens_per_step, max_queue=a.max_queue, preemption=a.preemption,
+                decode=a.decode, max_model_len=a.max_model_len, batch_timeout_s=a.batch_timeout_ms / 1000)
+    try:
+        engine = make_engine(a.engine, lm, **opts)
+    except (ValueError, RuntimeError) as exc:
+        print(f"inference.server: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    cap = getattr(engine, "cache", None)
+    if cap is not None and cap.num_blocks * cap.block_size < engine.max_model_len:
+        print(f"note: the KV pool ({cap.num_blocks} x {cap.block_size} tokens) is smaller than the context "
+              f"({engine.max_model_len}): longer requests are refused", file=sys.stderr)
+    return lm, engine
+
+
+def main(argv=None) -> int:
+    import socket
+
+    import torch
+    import uvicorn
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:                                          # a port in use is a bad argument: one line before the model loads
+        family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((a.host, a.port))
+    except OSError as exc:
+        print(f"inference.server: error: cannot bind {a.host}:{a.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    lm, engine = build_engine(a)
+    app = create_app(engine, model_name=lm.name)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            if not self.should_exit:
+                port = sock.getsockname()[1]
+                print(READY.format(host=a.host, port=port), flush=True)
+
+        def handle_exit(self, sig, frame):         # end the streams at once: the engine cancels every request
+            super().handle_exit(sig, frame)
+            engine.stop()
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                            lifespan="on")
+    server = Server(config)
+    server.run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
