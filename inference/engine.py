@@ -177,7 +177,8 @@ class Engine:
 
     # ---- the submitter's side (any thread) --------------------------------------------------------------------
     def describe(self) -> dict:
-        return {"engine": self.name, "decode_kernel": self.model.decode_kernel, "decode_reason": self.model.decode_reason,
+        return {"engine": self.name, "decode_kernel": self.model.decode_kernel,
+                "decode_reason": self.model.decode_reason,
                 "num_blocks": self.cache.num_blocks, "block_size": self.cache.block_size,
                 "max_num_seqs": self.scheduler.max_num_seqs, "max_tokens_per_step": self.scheduler.budget,
                 "preemption": self.scheduler.preemption, "max_model_len": self.max_model_len}

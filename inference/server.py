@@ -156,7 +156,8 @@ def create_app(engine, model_name: str | None = None, start_engine: bool = True)
     async def _serve(body: _Common, request: Request, chat: bool):
         try:
             params = body.params()
-            ids = engine.lm.encode(body.text()).tolist()
+            text = body.text()
+            ids = engine.lm.encode(text).tolist() if text else []
             engine.check(len(ids), params)
         except RequestError as exc:
             invalid.inc()
@@ -337,6 +338,7 @@ def build_engine(a):
 
 
 def main(argv=None) -> int:
+    import signal
     import socket
 
     import torch
@@ -369,6 +371,10 @@ def main(argv=None) -> int:
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
                             lifespan="on")
     server = Server(config)
+    # uvicorn re-raises SIGTERM/SIGINT once its graceful shutdown is done (so the default action kills the
+    # process); these no-op handlers, restored by uvicorn before it re-raises, make that shutdown exit 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     server.run(sockets=[sock])
     return 0
 

@@ -125,7 +125,8 @@ def test_interleaving_and_preemption_keep_greedy_output(lm, preemption):
     """16 requests of odd lengths arriving over time into a pool too small for them (14 blocks of 8 tokens),
     a 24-token budget and at most 5 running: each one's greedy tokens equal the request run alone."""
     rng = random.Random(7)
-    reqs = [(prompt(rng.choice([1, 3, 15, 16, 17, 31, 47, 63]), 500 + i), rng.choice([1, 5, 13, 29, 41])) for i in range(16)]
+    reqs = [(prompt(rng.choice([1, 3, 15, 16, 17, 31, 47, 63]), 500 + i), rng.choice([1, 5, 13, 29, 41]))
+            for i in range(16)]
     alone = Engine(lm, num_blocks=64, decode="torch")
     want = [alone.generate([p], SamplingParams(max_tokens=m))[0] for p, m in reqs]
     eng = Engine(lm, num_blocks=14, block_size=8, max_num_seqs=5, max_tokens_per_step=24, max_queue=100,
