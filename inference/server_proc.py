@@ -1,0 +1,175 @@
+"""The built-in server as a child process: start on a free loopback port, wait until ready, stop for sure.
+
+`with BuiltinServer(engine, ...) as srv:` launches `python -m inference.server --model M --host 127.0.0.1
+--port P --engine E [...]` from this repository (cwd and PYTHONPATH: the tree this file is in), waits for its
+`kbench server ready on http://HOST:PORT` line and for GET /health -> 200, and on leaving (normally, on an
+exception, on Ctrl-C) sends SIGTERM, waits, then SIGKILLs its process group. The child also gets
+PR_SET_PDEATHSIG, so a SIGKILLed bench.py leaves no server behind. Its stdout and stderr go to a log file.
+Also: `scrape(url)` reads a Prometheus /metrics page into {name: value} (prometheus_client's parser).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = "kbench server ready on "
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or hung before it was ready; `exit_code` 2 means it refused its arguments/engine."""
+
+    def __init__(self, msg: str, exit_code: int | None = None):
+        super().__init__(msg)
+        self.exit_code = exit_code
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except Exception:   # noqa: BLE001 - not Linux: the SIGTERM in stop() still ends it
+        pass
+
+
+def health(base: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=timeout_s) as r:
+            return r.status == 200
+    except Exception:   # noqa: BLE001 - not up (yet)
+        return False
+
+
+def scrape(base: str, timeout_s: float = 5.0) -> dict[str, float]:
+    """GET /metrics -> {sample name with labels: value}, e.g. 'kbench_requests_total{status="ok"}'."""
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"{base}/metrics", timeout=timeout_s) as r:
+        text = r.read().decode("utf-8", errors="replace")
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[s.name + (f"{{{labels}}}" if labels else "")] = float(s.value)
+    return out
+
+
+class BuiltinServer:
+    def __init__(self, engine: str, model: str = "tiny", threads: int | None = 1, extra: list[str] | None = None,
+                 log_path: Path | None = None, module: str = "inference.server", ready_timeout_s: float = 300.0):
+        self.engine, self.model, self.threads = engine, model, threads
+        self.extra = list(extra or [])
+        self.module = module
+        self.ready_timeout_s = ready_timeout_s
+        self.log_path = Path(log_path) if log_path else None
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self._lines: list[str] = []
+        self._ready = threading.Event()
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", self.module, "--model", self.model, "--host", self.host, "--port",
+               str(self.port), "--engine", self.engine]
+        if self.threads:
+            cmd += ["--threads", str(self.threads)]
+        return cmd + self.extra
+
+    def _pump(self, log) -> None:
+        """Copy the child's output to the log, noting the ready line."""
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.append(line.rstrip("\n"))
+            del self._lines[:-50]
+            if log is not None:
+                log.write(line)
+                log.flush()
+            if line.startswith(READY):
+                self._ready.set()
+
+    def start(self) -> "BuiltinServer":
+        self.port = free_port(self.host)
+        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               "PYTHONUNBUFFERED": "1"}
+        log = open(self.log_path, "a") if self.log_path else None
+        self._log = log
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                     start_new_session=True, preexec_fn=_die_with_parent)
+        self._thread = threading.Thread(target=self._pump, args=(log,), daemon=True)
+        self._thread.start()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                self._thread.join(timeout=5)
+                tail = next((ln for ln in reversed(self._lines) if ln.strip()), "no output")
+                raise ServerStartError(f"{tail.strip()[:300]} (the {self.engine} server exited with code {code} "
+                                       "before it was ready)", code)
+            if self._ready.is_set() and health(self.base):
+                return
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"server ({self.engine}) not ready after {self.ready_timeout_s:g} s")
+            time.sleep(0.1)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace_s: float = 20.0) -> int | None:
+        """SIGTERM, then SIGKILL to the whole process group after `grace_s`; returns the exit code."""
+        p = self.proc
+        if p is None:
+            return None
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(timeout=30)
+        try:                                          # stray children of the server (none expected)
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if getattr(self, "_thread", None) is not None:
+            self._thread.join(timeout=5)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
+        return p.returncode
+
+    def __enter__(self) -> "BuiltinServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,222 @@
+"""The load generator (inference/loadgen.py): metric definitions against a stub server with known delays, arrival
+processes, goodput, failure accounting, input parsing. vLLM benchmark_serving's definitions are the reference."""
+import math
+
+import numpy as np
+import pytest
+
+from inference import loadgen as L
+from tests.openai_stub import StubServer
+
+# Client-side times can only be later than the stub's sleeps; how much later depends on the load of the (shared,
+# one-core) machine: a generous upper slack, a tight lower bound.
+LOW_MS = 1.0
+SLACK_MS = 120.0
+pytestmark = pytest.mark.timeout(120)       # a client that waits forever fails here, not in CI's time limit
+
+
+def _run(url, specs, rate=math.inf, **kw):
+    return L.run_sync(L.parse_endpoint(url, kw.pop("api", "completions")), specs, rate, "tiny", **kw)
+
+
+def _specs(n, prompt_len=12, out=6, prompt=None):
+    return [L.RequestSpec(i, prompt if prompt is not None else "x" * prompt_len, out) for i in range(n)]
+
+
+# ---- the figures against known delays -------------------------------------------------------------------------
+def test_metrics_match_the_stubs_known_delays():
+    ttft, itl, n_out = 0.15, 0.04, 6
+    with StubServer(ttft_s=ttft, itl_s=itl, usage_bias=0) as url:
+        r = _run(url, _specs(6, out=n_out), concurrency=3)
+    s = L.summarize(r)
+    assert s["completed"] == 6 and s["failed"] == 0
+    for o in r.outcomes:
+        assert o.ok and o.output_tokens == n_out and o.prompt_tokens == 12 and o.text == "a" * n_out
+        assert len(o.itl) == n_out - 1                              # every gap between tokens
+        assert ttft * 1e3 - LOW_MS <= o.ttft * 1e3 <= ttft * 1e3 + SLACK_MS
+        assert all(itl * 1e3 - LOW_MS <= g * 1e3 <= itl * 1e3 + SLACK_MS for g in o.itl)
+        # TPOT = (E2E - TTFT) / (output tokens - 1): exactly the mean of this request's gaps
+        assert o.tpot == pytest.approx(float(np.mean(o.itl)), rel=1e-9)
+        assert o.latency == pytest.approx(o.ttft + sum(o.itl), rel=1e-9)
+    assert ttft * 1e3 - LOW_MS <= s["ttft_median_ms"] <= ttft * 1e3 + SLACK_MS
+    assert itl * 1e3 - LOW_MS <= s["itl_median_ms"] <= itl * 1e3 + SLACK_MS
+    assert itl * 1e3 - LOW_MS <= s["tpot_median_ms"] <= itl * 1e3 + SLACK_MS
+    e2e = (ttft + (n_out - 1) * itl) * 1e3
+    assert e2e - LOW_MS <= s["e2el_median_ms"] <= e2e + 2 * SLACK_MS
+    # two waves of 3 (concurrency 3): the run lasts about two requests' latency
+    assert s["max_concurrency"] == 3
+    assert s["duration_s"] >= 2 * e2e / 1e3 - 1e-3
+    assert s["total_output_tokens"] == 6 * n_out and s["total_input_tokens"] == 6 * 12
+    assert s["request_throughput"] == pytest.approx(6 / s["duration_s"])
+    assert s["output_throughput"] == pytest.approx(6 * n_out / s["duration_s"])
+    assert s["total_token_throughput"] == pytest.approx(6 * (n_out + 12) / s["duration_s"])
+
+
+def test_tokens_are_counted_from_usage_when_the_server_sends_it():
+    with StubServer(ttft_s=0.0, itl_s=0.0, usage_bias=3) as url:
+        with_usage = _run(url, _specs(2, out=4))
+    with StubServer(ttft_s=0.0, itl_s=0.0, usage=False) as url:
+        without = _run(url, _specs(2, out=4))
+    assert [o.output_tokens for o in with_usage.outcomes] == [7, 7]       # the usage chunk's completion_tokens
+    assert [o.output_tokens for o in without.outcomes] == [4, 4]          # else: one chunk, one token
+    assert all(o.ok for o in with_usage.outcomes + without.outcomes)
+
+
+def test_chat_completions_stream_delta_content():
+    with StubServer(ttft_s=0.0, itl_s=0.0) as url:
+        r = _run(url, _specs(2, out=3), api="chat")
+    assert all(o.ok and o.text == "bbb" and o.output_tokens == 3 for o in r.outcomes), r.outcomes
+
+
+def test_statistics_follow_vllm_definitions_exactly():
+    """Hand-made outcomes: mean, median, population std, linear p90/p99; TPOT excludes one-token requests."""
+    outs = [L.Outcome(0, ok=True, ttft=0.1, itl=[0.02, 0.04], latency=0.16, output_tokens=3, prompt_tokens=5),
+            L.Outcome(1, ok=True, ttft=0.3, itl=[], latency=0.3, output_tokens=1, prompt_tokens=7),
+            L.Outcome(2, ok=True, ttft=0.2, itl=[0.05] * 4, latency=0.4, output_tokens=5, prompt_tokens=9),
+            L.Outcome(3, error="HTTP 500: boom", prompt_tokens=11)]
+    s = L.summarize(L.RunResult(outs, duration_s=2.0, max_concurrency=3, rate=1.0))
+    tpots = np.array([(0.16 - 0.1) / 2, (0.4 - 0.2) / 4]) * 1e3
+    assert s["tpot_mean_ms"] == pytest.approx(tpots.mean())
+    assert s["tpot_std_ms"] == pytest.approx(tpots.std())
+    ttfts = np.array([0.1, 0.3, 0.2]) * 1e3
+    assert s["ttft_median_ms"] == pytest.approx(200.0)
+    assert s["ttft_p90_ms"] == pytest.approx(np.percentile(ttfts, 90))
+    assert s["ttft_p99_ms"] == pytest.approx(np.percentile(ttfts, 99))
+    itls = np.array([0.02, 0.04] + [0.05] * 4) * 1e3
+    assert s["itl_mean_ms"] == pytest.approx(itls.mean()) and s["itl_p99_ms"] == pytest.approx(np.percentile(itls, 99))
+    assert s["e2el_mean_ms"] == pytest.approx((160 + 300 + 400) / 3)
+    assert (s["completed"], s["failed"], s["refused"]) == (3, 1, 0)
+    assert s["total_input_tokens"] == 5 + 7 + 9 and s["total_output_tokens"] == 9     # the failed one: none
+    assert s["request_throughput"] == pytest.approx(1.5) and s["output_throughput"] == pytest.approx(4.5)
+    assert s["total_token_throughput"] == pytest.approx((21 + 9) / 2)
+    assert s["failures"] == '{"HTTP 500: boom": 1}'
+    assert math.isnan(s["goodput_req_s"]) and math.isnan(s["goodput_frac"])       # no SLO, no goodput
+
+
+def test_goodput_counts_every_request_sent_and_each_slo():
+    outs = [L.Outcome(0, ok=True, ttft=0.1, itl=[0.01], latency=0.11, output_tokens=2),    # good
+            L.Outcome(1, ok=True, ttft=0.6, itl=[0.01], latency=0.61, output_tokens=2),    # TTFT over
+            L.Outcome(2, ok=True, ttft=0.1, itl=[0.2], latency=0.3, output_tokens=2),      # TPOT over
+            L.Outcome(3, ok=True, ttft=0.5, itl=[], latency=0.5, output_tokens=1),         # TPOT 0: good
+            L.Outcome(4, error="HTTP 503: full", refused=True),
+            L.Outcome(5, error="stream ended before [DONE]")]
+    r = L.RunResult(outs, duration_s=4.0, max_concurrency=6, rate=2.0)
+    s = L.summarize(r, L.parse_slo("ttft_ms=500,tpot_ms=50"))
+    assert s["goodput_req_s"] == pytest.approx(2 / 4.0)
+    assert s["goodput_frac"] == pytest.approx(2 / 6)          # failed requests stay in the denominator
+    assert (s["failed"], s["refused"]) == (2, 1)
+    only_e2e = L.summarize(r, {"e2el_ms": 400})
+    assert only_e2e["goodput_frac"] == pytest.approx(2 / 6)   # 0.11 s and 0.3 s are within 400 ms
+    assert L.summarize(r, {"ttft_ms": 100})["goodput_frac"] == pytest.approx(2 / 6)   # the bound is inclusive
+
+
+# ---- failures ---------------------------------------------------------------------------------------------------
+def test_failures_are_counted_with_their_reasons():
+    specs = [L.RequestSpec(0, "!500 please", 5), L.RequestSpec(1, "!429 please", 5), L.RequestSpec(2, "!close", 5),
+             L.RequestSpec(3, "fine", 5), L.RequestSpec(4, "fine too", 5)]
+    with StubServer(ttft_s=0.01, itl_s=0.01) as url:
+        r = _run(url, specs)
+    by = {o.index: o for o in r.outcomes}
+    assert by[0].error == "HTTP 500: stub failure" and not by[0].refused and by[0].status == 500
+    assert by[1].error == "HTTP 429: queue full" and by[1].refused
+    assert not by[2].ok and by[2].error in ("stream ended before [DONE]", "stream broken mid-response: "
+                                            "ClientPayloadError")
+    assert by[3].ok and by[4].ok
+    s = L.summarize(r, {"ttft_ms": 10_000})
+    assert (s["requests"], s["completed"], s["failed"], s["refused"]) == (5, 2, 3, 1)
+    assert s["goodput_frac"] == pytest.approx(2 / 5)
+    assert set(eval_json(s["failures"])) == {by[0].error, by[1].error, by[2].error}
+
+
+def eval_json(text):
+    import json
+    return json.loads(text)
+
+
+def test_an_unreachable_server_is_a_failure_not_a_crash():
+    from tests.openai_stub import free_port
+    r = L.run_sync(L.parse_endpoint(f"http://127.0.0.1:{free_port()}"), _specs(2), math.inf, "tiny")
+    assert [o.ok for o in r.outcomes] == [False, False]
+    assert all("Connect" in (o.error or "") for o in r.outcomes), [o.error for o in r.outcomes]
+
+
+def test_time_bound_cancels_and_counts_the_unfinished():
+    with StubServer(ttft_s=0.0, itl_s=0.5) as url:
+        r = _run(url, _specs(3, out=20), max_time_s=0.6)
+    assert r.duration_s < 5
+    assert all(not o.ok and o.error.startswith("unfinished at the time bound") for o in r.outcomes)
+
+
+def test_duration_stops_the_arrivals():
+    with StubServer(ttft_s=0.0, itl_s=0.0) as url:
+        r = _run(url, _specs(50, out=2), rate=20.0, duration_s=0.5, seed=3)
+    offsets = L.arrival_offsets(50, 20.0, 1.0, 3)
+    expect = int((offsets <= 0.5).sum())
+    assert len(r.outcomes) == expect and r.not_sent == 50 - expect and 0 < expect < 50
+
+
+# ---- arrivals and the workload ----------------------------------------------------------------------------------
+def test_poisson_arrivals_have_exponential_gaps():
+    rate, n = 5.0, 40_000
+    gaps = np.diff(L.arrival_offsets(n, rate, 1.0, seed=1))
+    assert gaps.mean() == pytest.approx(1 / rate, rel=0.03)
+    assert gaps.var() == pytest.approx(1 / rate**2, rel=0.06)         # exponential: variance = mean^2
+    assert L.arrival_offsets(n, rate, 1.0, seed=1)[0] == 0.0
+
+
+@pytest.mark.parametrize("burstiness", [0.25, 4.0])
+def test_gamma_burstiness_sets_the_gaps_spread(burstiness):
+    rate, n = 2.0, 40_000
+    gaps = np.diff(L.arrival_offsets(n, rate, burstiness, seed=2))
+    assert gaps.mean() == pytest.approx(1 / rate, rel=0.03)            # the rate does not depend on burstiness
+    assert gaps.var() / gaps.mean() ** 2 == pytest.approx(1 / burstiness, rel=0.08)   # CV^2 = 1/shape
+
+
+def test_arrivals_are_seeded_and_inf_sends_everything_at_once():
+    a, b, c = (L.arrival_offsets(100, 3.0, 1.0, seed=s) for s in (7, 7, 8))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.all(np.diff(a) >= 0)
+    assert np.array_equal(L.arrival_offsets(10, math.inf), np.zeros(10))
+
+
+def test_workload_lengths_and_corpus_prompts():
+    from models.data import split
+    held = split()[1].decode("utf-8", errors="replace")
+    w = L.Workload(num_prompts=200, input_len=20, input_len_max=60, output_len=8, output_len_max=16, seed=5)
+    specs = L.make_requests(w)
+    assert [s.prompt for s in specs] == [s.prompt for s in L.make_requests(w)]          # seeded
+    assert [s.prompt for s in specs] != [s.prompt for s in L.make_requests(L.Workload(**{**w.describe(), "seed": 6}))]
+    lens = [len(s.prompt) for s in specs]
+    assert min(lens) >= 20 and max(lens) <= 60 and len(set(lens)) > 10
+    outs = [s.max_tokens for s in specs]
+    assert min(outs) >= 8 and max(outs) <= 16 and len(set(outs)) > 3
+    assert all(len(s.prompt.encode()) == len(s.prompt) for s in specs)                  # one byte per character
+    # a slice of the held-out text (non-ASCII characters replaced by spaces)
+    ascii_held = "".join(c if 32 <= ord(c) < 127 or c == "\n" else " " for c in held)
+    assert all(s.prompt in ascii_held for s in specs[:20])
+    fixed = L.make_requests(L.Workload(num_prompts=3, input_len=10, prompts="fixed"))
+    assert {s.prompt for s in fixed} == {L.FIXED_TEXT[:10]}
+
+
+# ---- input parsing ------------------------------------------------------------------------------------------------
+def test_parse_rates_and_slo():
+    assert L.parse_rates("1, 2.5,inf") == [1.0, 2.5, math.inf]
+    for bad in ("0", "-1", "x", "nan", "", "1,,0"):
+        with pytest.raises(L.LoadgenError):
+            L.parse_rates(bad)
+    assert L.parse_slo("ttft_ms=500,tpot_ms=50,e2el_ms=9000") == {"ttft_ms": 500, "tpot_ms": 50, "e2el_ms": 9000}
+    for bad in ("ttft=5", "ttft_ms", "ttft_ms=x", "ttft_ms=0", "tpot_ms=-3", "e2el_ms=inf"):
+        with pytest.raises(L.LoadgenError):
+            L.parse_slo(bad)
+
+
+def test_parse_endpoint_is_loopback_only_by_default():
+    ep = L.parse_endpoint("http://127.0.0.1:8000/v1")
+    assert (ep.base, ep.url) == ("http://127.0.0.1:8000", "http://127.0.0.1:8000/v1/completions")
+    assert L.parse_endpoint("http://localhost:9/v1/chat/completions").api == "chat"
+    assert L.parse_endpoint("http://[::1]:8000").url == "http://[::1]:8000/v1/completions"
+    for bad in ("ftp://127.0.0.1:1", "127.0.0.1:8000", "http://10.0.0.5:8000", "http://example.com/v1",
+                "http://127.0.0.1:99999"):
+        with pytest.raises(L.LoadgenError):
+            L.parse_endpoint(bad)
+    assert L.parse_endpoint("http://10.0.0.5:8000", allow_remote=True).host == "10.0.0.5"
