@@ -111,6 +111,8 @@ def list_suites() -> int:
             t.add_row(s.name if i == 0 else "", name, v.requires.describe(),
                       ",".join(s.dtypes) if i == 0 else "", counts if i == 0 else "")
         t.add_section()
+    from suites import streaming
+    t.add_row("streaming", ", ".join(streaming.ENGINES), "a server sweep (bench.py serve)", "", "")
     out_console.print(t)
     return 0
 
@@ -155,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.list:
         return list_suites()
+    if "streaming" in _split(args.suite):         # a server under load, not kernels: inference/serve_bench.py
+        if _split(args.suite) != ["streaming"]:
+            print("bench.py: error: --suite streaming runs alone (a server sweep, not a kernel suite)",
+                  file=sys.stderr)
+            return 2
+        from suites import streaming
+        return streaming.run(args)
     if args.kernels_report:
         return kernels_report(args.out)
     try:

@@ -244,7 +244,7 @@ class Sweep:
 
     def skip_all(self, target: str, status: str, reason: str) -> None:
         for rate in self.plan.rates:
-            self.add({**self.base_row(target, rate), "status": status, "reason": reason[:500]})
+            self.add({**self.base_row(target, rate), "status": status, "reason": reason[:500], "samples_ms": []})
 
     def warmup(self, ep: L.Endpoint, model: str) -> str | None:
         """One request first (as vLLM's benchmark does): the reason it failed, or None."""
@@ -268,6 +268,7 @@ class Sweep:
                                seed=a.seed, duration_s=a.duration, request_timeout_s=a.request_timeout,
                                max_time_s=a.max_time)
             row.update(L.summarize(r, self.plan.slo))
+            row.update(_latency_columns([o.latency * 1e3 for o in r.outcomes if o.ok]))
             row.update(m.summary(max(row["completed"], 1)))
             row.update(ms.columns())
             if row["completed"] == 0:
@@ -301,6 +302,18 @@ class Sweep:
 
     def close(self) -> None:
         self.rd.release()
+
+
+def _latency_columns(e2e_ms: list[float]) -> dict[str, Any]:
+    """The harness's timing columns hold the requests' E2E latencies: one sample per request (median_ms is the
+    median E2E latency, samples_ms every one of them), so gate/compare read a streaming row like any other."""
+    import numpy as np
+    if not e2e_ms:
+        return {"samples_ms": []}
+    x = np.asarray(e2e_ms)
+    return dict(median_ms=float(np.median(x)), p20_ms=float(np.percentile(x, 20)), p80_ms=float(np.percentile(x, 80)),
+                min_ms=float(x.min()), n=int(x.size), cv=float(x.std() / x.mean()) if x.mean() > 0 else math.nan,
+                samples_ms=[float(v) for v in x])
 
 
 def _rate_str(r: float) -> str:

@@ -1,0 +1,139 @@
+"""`bench.py serve` and suite `streaming` (inference/serve_bench.py, inference/server_proc.py, suites/streaming.py):
+results written like every run, the built-in server started and stopped by the command (also on SIGTERM), bad
+input as one line and exit 2, an engine that cannot start as `skipped` rows. A stub server (tests/openai_stub.py)
+stands in for inference/server.py; tests/test_serve_engines.py runs the real one."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.results import load
+from inference import serve_bench
+from tests.openai_stub import StubServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(180)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:                                      # a zombie (exited, not yet reaped by its parent) is not running
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--endpoint", "not a url"], "is not an http(s)://HOST:PORT URL"),
+    (["--endpoint", "http://192.0.2.1:8000"], "not a loopback address"),
+    (["--endpoint", "http://127.0.0.1:PORT"], "cannot reach"),
+    (["--slo", "ttft=5"], "--slo"),
+    (["--slo", "tpot_ms=-1"], "--slo"),
+    (["--rates", "0"], "must be > 0"),
+    (["--rates", "1,-2"], "must be > 0"),
+    (["--engine", "vllm"], "unknown engine"),
+    (["--num-prompts", "0"], "--num-prompts"),
+    (["--concurrency", "0"], "--concurrency"),
+    (["--burstiness", "0"], "--burstiness"),
+    (["--duration", "nan"], "--duration"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, says, capsys, tmp_path):
+    args = [a.replace("PORT", str(free_port())) for a in args]
+    assert serve_bench.main(args + ["--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bench.py serve: error:") and says in err, err
+    assert not (tmp_path / "run").exists()                     # nothing started, nothing written
+
+
+def test_bench_py_entry_exit_2_without_traceback():
+    for argv in (["serve", "--rates", "inf,0"], ["--suite", "streaming,softmax"], ["serve", "--api", "grpc"]):
+        r = subprocess.run([sys.executable, "bench.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (argv, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_endpoint_sweep_writes_one_row_per_rate(tmp_path, capsys):
+    out = tmp_path / "run"
+    with StubServer(ttft_s=0.02, itl_s=0.005) as url:
+        code = serve_bench.main(["--endpoint", url + "/v1", "--rates", "8,inf", "--num-prompts", "6", "--output-len",
+                                 "5", "--slo", "ttft_ms=5000,tpot_ms=1000", "--out", str(out), "--seed", "3"])
+    assert code == 0
+    df = load(out)
+    assert list(df["case"]) == ["rate=8", "rate=inf"]
+    assert set(df["variant"]) == {f"endpoint:127.0.0.1:{url.rsplit(':', 1)[1]}"}
+    assert set(df["status"]) == {"ok"} and set(df["suite"]) == {"streaming"}
+    assert list(df["completed"]) == [6, 6] and list(df["total_output_tokens"]) == [30, 30]
+    assert set(df["model"]) == {"stub-model"}                    # from the endpoint's /v1/models
+    assert (df["goodput_frac"] == 1.0).all() and (df["ttft_p99_ms"] >= 20).all()
+    assert list(df["max_concurrency"])[1] == 6                   # rate inf: all at once
+    assert json.loads(df["config"].iloc[0])["workload"]["num_prompts"] == 6
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["run_id"] == df["run_id"].iloc[0] and m["serve"]["rates"] == ["8", "inf"] and m["finished"]
+    assert (out / "results.csv").exists() and (out / "telemetry.parquet").exists()
+    shown = capsys.readouterr().out
+    assert "TTFT p99" in shown and "rate=inf" in shown            # the rich table
+
+
+def test_builtin_server_is_started_and_stopped_and_an_unavailable_engine_skipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("KB_STUB_UNAVAILABLE", "hf-cb")
+    out = tmp_path / "run"
+    code = serve_bench.main(["--engine", "ours,hf-cb", "--server-module", "tests.openai_stub", "--rates", "inf",
+                             "--num-prompts", "4", "--output-len", "3", "--out", str(out)])
+    assert code == 0
+    df = load(out)
+    by = {r["variant"]: r for r in df.to_dict("records")}
+    assert by["ours"]["status"] == "ok" and by["ours"]["completed"] == 4
+    assert by["hf-cb"]["status"] == "skipped" and "cannot run here" in by["hf-cb"]["reason"]
+    m = json.loads((out / "manifest.json").read_text())
+    pid = m["servers"]["ours"]["pid"]
+    assert "--host" in m["servers"]["ours"]["command"] and "127.0.0.1" in m["servers"]["ours"]["command"]
+    assert not _alive(pid), "the server outlived the command"
+    assert "kbench server ready on http://127.0.0.1:" in (out / "server-ours.log").read_text()
+
+
+def test_sigterm_mid_sweep_stops_the_server_and_keeps_the_rows(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "KB_STUB_ITL_S": "0.2"}
+    p = subprocess.Popen([sys.executable, "bench.py", "serve", "--server-module", "tests.openai_stub", "--rates",
+                          "inf,1", "--num-prompts", "3", "--output-len", "4", "--out", str(out), "--no-warmup"],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pid = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:               # wait for the first rate's row: the second is running
+        try:
+            if len(load(out)) >= 1:
+                pid = json.loads((out / "manifest.json").read_text())["servers"]["ours"]["pid"]
+                break
+        except (FileNotFoundError, KeyError, ValueError):
+            pass
+        time.sleep(0.1)
+    assert pid is not None and _alive(pid)
+    p.send_signal(signal.SIGTERM)
+    text, _ = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, text
+    assert not _alive(pid), "the server outlived bench.py"
+    assert len(load(out)) == 1 and json.loads((out / "manifest.json").read_text())["interrupted"] is True
+
+
+def test_suite_streaming_runs_the_engines_side_by_side(tmp_path):
+    env = {**os.environ, "KB_SERVER_MODULE": "tests.openai_stub", "KB_STUB_UNAVAILABLE": "hf-cb"}
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "bench.py", "--suite", "streaming", "--quick", "--out", str(out)], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=170)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    df = load(out)
+    from suites import streaming
+    rates = streaming.SETTINGS["quick"]["rates"].split(",")
+    assert sorted(df["variant"].unique()) == sorted(streaming.ENGINES)
+    assert len(df) == len(streaming.ENGINES) * len(rates)
+    assert set(df[df["variant"] != "hf-cb"]["status"]) == {"ok"} and set(df[df["variant"] == "hf-cb"]["status"]) == \
+        {"skipped"}
+    assert df["slo"].dropna().map(json.loads).iloc[0] == {"ttft_ms": 1000.0, "tpot_ms": 100.0}
