@@ -184,6 +184,9 @@ def build(df: pd.DataFrame, title: str = "Benchmark report") -> str:
         parts.append(_img(b64, "distillation retention versus speedup") if b64 else
                      '<p class="note">distill: no student with both a quality row and a timed teacher.</p>')
 
+    from inference.report_streaming import section as streaming_section
+    parts += streaming_section(df, label_of, _img)           # suite streaming: latency vs rate, goodput
+
     parts.append("<h2>Telemetry over time</h2>")
     shown = False
     for s in sources:

@@ -80,6 +80,12 @@ def test_endpoint_sweep_writes_one_row_per_rate(tmp_path, capsys):
     assert (out / "results.csv").exists() and (out / "telemetry.parquet").exists()
     shown = capsys.readouterr().out
     assert "TTFT p99" in shown and "rate=inf" in shown            # the rich table
+    # the HTML report draws latency against rate and the goodput curve from these rows
+    from harness import report, result_sets
+    page = report.build(result_sets.load([str(out)]))
+    assert 'alt="streaming latency versus rate"' in page and 'alt="streaming goodput versus rate"' in page
+    from inference.report_streaming import latency_vs_rate_png
+    assert latency_vs_rate_png(df[df["status"] != "ok"], {}) is None    # nothing completed: no plot
 
 
 def test_builtin_server_is_started_and_stopped_and_an_unavailable_engine_skipped(tmp_path, monkeypatch):
