@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-len", type=int, default=16)
     p.add_argument("--output-len", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--server-arg", action="append", default=[], help="passed to the server (repeatable)")
+    p.add_argument("--max-num-seqs", type=int, default=8, help="the server's batch (default 8: with --concurrency "
+                   "32 and --max-queue 8 the queue fills, so refusals are exercised too)")
+    p.add_argument("--max-queue", type=int, default=8)
     p.add_argument("--settle", type=float, default=30.0, help="seconds to wait for the gauges to reach 0")
     p.add_argument("--rss-growth", type=float, default=0.10, help="allowed RSS growth, wave 2 over wave 1")
     p.add_argument("--request-timeout", type=float, default=300.0)
@@ -171,15 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-module", default="inference.server", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if not (1 <= a.requests <= 1_000_000 and 1 <= a.concurrency <= 10_000 and 0 <= a.disconnect_frac <= 1
+            and a.max_num_seqs >= 1 and a.max_queue >= 0
             and 0 <= a.malformed_frac <= 1 and a.disconnect_frac + a.malformed_frac <= 1):
         print("serve_soak.py: error: --requests in [1, 1e6], --concurrency in [1, 1e4], fractions in [0, 1] "
               "adding up to at most 1", file=sys.stderr)
         return 2
     out = Path(a.out) if a.out else ROOT / "results" / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
     kinds = plan(a.requests, a.seed, a.disconnect_frac, a.malformed_frac, a.input_len, a.output_len)
+    server_args = ["--max-num-seqs", str(a.max_num_seqs), "--max-queue", str(a.max_queue)]
     summary: dict = dict(requests_per_wave=a.requests, engine=a.engine, concurrency=a.concurrency,
-                         kinds=dict(Counter(k[0] for k in kinds)), seed=a.seed, server_args=a.server_arg)
-    srv = BuiltinServer(a.engine, a.model, a.threads, a.server_arg, out.with_suffix(".server.log"), a.server_module)
+                         kinds=dict(Counter(k[0] for k in kinds)), seed=a.seed, server_args=server_args)
+    srv = BuiltinServer(a.engine, a.model, a.threads, server_args, out.with_suffix(".server.log"), a.server_module)
     checks: list[dict] = []
     t0 = time.monotonic()
     try:
@@ -192,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             gauges = settle(srv.base, a.settle)
             summary[name] = dict(seconds=round(time.monotonic() - tw, 1),
                                  outcomes={f"{k}: {o}": n for (k, o), n in sorted(counts.items())},
-                                 gauges={k: v for k, v in gauges.items() if k.startswith(("kbench_", "process_"))})
+                                 gauges={k: v for k, v in gauges.items() if k.startswith(("kbench_", "process_resident"))
+                                         and "_bucket" not in k})
             rss[name] = gauges.get("process_resident_memory_bytes", math.nan)
             checks += check_wave(name, counts, gauges, srv.base)
         growth = rss["wave 2"] / rss["wave 1"] - 1 if rss["wave 1"] > 0 else math.nan

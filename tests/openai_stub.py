@@ -13,7 +13,8 @@ $KB_STUB_TTFT_S and $KB_STUB_ITL_S set the delays of the process form.
 As a process, taking the built-in server's command line (the serve CLI's tests launch it in its place):
 `python -m tests.openai_stub --model tiny --host 127.0.0.1 --port P --engine ours [--ttft-s S --itl-s S]`;
 it prints `kbench server ready on http://HOST:PORT` and exits on SIGTERM; an engine named in
-$KB_STUB_UNAVAILABLE (comma-separated) exits 2 at start, as an engine that cannot run here.
+$KB_STUB_UNAVAILABLE (comma-separated) exits 2 at start, as an engine that cannot run here; KB_STUB_LEAK=1
+makes it leak (pretend) KV blocks of disconnected requests. /metrics has the real server's gauges (pretend ones).
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 
 def make_app(ttft_s: float = 0.05, itl_s: float = 0.01, mode: str = "ok", usage: bool = True,
-             usage_bias: int = 0) -> FastAPI:
-    """`usage_bias`: the usage chunk reports that many more completion tokens than chunks sent."""
+             usage_bias: int = 0, leak: bool = False) -> FastAPI:
+    """`usage_bias`: the usage chunk reports that many more completion tokens than chunks sent; `leak`: a request
+    whose client disconnects keeps its (pretend) KV block, so /metrics shows kbench_kv_blocks_used > 0 after."""
     app = FastAPI()
-    stats = {"requests": 0, "in_flight": 0, "max_in_flight": 0}
+    stats = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "blocks": 0}
 
     def err(status: int, msg: str) -> JSONResponse:
         return JSONResponse({"error": {"message": msg, "type": "stub", "code": status}}, status_code=status)
@@ -58,6 +60,8 @@ def make_app(ttft_s: float = 0.05, itl_s: float = 0.01, mode: str = "ok", usage:
         async def events():
             stats["in_flight"] += 1
             stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
+            stats["blocks"] += 1
+            finished = False
             try:
                 await asyncio.sleep(ttft_s)
                 for i in range(n):
@@ -72,8 +76,11 @@ def make_app(ttft_s: float = 0.05, itl_s: float = 0.01, mode: str = "ok", usage:
                          "total_tokens": n + usage_bias + len(str(prompt))}
                     yield f"data: {json.dumps({'choices': [], 'usage': u})}\n\n"
                 yield "data: [DONE]\n\n"
+                finished = True
             finally:
                 stats["in_flight"] -= 1
+                if finished or not leak:            # leak: a disconnected request's block is never freed
+                    stats["blocks"] -= 1
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/completions")
@@ -91,6 +98,16 @@ def make_app(ttft_s: float = 0.05, itl_s: float = 0.01, mode: str = "ok", usage:
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": "stub-model", "object": "model"}]}
+
+    @app.get("/metrics")
+    async def metrics():
+        import resource
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        text = "".join(f"# TYPE {k} gauge\n{k} {v}\n" for k, v in (
+            ("kbench_requests_running", stats["in_flight"]), ("kbench_requests_waiting", 0),
+            ("kbench_kv_blocks_used", stats["blocks"]), ("kbench_kv_blocks_total", 64),
+            ("process_resident_memory_bytes", rss)))
+        return PlainTextResponse(text)
 
     @app.get("/stats")
     async def get_stats():
@@ -149,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tests.openai_stub: error: engine {a.engine!r} cannot run here (on purpose)", file=sys.stderr)
         return 2
     import uvicorn
-    server = uvicorn.Server(uvicorn.Config(make_app(a.ttft_s, a.itl_s), host=a.host, port=a.port,
+    leak = os.environ.get("KB_STUB_LEAK") == "1"
+    server = uvicorn.Server(uvicorn.Config(make_app(a.ttft_s, a.itl_s, leak=leak), host=a.host, port=a.port,
                                            log_level="error", lifespan="off"))
 
     async def serve():
@@ -160,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             await asyncio.sleep(0.02)
         print(f"kbench server ready on http://{a.host}:{a.port}", flush=True)
         await task
+    # uvicorn re-raises the SIGTERM it caught once it has shut down: end with 0 then, as the real server does
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     asyncio.run(serve())
     return 0
 
