@@ -105,8 +105,7 @@ class BuiltinServer:
 
     def start(self) -> "BuiltinServer":
         self.port = free_port(self.host)
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "PYTHONUNBUFFERED": "1"}
+        env = self.env()
         log = open(self.log_path, "a") if self.log_path else None
         self._log = log
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -168,8 +167,30 @@ class BuiltinServer:
             self._log = None
         return p.returncode
 
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                "PYTHONUNBUFFERED": "1"}
+
     def __enter__(self) -> "BuiltinServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class CommandServer(BuiltinServer):
+    """Another OpenAI-compatible server (vLLM...): `make_command(port) -> argv`, ready when GET /health is 200
+    (no ready line); started, stopped and logged like the built-in one."""
+
+    def __init__(self, name: str, make_command, env: dict[str, str] | None = None, log_path: Path | None = None,
+                 ready_timeout_s: float = 600.0):
+        super().__init__(name, log_path=log_path, ready_timeout_s=ready_timeout_s)
+        self.make_command = make_command
+        self.extra_env = dict(env or {})
+        self._ready.set()
+
+    def command(self) -> list[str]:
+        return list(self.make_command(self.port))
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}

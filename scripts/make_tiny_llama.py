@@ -4,7 +4,8 @@
 
 The tokenizer is a byte-level BPE (`tokenizers`) trained here on the training split of models.data (English
 text that ships with Python: pydoc_data.topics), 512 tokens by default, wrapped as a transformers
-PreTrainedTokenizerFast; the model a LlamaConfig of 2 layers, hidden 64, 4 query / 2 KV heads, random weights
+PreTrainedTokenizerFast; the model a LlamaConfig of 2 layers, hidden 128, 2 query heads and 1 KV head of
+dimension 64 (vLLM's CPU attention has no kernel for head_dim 16), random weights
 (seeded), float32, saved with save_pretrained (config.json + model.safetensors). vLLM loads it like any local
 Llama: `python -m vllm.entrypoints.openai.api_server --model OUT_DIR`. Idempotent: an OUT_DIR that already holds
 a checkpoint of the same settings is left alone.
@@ -26,7 +27,7 @@ def corpus_text() -> str:
 
 
 def build(out: Path, vocab: int = 512, seed: int = 0) -> Path:
-    settings = {"vocab": vocab, "seed": seed, "layers": 2, "hidden": 64}
+    settings = {"vocab": vocab, "seed": seed, "layers": 2, "hidden": 128, "head_dim": 64}
     stamp = out / "kbench-tiny-llama.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == settings:
         return out
@@ -46,8 +47,8 @@ def build(out: Path, vocab: int = 512, seed: int = 0) -> Path:
     fast.save_pretrained(out)
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
                       bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, tie_word_embeddings=False)
     model = LlamaForCausalLM(cfg).to(torch.float32)
     model.save_pretrained(out, safe_serialization=True)
