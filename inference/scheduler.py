@@ -190,7 +190,9 @@ class Scheduler:
         start = req.computed
         req.computed += n
         planned.add(id(req))
-        return Scheduled(req, start, req.tokens[start:start + n], slots)
+        p = len(req.prompt)
+        ids = req.output[start - p:start - p + n] if start >= p else req.tokens[start:start + n]
+        return Scheduled(req, start, ids, slots)
 
     # ---- preemption -------------------------------------------------------------------------------------------
     def preempt(self, req: Request) -> None:
