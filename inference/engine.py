@@ -307,14 +307,17 @@ class Engine:
                 self._finish(s.req, "error", status="error", error=self.error)
             return True
         row = 0
+        greedy = logits.argmax(-1).tolist() if len(logits) else []     # one argmax for the batch
+        prompt_tokens = 0
         for s in plan:
             req = s.req
-            self.metrics.prompt.inc(max(0, min(s.start + len(s.ids), len(req.prompt)) - s.start))
+            prompt_tokens += max(0, min(s.start + len(s.ids), len(req.prompt)) - s.start)
             if not s.samples:
                 continue
-            tok = self._sample(logits[row], req)
+            tok = greedy[row] if req.handle.params.temperature <= 0 else self._sample(logits[row], req)
             row += 1
             self._emit(req, tok)
+        self.metrics.prompt.inc(prompt_tokens)
         self.steps += 1
         self.metrics.step.observe(time.perf_counter() - t0)
         self.metrics.step_tokens.observe(sum(len(s.ids) for s in plan))
