@@ -96,13 +96,34 @@ class Side:
         self.proc = None
 
 
-def worker_env(tree: T.Tree) -> dict:
-    env = dict(os.environ)
+def worker_env(tree: T.Tree, allocator_name: str = "system") -> dict:
+    """The environment of a worker of `tree`, under allocator `allocator_name` (LD_PRELOAD; see choose_allocator)."""
+    from harness import allocator
+    env = allocator.worker_env(allocator_name, dict(os.environ))
     env.update(PYTHONPATH=str(tree.path), PYTHONUNBUFFERED="1",
                TORCHINDUCTOR_CACHE_DIR=str(tree.path / ".cache" / "inductor"),
                TRITON_CACHE_DIR=str(tree.path / ".cache" / "triton"))
     env.pop("KB_GATE_INJECT", None)           # the injection spec travels in the plan request, per side
     return env
+
+
+def choose_allocator(name: str) -> str:
+    """`auto`: tcmalloc where it is installed, else glibc. Measured on the 2-core EPYC (gate evidence of
+    2026-11-30): under glibc the per-round log ratios of two rounds in the same worker process co-varied
+    (+2.1e-2, against -1.6e-2 for rounds in different workers: a process-level state, 0 or 4096 page faults per
+    call on 16 MiB outputs, that pairing cannot cancel); under tcmalloc the two were equal (-1.8e-3, -2.2e-3)."""
+    from harness import allocator
+    if name == "auto":
+        try:
+            allocator.library("tcmalloc")
+            return "tcmalloc"
+        except allocator.AllocatorError:
+            return "system"
+    try:
+        allocator.worker_env(name, {})
+    except allocator.AllocatorError as e:
+        raise RS.BadInput(str(e)) from None
+    return name
 
 
 def _note(*parts: str) -> str:
@@ -171,9 +192,10 @@ def measure_row(idx: dict[str, int], j: int, key: dict, pools: dict[str, list[Si
 
 
 def run_ab(trees: dict[str, T.Tree], plan_req: dict, rounds: int, budget: float, seed: int, out: Path,
-           cfg: GateConfig, progress: bool = True, workers: int = 3) -> tuple[list[dict], pd.DataFrame, bool, dict]:
+           cfg: GateConfig, progress: bool = True, workers: int = 3, allocator_name: str = "system") \
+        -> tuple[list[dict], pd.DataFrame, bool, dict]:
     """Measure every row in both trees; returns (row outcomes for decide, slots, interrupted, worker envs)."""
-    pools = {n: [Side(trees[n], n, worker_env(trees[n]), out / f"worker-{n}-{i}.log")
+    pools = {n: [Side(trees[n], n, worker_env(trees[n], allocator_name), out / f"worker-{n}-{i}.log")
                  for i in range(max(1, min(workers, rounds)))] for n in ("base", "current")}
     sides = {n: p[0] for n, p in pools.items()}
     rows: list[dict] = []
@@ -245,6 +267,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads of both workers")
     p.add_argument("--workers", type=int, default=3,
                    help="worker processes per tree; round r runs in worker r %% N (default 3)")
+    p.add_argument("--allocator", default="auto",
+                   help="allocator of the workers: auto (tcmalloc where installed, else system: one page-fault "
+                        "regime in every worker process), system (glibc), jemalloc, tcmalloc")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output directory (default results/ab-<time>/)")
     p.add_argument("--cmake-arg", action="append", default=[],
@@ -294,21 +319,23 @@ def main(argv: list[str] | None = None) -> int:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path(a.out) if a.out else RS.results_root() / f"ab-{stamp}"
         out.mkdir(parents=True, exist_ok=True)
-        plan_req = dict(op="plan", suites=expand_suites(_split(a.suite)), device=a.device, mode=a.mode, dtypes=_split(a.dtype) or None,
+        plan_req = dict(op="plan", suites=expand_suites(_split(a.suite)), device=a.device, mode=a.mode,
+                        dtypes=_split(a.dtype) or None,
                         filters=_split(a.filter), variants=_split(a.variant) or None, inject=inject,
                         threads=a.threads)
+        alloc = choose_allocator(a.allocator)
         t0 = time.time()
         old = signal.signal(signal.SIGTERM, signal.default_int_handler)   # a CI cancel is an interrupt too
         try:
             rows, slots, interrupted, envs = run_ab(trees, plan_req, a.rounds, a.budget, a.seed, out, cfg,
-                                                    not a.no_progress, a.workers)
+                                                    not a.no_progress, a.workers, alloc)
         finally:
             signal.signal(signal.SIGTERM, old)
         verdicts, summary = decide(rows, cfg)
         incomplete = [f"ab run interrupted after {len(rows)} rows"] if interrupted else []
         design = (f"paired, interleaved in one job: {a.rounds} rounds per row, ABBA order, {a.budget:g} s per "
-                  f"slot, round r in worker process r mod {min(a.workers, a.rounds)} of each tree; "
-                  "per-round log(current/baseline)")
+                  f"slot, round r in worker process r mod {min(a.workers, a.rounds)} of each tree, allocator "
+                  f"{alloc}; per-round log(current/baseline)")
         header = [f"- baseline: {T.describe(trees['base'])}", f"- current: {T.describe(trees['current'])}",
                   f"- load average {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} CPUs; "
                   f"{time.time() - t0:.0f} s of measuring"]
@@ -321,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "manifest.json").write_text(json.dumps(dict(
             kind="ab", argv=sys.argv, baseline=vars(trees["base"]) | {"path": str(trees["base"].path)},
             current=vars(trees["current"]) | {"path": str(trees["current"].path)}, rounds=a.rounds,
-            budget_s=a.budget, workers=envs, inject=inject or None, interrupted=interrupted,
+            budget_s=a.budget, workers=envs, allocator=alloc, inject=inject or None, interrupted=interrupted,
             finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), failed=bool(cfg_fail)),
             indent=2, default=str))
     except RS.BadInput as e:

@@ -100,7 +100,7 @@ class Worker:
                                          device=self.device))
         import harness
         env = {"harness": os.path.dirname(os.path.abspath(harness.__file__)), "torch": torch.__version__,
-               "python": platform.python_version(), "threads": torch.get_num_threads()}
+               "python": platform.python_version(), "threads": torch.get_num_threads(), "allocator": _allocator()}
         return {"rows": keys, "env": env, "unknown": unknown}
 
     def prepare(self, req: dict) -> dict:
@@ -174,6 +174,16 @@ class Worker:
             import torch
             torch.cuda.empty_cache()
         return {"status": "ok"}
+
+
+def _allocator() -> str:
+    """The allocator mapped into this process (LD_PRELOAD from `bench.py ab --allocator`)."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return "unknown"
+    return next((n for n in ("tcmalloc", "jemalloc") if f"lib{n}" in maps), "system")
 
 
 def main() -> int:

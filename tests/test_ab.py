@@ -153,6 +153,24 @@ def test_worker_on_this_tree_plans_checks_measures_and_survives_a_crash(tmp_path
         side.stop()
 
 
+def test_workers_run_under_the_allocator_asked_for(tmp_path):
+    tree = T.working_tree()
+    try:
+        name = AB.choose_allocator("tcmalloc")
+    except Exception as exc:                                  # noqa: BLE001 - not installed here
+        pytest.skip(str(exc))
+    assert AB.choose_allocator("auto") == "tcmalloc"
+    plan = dict(op="plan", suites=["softmax"], device="cpu", mode="test", dtypes=None, filters=[],
+                variants=["torch_eager"], inject="", threads=1)
+    for alloc in (name, "system"):
+        side = AB.Side(tree, "current", AB.worker_env(tree, alloc), tmp_path / f"{alloc}.log")
+        side.plan_req = plan
+        try:
+            assert side.ask(plan)["env"]["allocator"] == alloc
+        finally:
+            side.stop()
+
+
 def test_suite_aliases_expand_before_the_workers_plan():
     # the workers look suites up by name: `norm` unexpanded selected no row, silently (gate evidence, 2026-11-30)
     assert AB.expand_suites(["softmax", "norm", "rmsnorm"]) == ["softmax", "rmsnorm", "layernorm"]
@@ -180,6 +198,7 @@ def _bench(*args, env=None):
     (["--baseline-ref", "HEAD", "--rounds", "2"], {}, "--rounds"),
     (["--baseline-ref", "HEAD"], {"KB_GATE_INJECT": "softmax/torch_eager"}, "KB_GATE_INJECT"),
     (["--suite"], {}, "expected one argument"),
+    (["--baseline-ref", "HEAD", "--no-build", "--allocator", "hoard"], {}, "unknown allocator 'hoard'"),
     (["--baseline-ref", "HEAD", "--no-build", "--suite", "nosuch"], {}, "unknown suite nosuch (in neither tree)"),
 ])
 def test_ab_bad_input_one_line_exit_2(args, env, msg):
