@@ -173,6 +173,11 @@ T_NAMES = {0: "float", 1: "__nv_bfloat16", 2: "__half"}       # the C dtype code
 KB_ROW_CACHE_BYTES = 96 * 1024                                  # kb_common.h
 GEMM = dict(BM=128, BN=128, BK=32, STAGES=3, THREADS=256)       # gemm_tc.cu
 GEMM_SMEM = GEMM["STAGES"] * (GEMM["BM"] * (GEMM["BK"] + 8) + GEMM["BK"] * (GEMM["BN"] + 8)) * 2
+W8A8 = dict(WARPS=4)                                            # quant_int8_gemm.cu
+SP24 = dict(SP_WARPS=4, SP_BM=32)                               # sparse_24_mma_sp.cu (SP_BN = 16 * SP_WARPS)
+BSR = dict(BS_WARPS=4, BS_WM=32)                                # sparse_bsr.cu
+DECODE = dict(KB_DEC_MAX_R=16, KB_DEC_WARPS=4)                  # decode_paged.cu
+KV_NAMES = {3: "int8_t", 4: "uint8_t"}                          # decode_paged's quantized caches (kv_dtype codes)
 
 
 @dataclass(frozen=True)
@@ -217,13 +222,50 @@ def gemm_launch(dtype: int, out_dtype: int, m: int, n: int, k: int, lda: int, ld
                   (GEMM["THREADS"],), GEMM_SMEM)
 
 
+def w8a8_launch(dtype: int, m: int, n: int) -> Launch:
+    """quant_int8_gemm.cu: a block of WARPS warps covers (16 * WARPS) x 32 of out; out in fp32, bf16 or fp16."""
+    rows = 16 * W8A8["WARPS"]
+    return Launch(f"kb_gemm_w8a8_kernel<{T_NAMES[dtype]}>", ((n + 31) // 32, (m + rows - 1) // rows),
+                  (32 * W8A8["WARPS"],), 0)
+
+
+def sparse24_launch(dtype: int, m: int, n: int) -> Launch:
+    """sparse_24_mma_sp.cu: 16 rows of W per warp (SP_BN per block) x SP_BM rows of x."""
+    bn = 16 * SP24["SP_WARPS"]
+    return Launch(f"kb_sparse24_mma_sp_kernel<{T_NAMES[dtype]}>", ((n + bn - 1) // bn,
+                  (m + SP24["SP_BM"] - 1) // SP24["SP_BM"]), (32 * SP24["SP_WARPS"],), 0)
+
+
+def bsr_launch(dtype: int, block: int, m: int, n: int) -> Launch:
+    """sparse_bsr.cu: a block row of W per block x BS_WARPS * BS_WM rows of x (BS_WM per warp)."""
+    rows = BSR["BS_WARPS"] * BSR["BS_WM"]
+    return Launch(f"kb_bsr_mma_kernel<{T_NAMES[dtype]}, {block}>", (n // block, (m + rows - 1) // rows),
+                  (32 * BSR["BS_WARPS"],), 0)
+
+
+def decode_launches(q_dtype: int, kv_dtype: int, d: int, b: int, hkv: int, nsplit: int) -> tuple[Launch, Launch]:
+    """decode_paged.cu: the split kernel, grid (B, HKV, nsplit), D / 32 elements per lane; then the merge, grid
+    (B, HKV); 128 threads each, static shared memory only. The KbDecodeArgs struct is their one argument."""
+    t = T_NAMES[q_dtype]
+    kv = KV_NAMES.get(kv_dtype, t)
+    threads = (32 * DECODE["KB_DEC_WARPS"],)
+    return (Launch(f"kb_decode_paged_kernel<{t}, {kv}, {d // 32}>", (b, hkv, nsplit), threads, 0),
+            Launch(f"kb_decode_merge_kernel<{t}>", (b, hkv), threads, 0))
+
+
 def all_instantiations() -> dict[str, list[str]]:
     """Every instantiation each file's host code can launch: the RawModule name expressions."""
     rows = {f"{k}.cu": [f"kb_{k}_kernel<{t}>" for t in T_NAMES.values()] for k in ("softmax", "rmsnorm", "layernorm")}
     attn = [attention_launch(dt, d, 1, 1, 1).name for dt in (0, 1, 2) for d in (64, 128)]
     gemm = [gemm_launch(dt, od, 1, 8, 8, 8, 8, 16 * a, 0).name for dt in (1, 2) for od in (0, dt) for a in (0, 1)]
     gemm += [g.replace("true>", "false>") for g in gemm if g.endswith("true>")]
-    return {**rows, "attention_fwd.cu": attn, "gemm_tc.cu": sorted(set(gemm))}
+    decode = sorted({n.name for q in (0, 1, 2) for kv in (q, 3, 4) for d in (32, 64, 128)
+                     for n in decode_launches(q, kv, d, 1, 1, 1)})
+    return {**rows, "attention_fwd.cu": attn, "gemm_tc.cu": sorted(set(gemm)),
+            "quant_int8_gemm.cu": [w8a8_launch(dt, 1, 1).name for dt in (0, 1, 2)],
+            "sparse_24_mma_sp.cu": [sparse24_launch(dt, 1, 1).name for dt in (1, 2)],
+            "sparse_bsr.cu": [bsr_launch(dt, bl, 1, bl).name for dt in (1, 2) for bl in (16, 32)],
+            "decode_paged.cu": decode}
 
 
 # ---- the entry points, in Python (mirrors of the C host functions) ------------------------------------------------
@@ -357,24 +399,132 @@ def _gemm_entry(lib: CupyLib):
     return entry
 
 
+def _w8a8_entry(lib: CupyLib):
+    np = _np()
+
+    def entry(a, sa, w, sw, out, m, n, k, lda, ldw, ldo, dtype, stream) -> int:
+        if not (a and sa and w and sw and out) or m < 0 or n < 0 or k < 0 or (m > 1 and lda < k) or \
+                (n > 1 and ldw < k) or (m > 1 and ldo < n):
+            return lib.fail(f"gemm_w8a8: bad arguments (M={m} N={n} K={k})")
+        if k >= 1 << 17:
+            return lib.fail(f"gemm_w8a8: K={k} could overflow int32")
+        if m == 0 or n == 0:
+            return KB_OK
+        if dtype not in T_NAMES:
+            return lib.fail(f"gemm_w8a8: unknown dtype code {dtype}")
+        args = [np.uint64(p) for p in (a, sa, w, sw, out)] + [np.int64(v) for v in (m, n, k, lda, ldw, ldo)]
+        return lib.launch("quant_int8_gemm.cu", w8a8_launch(dtype, m, n), args, stream)
+    return entry
+
+
+def _sparse24_entry(lib: CupyLib):
+    np = _np()
+
+    def entry(x, vals, meta, y, m, n, k, ldx, ldy, dtype, stream) -> int:
+        big = 2147483647
+        if m < 0 or n < 0 or k < 4 or k % 4 or m > big or n > big or k > big or \
+                (m + SP24["SP_BM"] - 1) // SP24["SP_BM"] > 65535 or (m > 1 and (ldx < k or ldy < n)):
+            return lib.fail(f"kb_cuda_gemm_24: bad shape M={m} N={n} K={k} (K % 4 == 0)")
+        if m == 0 or n == 0:
+            return KB_OK
+        if dtype not in (1, 2):
+            return lib.fail(f"kb_cuda_gemm_24: dtype {dtype} not supported (1 = bf16, 2 = f16)")
+        args = [np.uint64(p) for p in (x, vals, meta, y)] + [np.int32(m), np.int32(n), np.int32(k), np.int64(ldx),
+                                                             np.int64(ldy)]
+        return lib.launch("sparse_24_mma_sp.cu", sparse24_launch(dtype, m, n), args, stream)
+    return entry
+
+
+def _bsr_entry(lib: CupyLib):
+    np = _np()
+
+    def entry(x, rowptr, cols, vals, y, m, n, k, ldx, ldy, block, dtype, stream) -> int:
+        rows = BSR["BS_WARPS"] * BSR["BS_WM"]
+        if m < 0 or n < 0 or k < 0 or block not in (16, 32) or n % block or k % block or m > 2147483647 or \
+                n // block > 2147483647 or (m + rows - 1) // rows > 65535 or (m > 1 and (ldx < k or ldy < n)):
+            return lib.fail(f"kb_cuda_bsr_gemm: bad arguments M={m} N={n} K={k} block={block}")
+        if m == 0 or n == 0:
+            return KB_OK
+        if dtype not in (1, 2):
+            return lib.fail(f"kb_cuda_bsr_gemm: dtype {dtype} not supported (1 = bf16, 2 = f16)")
+        args = [np.uint64(p) for p in (x, rowptr, cols, vals, y)] + [np.int32(m), np.int64(ldx), np.int64(ldy)]
+        return lib.launch("sparse_bsr.cu", bsr_launch(dtype, block, m, n), args, stream)
+    return entry
+
+
+# KbDecodeArgs (decode_paged.cu), field by field: pointers, ints, int64 scale strides, the log2-scaled softmax scale
+DECODE_FIELDS = [(f, "u8") for f in ("q", "k", "v", "tables", "lens", "ks", "vs", "o", "ws")] + [
+    (f, "i4") for f in ("B", "SQ", "H", "HKV", "D", "NB", "BS", "MAXB", "nsplit", "pps", "G", "R")] + [
+    ("ks_b", "i8"), ("vs_b", "i8"), ("scale_log2", "f4")]
+
+
+def _decode_entry(lib: CupyLib):
+    np = _np()
+    fields = DECODE_FIELDS
+    struct = np.dtype(fields, align=True)                 # KbDecodeArgs, C layout
+    name = "kb_cuda_decode_paged"
+
+    def entry(q, kc, vc, tables, lens, ks, vs, out, ws, ws_bytes, b, sq, h, d, nb, bs, hkv, kd, vnb, vbs, vhkv, vd,
+              tb_rows, maxb, n_lens, ks_rows, ks_cols, ks_b, vs_rows, vs_cols, vs_b, nsplit, scale, q_dtype,
+              kv_dtype, stream) -> int:
+        if not (q and kc and vc and tables and lens and out and ws):
+            return lib.fail(f"{name}: null pointer")
+        if b < 0 or sq < 1 or h < 1 or hkv < 1 or nb < 1 or bs < 1 or maxb < 1 or nsplit < 1 or b > 65535 or \
+                hkv > 65535 or nsplit > 65535 or nb * bs > 2147483647:
+            return lib.fail(f"{name}: bad sizes (B={b} SQ={sq} H={h} HKV={hkv} NB={nb} BS={bs} MAXB={maxb} "
+                            f"nsplit={nsplit})")
+        if (vnb, vbs, vhkv, vd) != (nb, bs, hkv, kd):
+            return lib.fail(f"{name}: v_cache [{vnb}, {vbs}, {vhkv}, {vd}] != k_cache [{nb}, {bs}, {hkv}, {kd}]")
+        if kd != d:
+            return lib.fail(f"{name}: head_dim of q ({d}) != the cache's ({kd})")
+        if tb_rows != b or n_lens != b:
+            return lib.fail(f"{name}: batch {b}, but {tb_rows} block-table rows and {n_lens} lengths")
+        if h % hkv:
+            return lib.fail(f"{name}: {h} query heads is not a multiple of {hkv} kv heads")
+        if d not in (32, 64, 128):
+            return lib.fail(f"{name}: head dim {d} (32, 64 or 128)")
+        r = h // hkv * sq
+        if r > DECODE["KB_DEC_MAX_R"]:
+            return lib.fail(f"{name}: {r} query rows per kv head (max {DECODE['KB_DEC_MAX_R']})")
+        quant = kv_dtype in (3, 4)
+        if not 0 <= q_dtype <= 2 or not 0 <= kv_dtype <= 4:
+            return lib.fail(f"{name}: dtype codes q {q_dtype} kv {kv_dtype}")
+        if quant != bool(ks) or quant != bool(vs) or ks_b < 0 or vs_b < 0 or \
+                (quant and (ks_rows != nb or vs_rows != nb or ks_cols != hkv or vs_cols != hkv)):
+            return lib.fail(f"{name}: int8/fp8 caches take scales [num_blocks, kv_heads], float caches none")
+        if ws_bytes < b * hkv * nsplit * r * (d + 2) * 4:
+            return lib.fail(f"{name}: workspace of {ws_bytes} bytes is too small")
+        if not scale > 0 or b == 0:
+            return KB_OK if b == 0 else lib.fail(f"{name}: scale")
+        if not quant and kv_dtype != q_dtype:
+            return lib.fail(f"{name}: a float cache must have q's dtype ({q_dtype}), got {kv_dtype}")
+        arg = np.zeros((), dtype=struct)
+        values = (q, kc, vc, tables, lens, ks or 0, vs or 0, out, ws, b, sq, h, hkv, d, nb, bs, maxb, nsplit,
+                  (maxb + nsplit - 1) // nsplit, h // hkv, r, ks_b, vs_b,
+                  np.float32(scale) * np.float32(1.4426950408889634))
+        for (field, _), val in zip(fields, values):
+            arg[field] = val
+        split, merge = decode_launches(q_dtype, kv_dtype, d, b, hkv, nsplit)
+        rc = lib.launch("decode_paged.cu", split, [arg[()]], stream)
+        return rc or lib.launch("decode_paged.cu", merge, [arg[()]], stream)
+    return entry
+
+
 ENTRY_POINTS: dict[str, Callable[[CupyLib], Callable[..., int]]] = {
     "kb_cuda_softmax": _row_entry("kb_cuda_softmax", "softmax.cu", False, False),
     "kb_cuda_rmsnorm": _row_entry("kb_cuda_rmsnorm", "rmsnorm.cu", True, False),
     "kb_cuda_layernorm": _row_entry("kb_cuda_layernorm", "layernorm.cu", True, True),
     "kb_cuda_attention_fwd": _attention_entry,
     "kb_cuda_gemm": _gemm_entry,
+    "kb_cuda_gemm_w8a8": _w8a8_entry,
+    "kb_cuda_gemm_24": _sparse24_entry,
+    "kb_cuda_bsr_gemm": _bsr_entry,
+    "kb_cuda_decode_paged": _decode_entry,
 }
 
 
 # Declared CUDA kernels without a CuPy launcher yet, and why (tests/test_cupy_launch.py fails on any other).
-NOT_YET = {"kb_cuda_decode_paged": "the paged decode kernel (issue 18) landed after this launcher was written; "
-                                   "its host function is still to be copied here",
-           "kb_cuda_gemm_w8a8": "the int8 tensor-core GEMM (issue 15) landed after this launcher was written; its "
-                                "host function is still to be copied here",
-           "kb_cuda_gemm_24": "the 2:4 sparse mma.sp GEMM (issue 17) landed after this launcher was written; its "
-                              "host function is still to be copied here",
-           "kb_cuda_bsr_gemm": "the block-sparse GEMM (issue 17) landed after this launcher was written; its "
-                               "host function is still to be copied here"}
+NOT_YET: dict[str, str] = {}
 
 
 # ---- the variants ----------------------------------------------------------------------------------------------

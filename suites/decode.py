@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from deploy import cupy_launch
 from harness.registry import Requires, Skip, Suite
 from inference import paged, quant
 from kernels.cpp import lib as cpp
@@ -245,3 +246,4 @@ def flashinfer_decode(case, q, k_cache, v_cache, block_tables, seq_lens, k_scale
 SUITE.add("cpp", cpp.DECODE_PAGED)
 SUITE.add("triton", triton_decode.VARIANT)
 SUITE.add("cuda", cuda.DECODE_PAGED)
+SUITE.add("cupy", cupy_launch.variant(cuda.DECODE_PAGED))    # the same .cu, NVRTC via CuPy

@@ -29,6 +29,7 @@ import math
 
 import torch
 
+from deploy import cupy_launch
 from harness.registry import Requires, Skip, Suite
 from kernels.cpp import lib as cpp
 from kernels.cuda import lib as cuda
@@ -185,4 +186,5 @@ def torch_int4pack(case, x, packed, scale, zero):
 SUITE.add("cpp_vnni", cpp.GEMM_W8A8)
 SUITE.add("cpp_w4", cpp.GEMM_W4A16)
 SUITE.add("cuda_mma", cuda.GEMM_W8A8)              # int8 tensor cores; under the simulation in the tests
+SUITE.add("cupy_mma", cupy_launch.variant(cuda.GEMM_W8A8))    # the same .cu, NVRTC via CuPy
 SUITE.add("triton", triton_quant.VARIANT)         # both schemes: int8 tl.dot, and nibbles dequantized in registers

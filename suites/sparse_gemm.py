@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from deploy import cupy_launch
 from harness.registry import Requires, Skip, Suite
 from kernels.cpp import lib as cpp
 from kernels.cuda import lib as cuda
@@ -205,3 +206,5 @@ SUITE.add("cpp_24", cpp.GEMM_24)
 SUITE.add("triton_bsr", triton_bsr.VARIANT)
 SUITE.add("cuda_24_mma_sp", cuda.GEMM_24)
 SUITE.add("cuda_bsr", cuda.BSR_GEMM)
+SUITE.add("cupy_24_mma_sp", cupy_launch.variant(cuda.GEMM_24))    # the same .cu files, NVRTC via CuPy
+SUITE.add("cupy_bsr", cupy_launch.variant(cuda.BSR_GEMM))

@@ -12,7 +12,8 @@ import torch
 from deploy import cupy_launch as cl
 from kernels.cuda import lib as cuda
 
-SOURCES = ("softmax.cu", "rmsnorm.cu", "layernorm.cu", "attention_fwd.cu", "gemm_tc.cu")
+SOURCES = ("softmax.cu", "rmsnorm.cu", "layernorm.cu", "attention_fwd.cu", "gemm_tc.cu", "quant_int8_gemm.cu",
+           "sparse_24_mma_sp.cu", "sparse_bsr.cu", "decode_paged.cu")
 
 
 def _globals(text):
@@ -75,6 +76,11 @@ def test_launch_constants_match_the_sources():
     gemm = (cl.CUDA_DIR / "gemm_tc.cu").read_text()
     consts = dict(re.findall(r"\b(BM|BN|BK|STAGES|THREADS) = (\d+)", gemm))
     assert {k: int(v) for k, v in consts.items()} == cl.GEMM
+    for cu, table in (("quant_int8_gemm.cu", cl.W8A8), ("sparse_24_mma_sp.cu", cl.SP24), ("sparse_bsr.cu", cl.BSR)):
+        text = (cl.CUDA_DIR / cu).read_text()
+        assert {k: int(re.search(rf"\b{k} = (\d+)", text).group(1)) for k in table} == table, cu
+    decode = (cl.CUDA_DIR / "decode_paged.cu").read_text()
+    assert {k: int(re.search(rf"#define {k} (\d+)", decode).group(1)) for k in cl.DECODE} == cl.DECODE
     for cu in SOURCES:
         for name, threads, smem in re.findall(r"kb-report: (\w+) threads=(\d+) smem_dynamic=(\d+)",
                                               (cl.CUDA_DIR / cu).read_text()):
@@ -82,9 +88,18 @@ def test_launch_constants_match_the_sources():
                 launch = cl.gemm_launch(1, 0, 4096, 4096, 4096, 4096, 4096, 0, 0)
             elif name.startswith("kb_attn"):
                 launch = cl.attention_launch(0 if "f32" in name else 1, 64, 1, 8, 512)
+            elif name in OTHER_LAUNCHES:
+                launch = OTHER_LAUNCHES[name]()
             else:                                   # "as launched for 1024 columns"
                 launch = cl.row_launch(name, 0, 8, 1024)
             assert (launch.block[0], launch.smem) == (int(threads), int(smem)), name
+
+
+OTHER_LAUNCHES = {"kb_gemm_w8a8_kernel": lambda: cl.w8a8_launch(0, 64, 64),
+                  "kb_sparse24_mma_sp_kernel": lambda: cl.sparse24_launch(1, 64, 64),
+                  "kb_bsr_mma_kernel": lambda: cl.bsr_launch(1, 16, 64, 64),
+                  "kb_decode_paged_kernel": lambda: cl.decode_launches(1, 1, 64, 2, 2, 3)[0],
+                  "kb_decode_merge_kernel": lambda: cl.decode_launches(1, 1, 64, 2, 2, 3)[1]}
 
 
 @pytest.mark.parametrize("cols,threads,smem", [(1, 32, 4), (127, 32, 508), (129, 64, 516), (1000, 256, 4000),
@@ -182,8 +197,127 @@ def test_without_cupy_the_variants_are_skipped_with_the_reason():
         pytest.skip("cupy is usable here: the skip path is not taken")
     suites = all_suites()
     names = {"softmax": "cupy_rowcache", "rmsnorm": "cupy_rowcache", "layernorm": "cupy_rowcache",
-             "attention": "cupy_flash", "gemm": "cupy_mma"}
+             "attention": "cupy_flash", "gemm": "cupy_mma", "decode": "cupy", "quant_gemm": "cupy_mma",
+             "sparse_gemm": "cupy_24_mma_sp"}
     for suite, variant in names.items():
         v = suites[suite].variants[variant]
-        case = suites[suite].cases("test", "cuda", "bfloat16")[0]
+        case = suites[suite].cases("test", "cuda", suites[suite].dtypes[0])[0]
         assert v.requires.check(case) == cl.reason(case) and "cupy" in cl.reason(case)
+
+
+def test_quantized_and_sparse_launches():
+    w = cl.w8a8_launch(1, 129, 50)
+    assert (w.name, w.grid, w.block) == ("kb_gemm_w8a8_kernel<__nv_bfloat16>", (2, 3), (128,))    # 64 x 32 per block
+    sp = cl.sparse24_launch(2, 33, 100)
+    assert (sp.name, sp.grid, sp.block) == ("kb_sparse24_mma_sp_kernel<__half>", (2, 2), (128,))  # 64 W rows x 32
+    b = cl.bsr_launch(1, 32, 129, 96)
+    assert (b.name, b.grid, b.block) == ("kb_bsr_mma_kernel<__nv_bfloat16, 32>", (3, 2), (128,))  # 128 x rows
+    split, merge = cl.decode_launches(2, 4, 128, 3, 2, 5)
+    assert (split.name, split.grid) == ("kb_decode_paged_kernel<__half, uint8_t, 4>", (3, 2, 5))
+    assert (merge.name, merge.grid, merge.block) == ("kb_decode_merge_kernel<__half>", (3, 2), (128,))
+    assert cl.decode_launches(0, 0, 32, 1, 1, 1)[0].name == "kb_decode_paged_kernel<float, float, 1>"
+    assert cl.decode_launches(1, 3, 64, 1, 1, 1)[0].name == "kb_decode_paged_kernel<__nv_bfloat16, int8_t, 2>"
+
+
+def _suite_call(suite_name, variant, pick):
+    """Bind a suite's CUDA kernel declaration to the recording CuPy library on the suite's own test inputs (CPU
+    tensors): the argument mapping the real launcher would receive."""
+    from harness.registry import all_suites
+    suite = all_suites()[suite_name]
+    kernel = suite.variants[variant].kernel
+    dtype = "float32" if suite_name in ("decode", "quant_gemm") else "bfloat16"
+    case = next(c for c in suite.cases("test", "cpu", dtype) if pick(c))
+    inputs = suite.make_inputs(case, 0)
+    lib = RecordingLib()
+    spec = kernel.out(case, **inputs)
+    shape, dt = spec if (isinstance(spec, tuple) and len(spec) == 2 and not isinstance(spec[1], int)) else (spec, None)
+    out = case.poisoned(shape, dt)
+    call = kernel.bind(lib, case, inputs, out)
+    call()
+    return case, inputs, out, lib
+
+
+def test_w8a8_entry_through_the_declaration():
+    case, inp, out, lib = _suite_call("quant_gemm", "cuda_mma", lambda c: c.get("scheme") == "w8a8" and c.m == 129)
+    (cu, launch, args), = lib.launches
+    m, k = inp["a"].shape
+    n = inp["w"].shape[0]
+    assert cu == "quant_int8_gemm.cu" and launch == cl.w8a8_launch(0, m, n)
+    assert [int(a) for a in args] == [inp["a"].data_ptr(), inp["sa"].data_ptr(), inp["w"].data_ptr(),
+                                      inp["sw"].data_ptr(), out.data_ptr(), m, n, k, k, k, n]
+
+
+def test_sparse_entries_through_the_declarations():
+    case, inp, out, lib = _suite_call("sparse_gemm", "cuda_24_mma_sp", lambda c: c.get("pattern") == "2:4")
+    (cu, launch, args), = lib.launches
+    m, k = inp["x"].shape
+    n = inp["w"].shape[0]
+    assert cu == "sparse_24_mma_sp.cu" and launch == cl.sparse24_launch(1, m, n)
+    assert [int(a) for a in args] == [inp["x"].data_ptr(), inp["v24_vals"].data_ptr(), inp["v24_meta"].data_ptr(),
+                                      out.data_ptr(), m, n, k, k, n]
+    assert [a.dtype.name for a in args[4:]] == ["int32", "int32", "int32", "int64", "int64"]
+    case, inp, out, lib = _suite_call("sparse_gemm", "cuda_bsr", lambda c: c.get("pattern") == "bsr" and c.block == 32)
+    (cu, launch, args), = lib.launches
+    assert cu == "sparse_bsr.cu" and launch == cl.bsr_launch(1, 32, inp["x"].shape[0], inp["w"].shape[0])
+    assert [int(a) for a in args] == [inp["x"].data_ptr(), inp["bsr_rowptr"].data_ptr(), inp["bsr_cols"].data_ptr(),
+                                      inp["bsr_vals"].data_ptr(), out.data_ptr(), inp["x"].shape[0],
+                                      inp["x"].shape[1], out.shape[1]]
+
+
+def test_decode_struct_fields_follow_the_c_declaration():
+    body = re.search(r"struct KbDecodeArgs \{(.*?)\};", (cl.CUDA_DIR / "decode_paged.cu").read_text(), re.S).group(1)
+    names, types = [], []
+    for decl in body.split(";"):
+        m = re.match(r"\s*(const \w+\*|\w+\*|int64_t|int|float)\s+(.*)", decl.strip())
+        if m:
+            for v in m.group(2).split(","):
+                names.append(v.strip().lstrip("*").strip())
+                types.append("u8" if "*" in m.group(1) else {"int64_t": "i8", "int": "i4", "float": "f4"}[m.group(1)])
+    assert [f for f, _ in cl.DECODE_FIELDS] == names and [t for _, t in cl.DECODE_FIELDS] == types
+
+
+# speculative cases (sq > 1: R != G), and the fp8 one
+@pytest.mark.parametrize("kv,sq", [("native", 3), ("int8", 2), ("fp8", 1)])
+def test_decode_entry_packs_the_args_struct(kv, sq):
+    case, inp, out, lib = _suite_call("decode", "cuda", lambda c: c.get("kv") == kv and c.sq == sq)
+    (cu, split, (arg,)), (_, merge, (arg2,)) = lib.launches
+    q, kc = inp["q"], inp["k_cache"]
+    b, sq, h, d = q.shape
+    nb, bs, hkv, _ = kc.shape
+    nsplit = int(arg["nsplit"])
+    code = {"native": 0, "int8": 3, "fp8": 4}[kv]
+    assert cu == "decode_paged.cu" and (split, merge) == cl.decode_launches(0, code, d, b, hkv, nsplit)
+    assert arg == arg2 and 1 <= nsplit <= inp["block_tables"].shape[1]
+    assert [int(arg[f]) for f in ("q", "k", "v", "tables", "lens", "o")] == [
+        q.data_ptr(), kc.data_ptr(), inp["v_cache"].data_ptr(), inp["block_tables"].data_ptr(),
+        inp["seq_lens"].data_ptr(), out.data_ptr()]
+    assert bool(int(arg["ks"])) == (kv != "native") and bool(int(arg["vs"])) == (kv != "native")
+    maxb = inp["block_tables"].shape[1]
+    assert [int(arg[f]) for f in ("B", "SQ", "H", "HKV", "D", "NB", "BS", "MAXB", "pps", "G", "R")] == [
+        b, sq, h, hkv, d, nb, bs, maxb, -(-maxb // nsplit), h // hkv, h // hkv * sq]
+    assert abs(float(arg["scale_log2"]) - 1.4426950408889634 / d ** 0.5) < 1e-6
+    assert arg.dtype.itemsize == 9 * 8 + 12 * 4 + 2 * 8 + 8                    # KbDecodeArgs' C size (aligned)
+
+
+def test_new_entry_points_validate_like_the_c_code():
+    lib = RecordingLib()
+    w8 = cl.ENTRY_POINTS["kb_cuda_gemm_w8a8"](lib)
+    assert w8(8, 8, 8, 8, 8, 4, 4, 1 << 17, 1 << 17, 1 << 17, 4, 0, 0) == cl.KB_EINVAL and "overflow" in lib.error
+    assert w8(8, 8, 8, 8, 8, 4, 4, 8, 4, 8, 4, 0, 0) == cl.KB_EINVAL and "bad arguments" in lib.error   # lda < K
+    sp = cl.ENTRY_POINTS["kb_cuda_gemm_24"](lib)
+    assert sp(8, 8, 8, 8, 4, 4, 6, 6, 4, 1, 0) == cl.KB_EINVAL and "K % 4" in lib.error
+    assert sp(8, 8, 8, 8, 4, 4, 8, 8, 4, 0, 0) == cl.KB_EINVAL and "dtype 0" in lib.error
+    bsr = cl.ENTRY_POINTS["kb_cuda_bsr_gemm"](lib)
+    assert bsr(8, 8, 8, 8, 8, 4, 48, 48, 48, 48, 24, 1, 0) == cl.KB_EINVAL and "block=24" in lib.error
+    assert bsr(8, 8, 8, 8, 8, 0, 48, 48, 48, 48, 16, 1, 0) == cl.KB_OK and not lib.launches     # no rows
+    dec = cl.ENTRY_POINTS["kb_cuda_decode_paged"](lib)
+    good = dict(q=8, kc=8, vc=8, tables=8, lens=8, ks=None, vs=None, out=8, ws=8, ws_bytes=1 << 20, b=2, sq=1, h=4,
+                d=64, nb=4, bs=16, hkv=2, kd=64, vnb=4, vbs=16, vhkv=2, vd=64, tb_rows=2, maxb=2, n_lens=2, ks_rows=0,
+                ks_cols=0, ks_b=0, vs_rows=0, vs_cols=0, vs_b=0, nsplit=2, scale=0.125, q_dtype=1, kv_dtype=1,
+                stream=0)
+    assert dec(*good.values()) == cl.KB_OK and len(lib.launches) == 2
+    for bad, msg in ((dict(d=96, kd=96, vd=96), "head dim 96"), (dict(vbs=8), "v_cache"), (dict(h=5), "multiple"),
+                     (dict(kv_dtype=2), "float cache must have q's dtype"), (dict(kv_dtype=3), "scales"),
+                     (dict(ws_bytes=64), "workspace"), (dict(h=34), "query rows"), (dict(tables=0), "null"),
+                     (dict(kd=32, vd=32), "head_dim of q")):
+        assert dec(*{**good, **bad}.values()) == cl.KB_EINVAL and msg in lib.error, (bad, lib.error)
