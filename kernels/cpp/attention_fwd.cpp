@@ -66,6 +66,27 @@ constexpr int BQ = NV * W;       // queries per tile
 constexpr int BK = 64;           // keys per block
 constexpr int DMAX = 256;
 
+// The register tile of both products: acc[r][:] += sum_j A[j * ja + r * ra] * B[j][:] for r < MR, j < n --
+// n rank-1 updates of an MR x BQ tile, MR broadcasts and MR * NV FMAs per NV loads of B.
+static inline void rank1_updates(vf (&acc)[MR][NV], const float* __restrict A, int ja, int ra,
+                                 const float* __restrict B, int n) {
+  for (int j = 0; j < n; ++j) {
+    vf b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = load(B + j * BQ + v * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const vf a = set1(A[j * ja + r * ra]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = fma(a, b[v], acc[r][v]);
+    }
+  }
+}
+
+static inline void store_tile(float* __restrict C, const vf (&acc)[MR][NV]) {
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) store(C + r * BQ + v * W, acc[r][v]);
+}
+
 // S[r][:] = sum_k Kr[r*D + k] * Qt[k][:] for r < MR
 template <int DT>
 static inline void qk_micro(const float* __restrict Kr, const float* __restrict Qt, float* __restrict S, int Drt) {
@@ -74,18 +95,8 @@ static inline void qk_micro(const float* __restrict Kr, const float* __restrict 
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = zero();
-  for (int k = 0; k < D; ++k) {
-    vf q[NV];
-    for (int v = 0; v < NV; ++v) q[v] = load(Qt + k * BQ + v * W);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const vf a = set1(Kr[r * D + k]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = fma(a, q[v], acc[r][v]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) store(S + r * BQ + v * W, acc[r][v]);
+  rank1_updates(acc, Kr, 1, D, Qt, D);
+  store_tile(S, acc);
 }
 
 // Ot[r][:] = Ot[r][:] * alpha + sum_j Vd[j*D + r] * P[j][:] for r < MR, j < nk (Vd points at V[kb0][dd0])
@@ -97,18 +108,8 @@ static inline void pv_micro(const float* __restrict Vd, const float* __restrict 
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = mul(load(Ot + r * BQ + v * W), alpha[v]);
-  for (int j = 0; j < nk; ++j) {
-    vf p[NV];
-    for (int v = 0; v < NV; ++v) p[v] = load(P + j * BQ + v * W);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const vf a = set1(Vd[j * D + r]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = fma(a, p[v], acc[r][v]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) store(Ot + r * BQ + v * W, acc[r][v]);
+  rank1_updates(acc, Vd, D, 1, P, nk);
+  store_tile(Ot, acc);
 }
 
 // Per-thread tile buffers, 64-byte aligned.

@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "bf16_round.h"
 #include "kb_cpp.h"
 
 namespace kb {
@@ -57,13 +58,6 @@ namespace kb_amx { int attention_fwd_bf16(const kb::AttnTileArgs&); }
 namespace kb_zbf16 { int attention_fwd_bf16(const kb::AttnTileArgs&); }
 
 #if defined(KB_AMX_IMPL) || defined(KB_ZBF16_IMPL)
-#if defined(KB_AMX_IMPL)
-#define KB_TILES_AMX 1
-#define KB_TNS kb_amx
-#else
-#define KB_TILES_ZMM 1
-#define KB_TNS kb_zbf16
-#endif
 #include "tiles.h"
 
 namespace KB_TNS {
@@ -73,15 +67,6 @@ using kb_tiles::Tiles;
 // BM queries per task; BN keys per block: 64 at d = 128, 128 at d = 64 (the per-row softmax work -- two
 // reductions -- is then spread over as many tdpbf16ps at both head dims)
 constexpr int64_t BM = 32, BN_MAX = 128;
-
-inline __m256i bf16_round(__m512 v) {   // fp32 -> bf16, nearest even, NaN kept quiet
-  __m512i u = _mm512_castps_si512(v);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-  __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
-  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
-}
 
 // 2^x for x <= 0 (softmax arguments; below 2^-126, and -inf, -> exactly 0): x = n + f, 2^f by a degree-4
 // polynomial on [-0.5, 0.5] (relative error 4e-5, under bf16's 3.9e-3 rounding of p), 2^n by vscalefps.
@@ -242,7 +227,7 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
     const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_load_ps(w.l + 16 * r)));
     for (int64_t c = 0; c < D; c += 16)
       _mm256_storeu_si256((__m256i*)(Oh + (q0 + r) * D + c),
-                          bf16_round(_mm512_mul_ps(_mm512_load_ps(w.o + r * D + c), inv)));
+                          kb::bf16_round16(_mm512_mul_ps(_mm512_load_ps(w.o + r * D + c), inv)));
   }
 }
 

@@ -58,29 +58,23 @@ inline vf load_kv(const f16* p) { return load(p); }
 #if defined(__AVX512F__)
 inline vi widen_i8(const void* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)); }
 inline vi widen_u8(const void* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p)); }
-inline vf load_kv(const i8* p) { return _mm512_cvtepi32_ps(widen_i8(p)); }
+#else
+inline vi widen_i8(const void* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
+inline vi widen_u8(const void* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
+#endif
+// `vi` seen as W 32-bit lanes (GCC vector extensions): the bit operations below are written once for both ISAs
+// and compile to the same vpandd / vpslld / vpord / vcvtdq2ps as the intrinsics.
+using vu32 = uint32_t __attribute__((vector_size(sizeof(vi))));
+using vs32 = int32_t __attribute__((vector_size(sizeof(vi))));
+inline vf load_kv(const i8* p) { return __builtin_convertvector((vs32)widen_i8(p), vf); }
 // e4m3 -> fp32 exactly: the 7 magnitude bits placed at fp32's exponent/mantissa (<< 20) read as a float of
 // exponent e - 127, times 2^120 -> 2^(e - 7) x 1.m; exponent 0 lands on fp32 subnormals, which the multiply
 // scales to e4m3's subnormals m x 2^-9. The sign bit moves to bit 31. (NaN 0x7f reads as 480: not produced.)
 inline vf load_kv(const fp8* p) {
-  const vi x = widen_u8(p);
-  const vi mag = _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x7f)), 20);
-  const vi sgn = _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x80)), 24);
-  return _mm512_castsi512_ps(_mm512_or_si512(
-      _mm512_castps_si512(_mm512_mul_ps(_mm512_castsi512_ps(mag), set1(0x1p120f))), sgn));
+  const vu32 x = (vu32)widen_u8(p);
+  const vf mag = mul((vf)((x & 0x7fu) << 20), set1(0x1p120f));
+  return (vf)((vu32)mag | ((x & 0x80u) << 24));
 }
-#else
-inline vi widen_i8(const void* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
-inline vi widen_u8(const void* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
-inline vf load_kv(const i8* p) { return _mm256_cvtepi32_ps(widen_i8(p)); }
-inline vf load_kv(const fp8* p) {
-  const vi x = widen_u8(p);
-  const vi mag = _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x7f)), 20);
-  const vi sgn = _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x80)), 24);
-  return _mm256_castsi256_ps(_mm256_or_si256(
-      _mm256_castps_si256(_mm256_mul_ps(_mm256_castsi256_ps(mag), set1(0x1p120f))), sgn));
-}
-#endif
 
 constexpr int RB = 8;   // query rows per register block in P.V
 

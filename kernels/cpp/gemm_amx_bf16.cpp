@@ -30,6 +30,7 @@
 #include <algorithm>
 
 #include "gemm.h"
+#include "bf16_round.h"
 #include "kb_cpp.h"
 
 #if defined(KB_AMX_IMPL)
@@ -114,15 +115,6 @@ static inline void micro(int64_t ksteps, const uint16_t* Ap, const uint16_t* Bp,
   _tile_stored(2, C + 16 * ldc, cs); _tile_stored(3, C + 16 * ldc + 16, cs);
 }
 
-static inline __m256i bf16_round(__m512 v) {   // fp32 -> bf16, nearest even, NaN kept
-  __m512i u = _mm512_castps_si512(v);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-  __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
-  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
-}
-
 int gemm_bf16(const kb::GemmArgs& g) {
   const uint16_t* A = static_cast<const uint16_t*>(g.a);
   const uint16_t* B = static_cast<const uint16_t*>(g.b);
@@ -167,7 +159,7 @@ int gemm_bf16(const kb::GemmArgs& g) {
               const int64_t n = std::min<int64_t>(16, cols - h);
               const __mmask16 m = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
               _mm256_mask_storeu_epi16(Cout + (ip * 32 + r) * g.ldc + jp * 32 + h, m,
-                                       bf16_round(_mm512_load_ps(ct + r * 32 + h)));
+                                       kb::bf16_round16(_mm512_load_ps(ct + r * 32 + h)));
             }
         }
     }

@@ -33,13 +33,6 @@ namespace kb_amx { int gemm_s8s8s32(const kb::GemmS8Args&); }
 namespace kb_zbf16 { int gemm_s8s8s32(const kb::GemmS8Args&); }
 
 #if defined(KB_AMX_IMPL) || defined(KB_ZBF16_IMPL)
-#if defined(KB_AMX_IMPL)
-#define KB_TILES_AMX 1
-#define KB_TNS kb_amx
-#else
-#define KB_TILES_ZMM 1
-#define KB_TNS kb_zbf16
-#endif
 #include "int8_tiles.h"
 #include "tiles.h"
 

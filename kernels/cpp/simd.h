@@ -12,6 +12,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "bf16_round.h"
 #include "kb_cpp.h"
 
 namespace KB_NS {
@@ -60,16 +61,8 @@ inline vf load(const f16* p, int n, float fill) {
   vf v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail(n), p));
   return _mm512_mask_blend_ps(tail(n), set1(fill), v);
 }
-// fp32 -> bf16, round to nearest even (NaN kept quiet NaN), in integer arithmetic so that it needs no
-// AVX512-BF16; 16 lanes -> 16 x u16.
-inline __m256i to_bf16(vf v) {
-  __m512i u = _mm512_castps_si512(v);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-  __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
-  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
-}
+// fp32 -> bf16, round to nearest even (NaN kept quiet NaN), no AVX512-BF16 needed; 16 lanes -> 16 x u16.
+inline __m256i to_bf16(vf v) { return kb::bf16_round16(v); }
 inline void store(float* p, vf v) { _mm512_storeu_ps(p, v); }
 inline void store(bf16* p, vf v) { _mm256_storeu_si256((__m256i*)p, to_bf16(v)); }
 inline void store(f16* p, vf v) { _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
@@ -85,24 +78,6 @@ inline void stream(float* p, vf v) { _mm512_stream_ps(p, v); }
 inline void stream(bf16* p, vf v) { _mm256_stream_si256((__m256i*)p, to_bf16(v)); }
 inline void stream(f16* p, vf v) { _mm256_stream_si256((__m256i*)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
 inline vf keep(vf v, int n) { return _mm512_maskz_mov_ps(tail(n), v); }   // zero the lanes >= n
-
-// 2^x for x <= 128; x below -126 flushes towards 0 (scalef handles the exponent range, including -inf -> 0).
-inline vf poly_exp2(vf f) {
-  vf p = set1(1.5403530393381606e-4f);
-  p = fma(p, f, set1(1.3333558146428443e-3f));
-  p = fma(p, f, set1(9.6181291076284772e-3f));
-  p = fma(p, f, set1(5.5504108664821580e-2f));
-  p = fma(p, f, set1(2.4022650695910071e-1f));
-  p = fma(p, f, set1(6.9314718055994531e-1f));
-  return fma(p, f, set1(1.0f));
-}
-inline vf exp2(vf x) {
-  x = _mm512_max_ps(set1(-150.f), x);  // maxps returns its second operand when one is NaN: NaN stays NaN
-  vf n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  vf f = sub(x, n);                                  // f in [-0.5, 0.5]
-  vf p = poly_exp2(f);
-  return _mm512_scalef_ps(p, n);
-}
 
 #elif defined(__AVX2__)
 constexpr int W = 8;
@@ -168,7 +143,11 @@ inline vf keep(vf v, int n) {
   __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx)));
 }
+#else
+#error "simd.h is compiled with -mavx512f or -mavx2 (see kb_cpp.h)"
+#endif
 
+// 2^f for f in [-0.5, 0.5] (the polynomial described at the top), both ISAs.
 inline vf poly_exp2(vf f) {
   vf p = set1(1.5403530393381606e-4f);
   p = fma(p, f, set1(1.3333558146428443e-3f));
@@ -178,6 +157,17 @@ inline vf poly_exp2(vf f) {
   p = fma(p, f, set1(6.9314718055994531e-1f));
   return fma(p, f, set1(1.0f));
 }
+
+#if defined(__AVX512F__)
+// 2^x for x <= 128; x below -126 flushes towards 0 (scalef handles the exponent range, including -inf -> 0).
+inline vf exp2(vf x) {
+  x = _mm512_max_ps(set1(-150.f), x);  // maxps returns its second operand when one is NaN: NaN stays NaN
+  vf n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vf f = sub(x, n);                                  // f in [-0.5, 0.5]
+  vf p = poly_exp2(f);
+  return _mm512_scalef_ps(p, n);
+}
+#else
 inline vf exp2(vf x) {
   x = _mm256_max_ps(set1(-127.f), x);                 // 2^-127 underflows to ~0 below
   x = _mm256_min_ps(set1(128.f), x);                  // (operands in this order: a NaN x stays NaN, as in torch)
@@ -191,8 +181,6 @@ inline vf exp2(vf x) {
   vf s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h2, _mm256_set1_epi32(127)), 23));
   return mul(mul(p, s1), s2);
 }
-#else
-#error "simd.h is compiled with -mavx512f or -mavx2 (see kb_cpp.h)"
 #endif
 
 constexpr float LOG2E = 1.44269504088896341f;

@@ -13,7 +13,17 @@
 // The int8 tdpbssd (signed x signed bytes, groups of 4 along K, int32 accumulation) is modelled in scalar
 // code on the ZMM back end: it exists to test the int8 packing (int8_tiles.cpp), not to be fast there.
 // Kernels hold one `Tiles` object per thread (empty on AMX) and name tiles by compile-time numbers.
+// The back end follows the compilation (CMakeLists.txt compiles each tile kernel twice): KB_AMX_IMPL -> AMX in
+// namespace kb_amx, KB_ZBF16_IMPL -> the AVX512-BF16 model in namespace kb_zbf16; a kernel writes its code once
+// in `namespace KB_TNS`.
 #pragma once
+#if defined(KB_AMX_IMPL)
+#define KB_TILES_AMX 1
+#define KB_TNS kb_amx
+#elif defined(KB_ZBF16_IMPL)
+#define KB_TILES_ZMM 1
+#define KB_TNS kb_zbf16
+#endif
 #include <immintrin.h>
 
 #include <cstdint>
