@@ -13,6 +13,8 @@ are comparable (read, not copied):
   count of chunks; input tokens likewise (else the prompt's length in characters: bytes for the byte-level
   tiny model);
 - request / output-token / total-token throughput: over the wall time from the first send to the last answer;
+- `offered_rate`: the rate the seeded draw actually offered, (requests sent - 1) / last send time (100 Poisson
+  arrivals at rate 1 may well span 75 s: compare throughput with this, not with the nominal rate);
 - goodput: requests meeting every SLO given (TTFT, TPOT, E2E; a one-token request has TPOT 0, as in vLLM)
   per second (`goodput_req_s`, vLLM's figure) and as a fraction of every request sent, failures included
   (`goodput_frac`);
@@ -378,6 +380,7 @@ class RunResult:
     max_concurrency: int
     rate: float
     not_sent: int = 0                        # requests left unsent when --duration ended the arrivals
+    offered_rate: float = math.nan           # the seeded draw's own rate: (sent - 1) / last send time
 
 
 async def run(ep: Endpoint, specs: list[RequestSpec], rate: float, model: str, burstiness: float = 1.0,
@@ -436,7 +439,9 @@ async def run(ep: Endpoint, specs: list[RequestSpec], rate: float, model: str, b
     sent = specs[: len(tasks)]                      # in arrival order; the rest was never sent
     result = [outcomes.get(s.index) or Outcome(s.index, error=f"unfinished at the time bound ({max_time_s:g} s)",
                                                    prompt_tokens=len(s.prompt)) for s in sent]
-    return RunResult(result, duration, state["max"], rate, len(specs) - len(tasks))
+    n = len(tasks)
+    offered = (n - 1) / offsets[n - 1] if n > 1 and offsets[n - 1] > 0 else math.inf if n > 1 else math.nan
+    return RunResult(result, duration, state["max"], rate, len(specs) - len(tasks), offered)
 
 
 def run_sync(*args, **kwargs) -> RunResult:
@@ -483,7 +488,7 @@ def summarize(r: RunResult, slo: dict[str, float] | None = None) -> dict[str, An
         failures=json.dumps(dict(reasons.most_common()), sort_keys=False) if reasons else None,
         duration_s=r.duration_s, total_input_tokens=n_in, total_output_tokens=n_out,
         request_throughput=len(ok) / dur, output_throughput=n_out / dur, total_token_throughput=(n_in + n_out) / dur,
-        max_concurrency=r.max_concurrency, request_rate=r.rate,
+        max_concurrency=r.max_concurrency, request_rate=r.rate, offered_rate=r.offered_rate,
         slo=json.dumps(slo) if slo else None,
         goodput_req_s=(good / dur) if good is not None else math.nan,
         goodput_frac=(good / len(r.outcomes)) if good is not None and r.outcomes else math.nan,
@@ -494,4 +499,4 @@ def summarize(r: RunResult, slo: dict[str, float] | None = None) -> dict[str, An
 METRIC_COLUMNS = [f"{m}_{s}_ms" for m in METRICS for s in STATS] + [
     "requests", "completed", "failed", "refused", "not_sent", "failures", "duration_s", "total_input_tokens",
     "total_output_tokens", "request_throughput", "output_throughput", "total_token_throughput",
-    "max_concurrency", "request_rate", "slo", "goodput_req_s", "goodput_frac"]
+    "max_concurrency", "request_rate", "offered_rate", "slo", "goodput_req_s", "goodput_frac"]

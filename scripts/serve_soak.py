@@ -45,6 +45,7 @@ MALFORMED = {
     "empty body": dict(data=b"", headers={"Content-Type": "application/json"}),
     "chat without messages": dict(json={"model": "tiny", "max_tokens": 4, "stream": True}, chat=True),
 }
+REFUSED_BACKOFF_S = 0.2
 GAUGES = ("kbench_requests_running", "kbench_requests_waiting", "kbench_kv_blocks_used")
 
 
@@ -114,6 +115,8 @@ async def wave(base: str, kinds, concurrency: int, model: str, request_timeout: 
         async with sem:
             kind, outcome = await one(session, base, k[0], k[1], k[2], model)
             counts[(kind, outcome)] += 1
+            if outcome == "refused":
+                await asyncio.sleep(REFUSED_BACKOFF_S)     # as a real client backs off before its next request
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=request_timeout),
                                      connector=aiohttp.TCPConnector(limit=0)) as session:
         await asyncio.gather(*(run(k) for k in kinds))
@@ -162,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-len", type=int, default=16)
     p.add_argument("--output-len", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--max-num-seqs", type=int, default=8, help="the server's batch (default 8: with --concurrency "
-                   "32 and --max-queue 8 the queue fills, so refusals are exercised too)")
-    p.add_argument("--max-queue", type=int, default=8)
+    p.add_argument("--max-num-seqs", type=int, default=16, help="the server's batch (default 16: with --concurrency "
+                   "32 and --max-queue 14 the queue fills now and then, so refusals are exercised too)")
+    p.add_argument("--max-queue", type=int, default=14)
     p.add_argument("--settle", type=float, default=30.0, help="seconds to wait for the gauges to reach 0")
     p.add_argument("--rss-growth", type=float, default=0.10, help="allowed RSS growth, wave 2 over wave 1")
     p.add_argument("--request-timeout", type=float, default=300.0)

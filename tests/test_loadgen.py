@@ -153,6 +153,8 @@ def test_duration_stops_the_arrivals():
     offsets = L.arrival_offsets(50, 20.0, 1.0, 3)
     expect = int((offsets <= 0.5).sum())
     assert len(r.outcomes) == expect and r.not_sent == 50 - expect and 0 < expect < 50
+    assert r.offered_rate == pytest.approx((expect - 1) / offsets[expect - 1])
+    assert L.summarize(r)["offered_rate"] == r.offered_rate
 
 
 # ---- arrivals and the workload ----------------------------------------------------------------------------------

@@ -174,8 +174,8 @@ def _builtin_server_reason():
 
 @pytest.mark.skipif(_builtin_server_reason() is not None, reason=str(_builtin_server_reason()))
 def test_soak_reduced_against_the_builtin_server(tmp_path):
-    """A few hundred requests against the real server: disconnects, malformed requests, a full queue (max-queue
-    8, concurrency 32); nothing leaks, the server stays up, its RSS does not grow on a second wave."""
+    """A few hundred requests against the real server: disconnects, malformed requests, now and then a full queue
+    (max-queue 14, concurrency 32); nothing leaks, the server stays up, its RSS does not grow on a second wave."""
     # models/ `test` (trained in seconds, 64-token context: short prompts, the chat template included)
     r, s = _soak(tmp_path, "--requests", "240", "--model", "test", "--input-len", "8")
     assert r.returncode == 0 and s["passed"], r.stdout[-3000:]
