@@ -72,7 +72,8 @@ def parser() -> argparse.ArgumentParser:
     for opt in SERVER_OPTIONS:
         p.add_argument("--" + opt.replace("_", "-"), type=int, default=None,
                        help="passed to the built-in server")
-    p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for the server (default 300)")
+    p.add_argument("--ready-timeout", type=float, default=1800.0, help="seconds to wait for the server (default 1800: "
+                   "a models/ name not cached yet is trained first, minutes)")
     p.add_argument("--server-module", default="inference.server", help=argparse.SUPPRESS)   # tests: a stub
     p.add_argument("--no-warmup", action="store_true", help="skip the single test request before each engine")
     return p

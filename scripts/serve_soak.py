@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     server_args = ["--max-num-seqs", str(a.max_num_seqs), "--max-queue", str(a.max_queue)]
     summary: dict = dict(requests_per_wave=a.requests, engine=a.engine, concurrency=a.concurrency,
                          kinds=dict(Counter(k[0] for k in kinds)), seed=a.seed, server_args=server_args)
-    srv = BuiltinServer(a.engine, a.model, a.threads, server_args, out.with_suffix(".server.log"), a.server_module)
+    srv = BuiltinServer(a.engine, a.model, a.threads, server_args, out.with_suffix(".server.log"), a.server_module,
+                        ready_timeout_s=1800.0)      # a models/ name not cached yet is trained first (minutes)
     checks: list[dict] = []
     t0 = time.monotonic()
     try:
