@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from torch.utils.benchmark import Timer  # noqa: E402
 
 from harness import telemetry  # noqa: E402
-from harness.registry import get_suite  # noqa: E402
+from harness.registry import get_suites  # noqa: E402
 from harness.runner import derive_seed  # noqa: E402
 from harness.timing import TimingConfig, measure  # noqa: E402
 
@@ -52,14 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     for suite_name, vname in ROWS:
         if a.filter and a.filter not in f"{suite_name}/{vname}":
             continue
-        suite = get_suite(suite_name)
-        v = suite.variants[vname]
-        for case in suite.cases("quick", "cpu", "float32"):
+        for suite, case in ((s, c) for s in get_suites(suite_name) for c in s.cases("quick", "cpu", "float32")):
+            v = suite.variants[vname]
             if (suite.applies and not suite.applies(case, vname)) or v.requires.missing(case):
                 continue
             ours, theirs, walls, others = [], [], [], []
             for r in range(a.rounds):
-                inputs = suite.make_inputs(case, derive_seed(0, suite_name, case.name, vname, "precision", r))
+                inputs = suite.make_inputs(case, derive_seed(0, suite.name, case.name, vname, "precision", r))
                 fn = v.setup(case, **inputs)
                 with sampler.measure() as m:
                     t0 = time.perf_counter()
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 theirs.append(am.median * 1e3)
                 walls.append((wall, wall_t))
                 others.append(m.summary(1).get("cpu_others_pct"))
-            out.append(dict(suite=suite_name, case=case.name, variant=vname, rounds=a.rounds,
+            out.append(dict(suite=suite.name, case=case.name, variant=vname, rounds=a.rounds,
                             suite_median_ms=statistics.median(ours), suite_spread_pct=100 * spread(ours),
                             timer_median_ms=statistics.median(theirs), timer_spread_pct=100 * spread(theirs),
                             suite_wall_s=statistics.mean(w[0] for w in walls),
