@@ -32,7 +32,8 @@ import torch
 from inference.kv_cache import PagedKVCache
 from inference.metrics import EngineMetrics
 from inference.paged import sdpa_gathered
-from inference.requests import Detokenizer, Event, Handle, QueueFull, RequestError, SamplingParams
+from inference.requests import (Detokenizer, Event, Handle, QueueFull, RequestError, SamplingParams,
+                                check_context)
 from inference.scheduler import Request, Scheduled, Scheduler
 
 DECODE_KERNELS = ("auto", "cpp", "torch")
@@ -209,12 +210,7 @@ class Engine:
 
     def check(self, prompt_len: int, params: SamplingParams) -> None:
         """RequestError for a request this engine can never serve."""
-        if prompt_len < 1:
-            raise RequestError("the prompt is empty: it must hold at least one token")
-        total = prompt_len + params.max_tokens
-        if total > self.max_model_len:
-            raise RequestError(f"this model's maximum context length is {self.max_model_len} tokens; the request "
-                               f"needs {total} ({prompt_len} in the prompt, {params.max_tokens} max_tokens)")
+        total = check_context(prompt_len, params.max_tokens, self.max_model_len)
         cap = self.cache.num_blocks * self.cache.block_size
         if total > cap:
             raise RequestError(f"the request needs {total} tokens of KV cache, the pool holds {cap}")

@@ -25,7 +25,8 @@ from typing import Callable
 import torch
 
 from inference.metrics import EngineMetrics
-from inference.requests import Detokenizer, Event, Handle, QueueFull, RequestError, SamplingParams
+from inference.requests import (Detokenizer, Event, Handle, QueueFull, RequestError, SamplingParams,
+                                check_context)
 
 
 class _Row:
@@ -60,12 +61,7 @@ class _BaseHF:
                 "kv_blocks_used": 0, "kv_blocks_total": 0}
 
     def check(self, prompt_len: int, params: SamplingParams) -> None:
-        if prompt_len < 1:
-            raise RequestError("the prompt is empty: it must hold at least one token")
-        total = prompt_len + params.max_tokens
-        if total > self.max_model_len:
-            raise RequestError(f"this model's maximum context length is {self.max_model_len} tokens; the request "
-                               f"needs {total} ({prompt_len} in the prompt, {params.max_tokens} max_tokens)")
+        check_context(prompt_len, params.max_tokens, self.max_model_len)
         if params.temperature > 0:
             raise RequestError(f"engine {self.name} serves greedy requests only (temperature 0): transformers' "
                                "generation config is batch-wide")

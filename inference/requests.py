@@ -22,6 +22,18 @@ class RequestError(ValueError):
     """A request the engine can never serve (prompt + max_tokens beyond the context or the KV pool): HTTP 400."""
 
 
+def check_context(prompt_len: int, max_tokens: int, max_model_len: int) -> int:
+    """The tokens a request needs (prompt + max_tokens), or RequestError when no engine of this model can serve
+    it: an empty prompt, or more than the model's context (vLLM's rule, shared by every engine here)."""
+    if prompt_len < 1:
+        raise RequestError("the prompt is empty: it must hold at least one token")
+    total = prompt_len + max_tokens
+    if total > max_model_len:
+        raise RequestError(f"this model's maximum context length is {max_model_len} tokens; the request "
+                           f"needs {total} ({prompt_len} in the prompt, {max_tokens} max_tokens)")
+    return total
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 16
