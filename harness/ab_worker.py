@@ -75,10 +75,7 @@ class Worker:
         self.device = req["device"]
         suites = all_suites()
         if req.get("inject"):
-            spec = importlib.util.spec_from_file_location("kb_ab_inject", os.path.join(HERE, "inject.py"))
-            inj = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(inj)
-            inj.apply(suites, req["inject"], delays=self.side == "current")
+            _own("inject").apply(suites, req["inject"], delays=self.side == "current")
         self.rows, keys = [], []
         unknown = [n for n in req["suites"] if n not in suites]
         for name in req["suites"]:
@@ -100,7 +97,8 @@ class Worker:
                                          device=self.device))
         import harness
         env = {"harness": os.path.dirname(os.path.abspath(harness.__file__)), "torch": torch.__version__,
-               "python": platform.python_version(), "threads": torch.get_num_threads(), "allocator": _allocator()}
+               "python": platform.python_version(), "threads": torch.get_num_threads(),
+               "allocator": _own("allocator").loaded()}
         return {"rows": keys, "env": env, "unknown": unknown}
 
     def prepare(self, req: dict) -> dict:
@@ -176,14 +174,12 @@ class Worker:
         return {"status": "ok"}
 
 
-def _allocator() -> str:
-    """The allocator mapped into this process (LD_PRELOAD from `bench.py ab --allocator`)."""
-    try:
-        with open("/proc/self/maps") as f:
-            maps = f.read()
-    except OSError:
-        return "unknown"
-    return next((n for n in ("tcmalloc", "jemalloc") if f"lib{n}" in maps), "system")
+def _own(name: str):
+    """Module harness/<name>.py of THIS tree (the measured tree may predate it), loaded by path under its own name."""
+    spec = importlib.util.spec_from_file_location(f"kb_ab_{name}", os.path.join(HERE, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def main() -> int:
