@@ -14,8 +14,7 @@ from kernels.cuda import lib as cuda_lib
 from tests.special_values import ROW_SUITES, assert_same_specials, attention_inputs, row_inputs, torch_expected
 
 # Known disagreements, found by this test, owned elsewhere: expected to fail until fixed (strict: a fix flips it).
-KNOWN_BAD = {("attention", "cpp_amx"): "the AMX attention (issue 22) drops NaN keys: rows that see a NaN key "
-                                       "come out finite where torch gives NaN"}
+KNOWN_BAD: dict[tuple[str, str], str] = {}
 ROW_SHAPES = ((6, 1000), (6, 25000))
 ATTENTION_SHAPES = (dict(b=1, h=2, hkv=1, sq=129, sk=129, d=64, causal=True),
                     dict(b=1, h=2, hkv=2, sq=65, sk=129, d=128, causal=False))
@@ -60,6 +59,22 @@ def simlib():
 def test_variants_put_nan_and_inf_where_torch_does(suite_name, case, simlib, monkeypatch):
     suite = _suites()[suite_name]
     inputs = attention_inputs(suite, case) if suite_name == "attention" else row_inputs(suite, case)
+    _check_every_variant(suite_name, suite, case, inputs, simlib, monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_nan_keys_filling_the_first_key_blocks(dtype, simlib, monkeypatch):
+    """Every key of the first 128 NaN for kv head 1 (the first key block of every kernel: 64 or 128 keys): a
+    kernel whose running maximum skips NaN finds nothing visible in that block and must still remember the NaN
+    (the AMX attention gave those rows finite outputs when it kept only the maximum)."""
+    suite = _suites()["attention"]
+    case = next(c.values[1] for c in _cases() if c.values[1].dtype_name == dtype and c.values[1].get("hkv") == 2)
+    inputs = suite.make_inputs(case, 12)
+    inputs["k"][0, 1, :128] = float("nan")
+    _check_every_variant("attention", suite, case, inputs, simlib, monkeypatch)
+
+
+def _check_every_variant(suite_name, suite, case, inputs, simlib, monkeypatch):
     want = torch_expected(suite, case, inputs)
     assert torch.isnan(want).any() and torch.isfinite(want).any(), "the inputs must produce NaN and finite rows"
     atol, rtol = suite.tolerance(case)

@@ -68,9 +68,9 @@ using kb_tiles::Tiles;
 // reductions -- is then spread over as many tdpbf16ps at both head dims)
 constexpr int64_t BM = 32, BN_MAX = 128;
 
-// 2^x for x <= 0 (softmax arguments; below 2^-126, and -inf, -> exactly 0): x = n + f, 2^f by a degree-4
-// polynomial on [-0.5, 0.5] (relative error 4e-5, under bf16's 3.9e-3 rounding of p), 2^n by vscalefps.
-// 7 operations per 16 values.
+// 2^x for x <= 0 (softmax arguments; below 2^-126, -inf and NaN -> exactly 0: NaN scores are the caller's
+// `nan` flag), x = n + f, 2^f by a degree-4 polynomial on [-0.5, 0.5] (relative error 4e-5, under bf16's
+// 3.9e-3 rounding of p), 2^n by vscalefps. 7 operations per 16 values.
 inline __m512 exp2_neg(__m512 x0) {
   const __m512 x = _mm512_max_ps(x0, _mm512_set1_ps(-127.0f));
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -124,6 +124,7 @@ struct Work {   // one thread's buffers, 64-byte aligned rows
   alignas(64) float o[BM * 128];      // output accumulator
   alignas(64) float l[BM * 16];              // row sums, 16 partial sums per row
   alignas(64) float m[BM], alpha[BM];
+  bool nan[BM];                        // the row saw a NaN score among its visible keys: its output is NaN
 };
 
 template <int D, int64_t BN>
@@ -137,6 +138,7 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
   std::fill(w.o, w.o + BM * D, 0.0f);
   std::fill(w.m, w.m + BM, -INFINITY);
   std::fill(w.l, w.l + BM * 16, 0.0f);
+  std::fill(w.nan, w.nan + BM, false);
   const int64_t kend = causal ? std::min(SK, q0 + nq) : SK;   // keys past the last query's diagonal: skipped
   for (int64_t j0 = 0; j0 < kend; j0 += BN) {
     const int64_t halves = std::min<int64_t>(BN / 32, (kend - j0 + 31) / 32);   // 32-key parts holding visible keys
@@ -162,12 +164,15 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t vis = std::min(causal ? std::min(SK, q0 + r + 1) : SK, j0 + ncols) - j0;   // may be <= 0
       float* s = w.s + r * BN;
+      // mx ignores NaN scores (vmaxps keeps its second operand, mx, when x is NaN); `nan` remembers them
       __m512 mx = _mm512_set1_ps(-INFINITY);
+      __mmask16 nan = 0;
       if (vis >= ncols) {   // all visible: no masks (every block but the diagonal and the last)
         for (int64_t c = 0; c < ncols; c += 16) {
           const __m512 x = _mm512_mul_ps(_mm512_load_ps(s + c), vscale);
           _mm512_store_ps(s + c, x);
-          mx = _mm512_max_ps(mx, x);
+          mx = _mm512_max_ps(x, mx);
+          nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
         }
       } else {
         for (int64_t c = 0; c < ncols; c += 16) {
@@ -175,9 +180,11 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
           const __mmask16 live = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
           const __m512 x = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), live, _mm512_load_ps(s + c), vscale);
           _mm512_store_ps(s + c, x);
-          mx = _mm512_max_ps(mx, x);
+          mx = _mm512_max_ps(x, mx);
+          nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
         }
       }
+      w.nan[r] = w.nan[r] || nan != 0;
       const float m_old = w.m[r], m_new = std::max(m_old, _mm512_reduce_max_ps(mx));
       if (m_new == -INFINITY) {   // nothing visible yet (cannot happen top-left causal, kept for safety)
         w.alpha[r] = 1.0f;
@@ -224,7 +231,8 @@ void block(Tiles& T, Work& w, const uint16_t* Qh, const uint32_t* Kp, const uint
     }
   }
   for (int64_t r = 0; r < nq; ++r) {
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_load_ps(w.l + 16 * r)));
+    const __m512 inv = w.nan[r] ? _mm512_set1_ps(NAN)
+                                : _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_load_ps(w.l + 16 * r)));
     for (int64_t c = 0; c < D; c += 16)
       _mm256_storeu_si256((__m256i*)(Oh + (q0 + r) * D + c),
                           kb::bf16_round16(_mm512_mul_ps(_mm512_load_ps(w.o + r * D + c), inv)));
