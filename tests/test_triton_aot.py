@@ -8,6 +8,7 @@ are cached under .cache/triton_aot/, so later runs take seconds.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -109,14 +110,14 @@ AOT_64BIT = r"""
 import json, sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels.triton import gemm
+from kernels.triton import attention_fwd, gemm
 out = {}
 # strides typed i32 (values below 2**31) while index * stride passes it: a [b, s, h, d] view with s * h * d
 # past 2**31 elements, a column-major B (stride_bn = K) with N * K past 2**31
-# (Triton attention is not here: its 64-bit offsets made configs spill on sm_80 and were taken out; see
-# docs/cuda-simulation.md, not done.)
 for name, fn, const in (
-        ("gemm", gemm.gemm_kernel, dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, DOT_PRECISION="tf32")),):
+        ("gemm", gemm.gemm_kernel, dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, DOT_PRECISION="tf32")),
+        ("attention", attention_fwd.attn_fwd_kernel,
+         dict(HEAD_D=128, BLOCK_M=64, BLOCK_N=64, CAUSAL=True, DOT_PRECISION="tf32"))):
     sig = {n: "constexpr" if n in const else "*bf16" if n.endswith("_ptr") else "fp32" if n == "qk_scale"
            else "i32" for n in fn.arg_names}
     c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
@@ -148,3 +149,89 @@ def test_offsets_are_64_bit(ttir_64bit, kernel):
     assert muls, "no tensor multiplies in the TTIR"
     narrow = [ln for ln in muls if "xi32>" in ln]
     assert not narrow, f"{kernel}: 32-bit offset products: {narrow[:3]}"
+
+
+def i32_index_times_stride(ttir: str) -> list[str]:
+    """The 32-bit multiplies of the TTIR that scale a grid or loop index by a kernel argument (a stride):
+    the products that wrap past 2**31. A forward taint over the SSA values: `index` from tt.get_program_id
+    and scf.for's induction variables and iter_args, `arg` from the kernel's integer arguments; a multiply
+    of an index by a block size, or of an in-tile arange by a stride, is not one of them."""
+    ref = re.compile(r"%([\w$.-]+)(?:#\d+)?")
+    head = next(ln for ln in ttir.splitlines() if "tt.func" in ln)
+    arg = set(re.findall(r"%([\w$.-]+): i(?:32|64)\b", head))
+    index: set[str] = set()
+    bad = []
+    for ln in ttir.splitlines():
+        code = ln.split(" loc(")[0].strip()
+        m = re.match(r"(%[\w$.-]+(?::\d+)?(?:, %[\w$.-]+)*) = (\S+)(.*)", code)
+        if not m:
+            continue
+        outs = [o.split(":")[0][1:] for o in m.group(1).split(", ")]
+        op, rest = m.group(2), m.group(3)
+        if op == "scf.for":                       # induction variable and iter_args are per-iteration values
+            index.update(re.findall(r"(?:scf\.for|\(|, ) ?%([\w$.-]+) = ", code))
+        uses = ref.findall(rest)
+        if op == "tt.get_program_id" or any(u in index for u in uses):
+            index.update(outs)
+        if any(u in arg for u in uses):
+            arg.update(outs)
+        if op == "arith.muli" and re.search(r": (?:i32|tensor<[^>]*xi32>)$", code):
+            a, b = uses[:2]
+            if (a in index and b in arg) or (b in index and a in arg):
+                bad.append(code)
+    return bad
+
+
+def test_attention_offsets_scale_no_index_in_32_bits(ttir_64bit):
+    """Triton attention compiled (sm_90a, causal, d=128) with i32 strides: every offset that grows with the
+    grid (query tile, head, batch) or the key loop is formed in 64 bits (64-bit scalar tile bases); only
+    in-tile offsets (arange x stride, at most BLOCK x stride) stay 32-bit, so the pointer tensors cost no
+    extra registers (every autotuning config stays spill-free: test_no_kernel_spills)."""
+    ir = ttir_64bit["attention"]
+    assert "tt.get_program_id" in ir and "scf.for" in ir
+    bad = i32_index_times_stride(ir)
+    assert not bad, f"attention: 32-bit index x stride products: {bad[:3]}"
+
+
+def test_the_index_times_stride_scan_finds_what_it_looks_for():
+    """The scan on a hand-written TTIR: a program id or a loop variable times a stride is found; a block
+    size times the program id, an arange times a stride and an i64 product are not."""
+    ir = """
+  tt.func public @k(%p: !tt.ptr<bf16>, %stride: i32, %n: i32) {
+    %c64_i32 = arith.constant 64 : i32
+    %pid = tt.get_program_id x : i32
+    %row0 = arith.muli %pid, %c64_i32 : i32
+    %r = tt.make_range {end = 64 : i32, start = 0 : i32} : tensor<64xi32>
+    %rows = tt.splat %row0 : i32 -> tensor<64xi32>
+    %offs = arith.addi %rows, %r : tensor<64xi32>
+    %st = tt.splat %stride : i32 -> tensor<64xi32>
+    %bad1 = arith.muli %offs, %st : tensor<64xi32>
+    %tile = arith.muli %r, %st : tensor<64xi32>
+    %w = arith.extsi %row0 : i32 to i64
+    %s64 = arith.extsi %stride : i32 to i64
+    %ok = arith.muli %w, %s64 : i64
+    %res:2 = scf.for %i = %c64_i32 to %n step %c64_i32 iter_args(%a = %c64_i32, %q = %p) -> (i32, !tt.ptr<bf16>) : i32 {
+      %bad2 = arith.muli %stride, %i : i32
+      %step = arith.muli %stride, %c64_i32 : i32
+    }
+"""
+    found = i32_index_times_stride(ir)
+    assert [f.split(" = ")[0] for f in found] == ["%bad1", "%bad2"], found
+
+
+def test_attention_grid_puts_heads_and_batch_on_their_own_axes(monkeypatch):
+    """CUDA's grid y and z allow 65,535 each: the grid is (query tiles, h, b), so b * h may pass 65,535
+    (b=64 x h=2048 here); b * h on one axis (as before) failed to launch past it."""
+    import torch
+
+    from kernels.triton import attention_fwd as A
+    seen = {}
+
+    def fake(grid, *args, **kw):
+        seen["grid"] = grid({"BLOCK_M": 64})
+
+    monkeypatch.setattr(A, "KERNEL", fake)
+    b, h, sq, d = 64, 2048, 130, 64
+    q = torch.empty(sq * d).as_strided((b, h, sq, d), (0, 0, d, 1))   # one head of memory: shapes matter
+    A.attention_fwd(q, q[:, :1], q[:, :1], q, causal=True)
+    assert seen["grid"] == (3, h, b)

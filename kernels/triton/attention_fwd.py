@@ -6,11 +6,12 @@ out [b, h, sq, d]; h % hkv == 0 (grouped query heads: query head i reads kv head
 Causal is top-left aligned, as torch's scaled_dot_product_attention(is_causal=True): query i sees keys
 j <= i, whatever sq and sk are.
 
-Algorithm: one program per (BLOCK_M query rows, batch*head). The program keeps its q tile in registers
-and streams K and V in BLOCK_N-key tiles. For each tile: S = q k^T (tensor cores), an online softmax
-(running row max m and row sum l in fp32, exp2 with log2(e) folded into the scale), rescale the fp32
-output accumulator by exp2(m_old - m_new), then acc += P v (P rounded to the input dtype, tensor cores).
-The division by l happens once at the end. S and P never touch memory: bytes are q, k, v read and out
+Algorithm: one program per (BLOCK_M query rows, head, batch): grid (query tiles, h, b), so up to 65,535
+heads and 65,535 sequences (y and z), and the query tiles of one head run next to each other (x). The
+program keeps its q tile in registers and streams K and V in BLOCK_N-key tiles. For each tile: S = q k^T
+(tensor cores), an online softmax (running row max m and row sum l in fp32, exp2 with log2(e) folded into
+the scale), rescale the fp32 output accumulator by exp2(m_old - m_new), then acc += P v (P rounded to the
+input dtype, tensor cores). The division by l happens once at the end. S and P never touch memory: bytes are q, k, v read and out
 written once per query tile: (b*h*sq*d*2 + b*h*sk*d*2*ceil(sq/BLOCK_M)) * itemsize, with K/V re-reads
 served from L2 since the programs of one head run next to each other; FLOPs 4*b*h*sq*sk*d (halved
 when causal).
@@ -48,26 +49,33 @@ if HAS_TRITON:
                         stride_kb, stride_kh, stride_kn,
                         stride_vb, stride_vh, stride_vn,
                         stride_ob, stride_oh, stride_om,
-                        H, GROUP, SQ, SK, qk_scale,
+                        GROUP, SQ, SK, qk_scale,
                         HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
         if CAUSAL:  # the last query tiles see the most keys: launch them first
             start_m = tl.num_programs(0) - 1 - tl.program_id(0)
         else:
             start_m = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = bh // H
-        h = bh % H
+        h = tl.program_id(1)                         # grid (query tiles, h, b): y and z allow 65,535 each
+        b = tl.program_id(2)
         hk = h // GROUP                              # grouped query heads share one kv head
+        # Addressing: every base that grows with a program id or a loop index is a 64-bit scalar (this tile's
+        # first row); the per-element offsets inside a tile stay 32-bit (at most BLOCK x stride + HEAD_D), so
+        # no product wraps past 2**31 and the pointer tensors cost no more registers than 32-bit offsets do.
+        row0 = start_m * BLOCK_M
         q_base = q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
         k_base = k_ptr + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
         v_base = v_ptr + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
         o_base = o_ptr + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
 
-        offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_m = row0 + tl.arange(0, BLOCK_M)        # query index, for the masks only
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_D)
-        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=offs_m[:, None] < SQ, other=0.0)
+        q_tile = tl.arange(0, BLOCK_M)[:, None] * stride_qm + offs_d[None, :]     # in-tile offsets, i32
+        o_tile = tl.arange(0, BLOCK_M)[:, None] * stride_om + offs_d[None, :]
+        k_tile = offs_n[:, None] * stride_kn + offs_d[None, :]
+        v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
+        q = tl.load(q_base + row0.to(tl.int64) * stride_qm + q_tile, mask=offs_m[:, None] < SQ, other=0.0)
 
         m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)   # running row max (log2 domain)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)                 # running row sum of exp2(s - m)
@@ -81,25 +89,29 @@ if HAS_TRITON:
             end = SK
             full_end = (SK // BLOCK_N) * BLOCK_N
 
-        # tiles wholly below the diagonal and inside sk: no mask at all
+        # tiles wholly below the diagonal and inside sk: no mask at all. kp, vp: the current key tile's first
+        # row, advanced by BLOCK_N rows per tile (64-bit pointers; the step BLOCK_N x stride is small)
+        kp = k_base
+        vp = v_base
         for start_n in range(0, full_end, BLOCK_N):
-            keys = start_n + offs_n
-            k = tl.load(k_base + keys[:, None] * stride_kn + offs_d[None, :])          # [BLOCK_N, D]
+            k = tl.load(kp + k_tile)                                                      # [BLOCK_N, D]
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale    # 2*BM*BN*D FLOPs
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             p = tl.exp2(s - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)             # rescale what was summed under the old max
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_base + keys[:, None] * stride_vn + offs_d[None, :])
+            v = tl.load(vp + v_tile)
             acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
             m_i = m_new
+            kp += BLOCK_N * stride_kn
+            vp += BLOCK_N * stride_vn
 
         # tiles crossing the diagonal or the end of the keys: mask j >= sk and (causal) j > i with -inf.
         # Every row saw key 0 in the first tile it processed, so m_i is finite and exp2(-inf - m) = 0.
         for start_n in range(full_end, end, BLOCK_N):
             keys = start_n + offs_n
             kmask = keys < SK
-            k = tl.load(k_base + keys[:, None] * stride_kn + offs_d[None, :], mask=kmask[:, None], other=0.0)
+            k = tl.load(kp + k_tile, mask=kmask[:, None], other=0.0)     # kp, vp: continued from the first loop
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             valid = kmask[None, :]
             if CAUSAL:
@@ -109,12 +121,14 @@ if HAS_TRITON:
             p = tl.exp2(s - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_base + keys[:, None] * stride_vn + offs_d[None, :], mask=kmask[:, None], other=0.0)
+            v = tl.load(vp + v_tile, mask=kmask[:, None], other=0.0)
             acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
             m_i = m_new
+            kp += BLOCK_N * stride_kn
+            vp += BLOCK_N * stride_vn
 
         out = acc / l_i[:, None]                     # one division per output element, at the end
-        tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+        tl.store(o_base + row0.to(tl.int64) * stride_om + o_tile, out.to(o_ptr.dtype.element_ty),
                  mask=offs_m[:, None] < SQ)
 
     def _cfg(bm, bn, warps, stages):
@@ -123,18 +137,20 @@ if HAS_TRITON:
     # GPU autotuning lists per head dim (16-bit inputs), each config spill-free on sm_80 and sm_90a
     # (tests/test_triton_aot.py). 128 query rows x 8 warps is the FlashAttention-2 shape on A100/H100;
     # 64-row tiles help short sequences fill the SMs. At d=128 a 128 x 128 tile (or 128 rows on 4 warps)
-    # spills on sm_80 (the fp32 accumulator alone is 128*128/128 = 128 registers a thread), and so does
-    # 64 x 128 on 4 warps when causal.
+    # spills on sm_80 (the fp32 accumulator alone is 128*128/128 = 128 registers a thread). Causal tiles sit
+    # at sm_80's 255-register limit: with the 64-bit addressing above, 64 x 64 on 4 warps (d=128) and 128 x 64
+    # on 4 warps (d=64) spilled 4 and 12 bytes when causal, so those shapes run on 8 warps.
     CONFIGS_BY_D = {
-        64: [_cfg(128, 128, 8, 3), _cfg(128, 64, 8, 3), _cfg(128, 64, 4, 3), _cfg(128, 32, 4, 4),
+        64: [_cfg(128, 128, 8, 3), _cfg(128, 64, 8, 3), _cfg(128, 64, 8, 2), _cfg(128, 32, 4, 4),
              _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 4)],
-        128: [_cfg(128, 64, 8, 3), _cfg(128, 32, 8, 4), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 4)],
+        128: [_cfg(128, 64, 8, 3), _cfg(128, 32, 8, 4), _cfg(64, 64, 8, 3), _cfg(64, 32, 4, 4)],
     }
     # exact fp32 (input_precision="ieee", the FMA path) needs small tiles. Under triton 3.7.1 every tile
-    # tried at d=128 still spills on sm_90a (~400 bytes); fp32 at d > 64 is therefore skipped on sm_90.
+    # tried at d=128 still spills on sm_90a (~400 bytes); fp32 at d > 64 is therefore skipped on sm_90. On
+    # sm_80, d=128: 32 x 32 (4 or 8 warps) and 16 x 32 spill 8-48 bytes; 32 x 16 and 16 x 16 do not.
     FP32_CONFIGS_BY_D = {
         64: [_cfg(32, 32, 4, 2), _cfg(64, 32, 8, 2)],
-        128: [_cfg(32, 32, 8, 2), _cfg(16, 32, 4, 2)],
+        128: [_cfg(32, 16, 4, 2), _cfg(16, 16, 4, 2)],
     }
     CONFIGS = [c for by_d in (CONFIGS_BY_D, FP32_CONFIGS_BY_D) for cs in by_d.values() for c in cs]
 
@@ -167,11 +183,11 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
     scale = 1.0 / math.sqrt(d) if scale is None else scale
 
     def grid(meta):
-        return (triton.cdiv(sq, meta["BLOCK_M"]), b * h)
+        return (triton.cdiv(sq, meta["BLOCK_M"]), h, b)
 
     return KERNEL(grid, q, k, v, out, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
                   k.stride(2), v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1),
-                  out.stride(2), h, h // hkv, sq, sk, scale * LOG2E,
+                  out.stride(2), h // hkv, sq, sk, scale * LOG2E,
                   HEAD_D=d, CAUSAL=bool(causal), DOT_PRECISION=dot_precision(q.dtype))
 
 
