@@ -12,9 +12,9 @@ program keeps its q tile in registers and streams K and V in BLOCK_N-key tiles. 
 (tensor cores), an online softmax (running row max m and row sum l in fp32, exp2 with log2(e) folded into
 the scale), rescale the fp32 output accumulator by exp2(m_old - m_new), then acc += P v (P rounded to the
 input dtype, tensor cores). The division by l happens once at the end. S and P never touch memory: bytes
-are q, k, v read and out written once per query tile: (b*h*sq*d*2 + b*h*sk*d*2*ceil(sq/BLOCK_M)) * itemsize, with K/V re-reads
-served from L2 since the programs of one head run next to each other; FLOPs 4*b*h*sq*sk*d (halved
-when causal).
+are q, k, v read and out written once per query tile: (b*h*sq*d*2 + b*h*sk*d*2*ceil(sq/BLOCK_M)) *
+itemsize, with K/V re-reads served from L2 since the programs of one head run next to each other; FLOPs
+4*b*h*sq*sk*d (halved when causal).
 Causal: the key loop stops at the diagonal (tiles entirely above it are skipped, not masked), and is
 split in two: tiles wholly below the diagonal run without any mask, only the few tiles that cross it
 (or the ragged end of the keys) pay for the mask. Query tiles are launched last-first when causal, so
