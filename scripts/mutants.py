@@ -233,6 +233,19 @@ def run_checks(backend: str, suites: tuple[str, ...], timeout: float = 600) -> d
 
 # ------------------------------------------------------------------------------------------------------------
 # the checks (run inside the mutant tree, in a fresh process)
+def _variants_of(suite, backend: str) -> list:
+    """Every variant of the suite on `backend`: native kernels by their declaration's backend (their setup
+    lives in kernels/native.py), Triton ones by module. None is an error: a check of nothing kills nothing."""
+    def ours(v) -> bool:
+        if backend in ("cpp", "cuda"):
+            return getattr(v.kernel, "backend", None) == backend
+        return v.setup.__module__.startswith(f"kernels.{backend}.")
+    out = [v for v in suite.variants.values() if ours(v)]
+    if not out:
+        raise SystemExit(f"mutants: suite {suite.name} has no {backend} variant to check")
+    return out
+
+
 def _check_main(backend: str, suites: list[str]) -> dict:
     import torch  # noqa: F401
     from harness.check import compare
@@ -244,12 +257,10 @@ def _check_main(backend: str, suites: list[str]) -> dict:
     if backend == "cuda":
         from kernels.cuda import lib as cuda_lib
         simlib = cuda_lib.bind(os.environ["KB_MUTANT_SIM_LIB"])
-        cuda_lib._lib_for = lambda case: simlib
+        cuda_lib.SIM.for_case = lambda case: simlib      # CPU cases of the CUDA kernels run on this build
     n = 0
-    for name in names:
+    for name, variant in ((name, v) for name in names for v in _variants_of(known[name], backend)):
         suite = known[name]
-        variant = next(v for v in suite.variants.values()
-                       if v.setup.__module__.startswith(f"kernels.{backend}."))
         dtypes = [d for d in suite.dtypes if backend != "triton" or d != "bfloat16"]
         for dtype in dtypes:
             for i, case in enumerate(suite.cases("test", "cpu", dtype)):
@@ -289,6 +300,8 @@ def _check_main(backend: str, suites: list[str]) -> dict:
                     except Exception as e:
                         how = "race" if "racecheck" in str(e) else "error"
                         return {"killed": True, "how": how, "detail": f"{name} special: {str(e)[-400:]}"}
+    if n == 0:   # every case skipped (a library not found, a variant not on this backend): nothing was checked
+        return {"killed": True, "how": "no checks", "detail": f"no {backend} case ran in {', '.join(names)}"}
     return {"killed": False, "how": "", "detail": f"{n} checks passed"}
 
 

@@ -30,6 +30,18 @@ def test_mutant_list_is_well_formed():
     assert {m.backend for m in mutants.MUTANTS} == {"cuda", "cpp", "triton"}
 
 
+def test_unmutated_kernels_pass_the_checks():
+    """The checks a mutant must fail pass on the real kernels: otherwise every mutant is 'killed' by a check
+    that cannot pass (as happened when kernels/native.py moved the native setups and the checks found no
+    variant: every mutant died of the same crash)."""
+    mutants.sync_tree()
+    ok, log = mutants.build("cuda")
+    assert ok, log
+    suites = tuple(sorted({s for m in mutants.MUTANTS if m.id in CI_SUBSET for s in m.suites}))
+    res = mutants.run_checks("cuda", suites)
+    assert not res["killed"], f"the unmutated cuda kernels fail their checks: {res}"
+
+
 @pytest.mark.parametrize("mutant_id", CI_SUBSET)
 def test_mutant_killed(mutant_id):
     mutants.sync_tree()
@@ -38,3 +50,4 @@ def test_mutant_killed(mutant_id):
     m = next(m for m in mutants.MUTANTS if m.id == mutant_id)
     res = mutants.run_mutant(m)
     assert res["killed"], f"{m.id} ({m.what}) survived: {res}"
+    assert res["how"] not in ("crash", "timeout", "no checks"), f"{m.id} was killed by the harness: {res}"

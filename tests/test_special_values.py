@@ -84,10 +84,10 @@ def _check_every_variant(suite_name, suite, case, inputs, simlib, monkeypatch):
             continue
         if vname.startswith("sdpa"):  # torch's own SDPA kernels are torch; sdpa_math differs from eager here:
             continue                  # it adds the -inf mask to NaN scores, so masked NaN keys poison every row
-        if variant.setup.__module__ == "kernels.cuda.lib":
+        if getattr(variant.kernel, "backend", None) == "cuda":   # on the simulation built for this test
             if simlib is None:
                 continue
-            monkeypatch.setattr(cuda_lib, "_lib_for", lambda c: simlib)
+            monkeypatch.setattr(cuda_lib.SIM, "for_case", lambda c: simlib)
         elif variant.requires.missing(case):
             continue
         try:
@@ -104,6 +104,9 @@ def _check_every_variant(suite_name, suite, case, inputs, simlib, monkeypatch):
         assert_same_specials(launcher(), want, what, atol, rtol)
         ran.append(vname)
     assert "cpp" in ran and len(ran) >= 2, ran
+    if simlib is not None:
+        assert any(getattr(suite.variants[v].kernel, "backend", None) == "cuda" for v in ran), \
+            f"no CUDA kernel ran under the simulation: {ran}"
 
 
 @pytest.mark.slow
