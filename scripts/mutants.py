@@ -250,8 +250,8 @@ def _check_main(backend: str, suites: list[str]) -> dict:
     import torch  # noqa: F401
     from harness.check import compare
     from harness.registry import Skip, all_suites
-    from tests.special_values import (ROW_SUITES, assert_same_specials, attention_inputs, row_inputs,
-                                      torch_expected)
+    from tests.special_values import (GEMM_SHAPES, ROW_SUITES, assert_same_specials, attention_inputs,
+                                      gemm_inputs, row_inputs, torch_expected)
     known = all_suites()
     names = [n for s in suites for n in ((s,) if s in known else ("rmsnorm", "layernorm")) if n in known]
     if backend == "cuda":
@@ -277,18 +277,19 @@ def _check_main(backend: str, suites: list[str]) -> dict:
                 n += 1
                 if not r.ok:
                     return {"killed": True, "how": "incorrect", "detail": f"{what}: {r.message[:300]}"}
-            if name in ROW_SUITES or name == "attention":   # special values
+            if name in ROW_SUITES or name in ("attention", "gemm"):   # special values
                 from harness.registry import Case
                 tests = suite.cases("test", "cpu", dtype)
                 kinds = sorted({c.get("norm") for c in tests if c.get("norm") is not None}) or [None]
                 shapes = ((dict(b=1, h=2, hkv=1, sq=129, sk=129, d=64, causal=True),) if name == "attention"
-                          else (dict(rows=6, cols=1000), dict(rows=6, cols=25000)))
+                          else GEMM_SHAPES if name == "gemm" else (dict(rows=6, cols=1000), dict(rows=6, cols=25000)))
                 for shape, kind in ((s, k) for s in shapes for k in kinds):
                     params = dict(tests[0].params, **shape)
                     if kind is not None:
                         params["norm"] = kind
                     case = Case(name, params, "cpu", dtype)
-                    inputs = attention_inputs(suite, case) if name == "attention" else row_inputs(suite, case)
+                    inputs = (attention_inputs(suite, case) if name == "attention" else gemm_inputs(suite, case)
+                              if name == "gemm" else row_inputs(suite, case))
                     try:
                         out = variant.setup(case, **inputs)()
                         assert_same_specials(out, torch_expected(suite, case, inputs), f"{name} {dtype} special",

@@ -13,12 +13,18 @@ Attention: one key row of K is NaN (key 70 of batch 0, kv head 0): with causal m
 never see it and must stay finite (a kernel that multiplies masked scores by 0 instead of skipping them turns
 them NaN), later ones are NaN; without masking every query of that head is NaN. One query row of the last head is
 NaN (query 3): only its output row is NaN. (No inf in V: torch's P @ V gives 0 * inf = NaN for masked keys.)
+GEMM: A[1, 0] = +inf (row 1 of C is +-inf; a kernel that reads one element past row 0's K end, A[0, K] =
+A[1, 0], into a tile whose B row is masked to 0 turns row 0 NaN), A[5, 3] = NaN (row 5 NaN) and B[2, 7] = -inf
+(column 7 +-inf, NaN on rows 1 and 5).
 """
 from __future__ import annotations
 
 import torch
 
 ROW_SUITES = ("softmax", "norm", "rmsnorm", "layernorm")
+# GEMM shapes: K not a multiple of 8 (the CUDA kernel's scalar tile loads) and K, N multiples of 8 (cp.async),
+# each with a K tail inside the last tile
+GEMM_SHAPES = (dict(m=33, n=40, k=37), dict(m=65, n=136, k=72))
 
 
 def row_inputs(suite, case, seed: int = 11) -> dict:
@@ -39,6 +45,16 @@ def attention_inputs(suite, case, seed: int = 11) -> dict:
     inputs = suite.make_inputs(case, seed)
     inputs["k"][0, 0, 70] = float("nan")
     inputs["q"][0, -1, 3] = float("nan")
+    return inputs
+
+
+def gemm_inputs(suite, case, seed: int = 11) -> dict:
+    inputs = suite.make_inputs(case, seed)
+    a, b = inputs["a"], inputs["b"]
+    assert a.shape[0] >= 6 and a.shape[1] >= 4 and b.shape[1] >= 8, "special GEMM values need m >= 6, k >= 4, n >= 8"
+    a[1, 0] = float("inf")
+    a[5, 3] = float("nan")
+    b[2, 7] = -float("inf")
     return inputs
 
 
