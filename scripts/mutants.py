@@ -281,8 +281,9 @@ def _check_main(backend: str, suites: list[str]) -> dict:
                 from harness.registry import Case
                 tests = suite.cases("test", "cpu", dtype)
                 kinds = sorted({c.get("norm") for c in tests if c.get("norm") is not None}) or [None]
+                rows = (dict(rows=6, cols=1000), dict(rows=6, cols=25000))
                 shapes = ((dict(b=1, h=2, hkv=1, sq=129, sk=129, d=64, causal=True),) if name == "attention"
-                          else GEMM_SHAPES if name == "gemm" else (dict(rows=6, cols=1000), dict(rows=6, cols=25000)))
+                          else GEMM_SHAPES if name == "gemm" else rows)
                 for shape, kind in ((s, k) for s in shapes for k in kinds):
                     params = dict(tests[0].params, **shape)
                     if kind is not None:

@@ -1,7 +1,8 @@
 """Special values: every CPU-runnable variant (C++, the CUDA kernels under the simulation, torch) puts NaN and
 +-inf exactly where torch's eager op does, on fully masked (-inf) rows, rows with +inf, NaN inputs, and
-NaN/inf keys in attention, inf and NaN entries of a GEMM's A and B (inputs: tests/special_values.py). Triton's kernels get the same check under its
-interpreter (tests/test_triton_kernels.py::test_interp_special_values). Row lengths 1000 (the cached path
+NaN/inf keys in attention, inf and NaN entries of a GEMM's A and B (inputs: tests/special_values.py).
+Triton's kernels get the same check under its interpreter (tests/test_triton_kernels.py::
+test_interp_special_values). Row lengths 1000 (the cached path
 of the CUDA row kernels) and 25000 (past every cache threshold: 24,576 fp32 columns).
 """
 from __future__ import annotations
