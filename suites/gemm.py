@@ -74,6 +74,8 @@ def torch_matmul(case, a, b):
     return lambda: torch.matmul(a, b)
 
 SUITE.add("cpp", cpp.GEMM)
+SUITE.add("cpp_v1", cpp.GEMM_V1)          # the ladder: the bf16 rungs gemm_bf16_dp.cpp's header quotes
+SUITE.add("cpp_kc512", cpp.GEMM_KC512)
 SUITE.add("cuda_mma", cuda.GEMM)
 SUITE.add("cupy_mma", cupy_launch.variant(cuda.GEMM))    # the same .cu, NVRTC via CuPy
 SUITE.add("triton", triton_gemm.VARIANT)

@@ -16,4 +16,5 @@ int gemm_bf16(const kb::GemmArgs& g);   // bf16 in and out, fp32 accumulation; n
 }
 namespace kb_zbf16 {
 int gemm_bf16(const kb::GemmArgs& g);   // gemm_bf16_dp.cpp: the same on AVX512-BF16; kb::tile_backend() == TILES_ZMM
+int gemm_bf16_kc512(const kb::GemmArgs& g);   // its earlier rung: K-slices of 512 (variant cpp_kc512)
 }

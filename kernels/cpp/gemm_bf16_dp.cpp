@@ -13,7 +13,8 @@
 //     the B micro-panel (KC/2 pairs x 32 x 4 B = 256 KiB) and the A panel stream from L2, C never leaves the
 //     registers. KC = 512 (B micro-panel in L1, C accumulated in an fp32 copy across 8 slices) ran at 0.92-0.97x
 //     torch; KC = 4096 at 1.04-1.10x (one thread, CPU time, same run): the fp32 C traffic cost more than L2
-//     operands do;
+//     operands do. Both stay runnable: the KC = 512 rung is variant `cpp_kc512` (kb_cpp_gemm_bf16_kc512), and
+//     v1's fp32-FMA path for bf16 is variant `cpp_v1` (kb_cpp_gemm_v1);
 //   micro-kernel: 14 x 32 of C in 28 zmm accumulators; per k-pair 2 B loads, 14 broadcast A pairs, 28 vdpbf16ps
 //     (FMA-port bound: 28 instructions against 16 loads).
 // C: K <= KC goes straight from the accumulators to bf16 (rounded once, nearest even); longer K accumulates the
@@ -26,6 +27,9 @@
 //   vdpbf16ps ceiling (232 GFLOP/s, a throwaway loop of independent chains); torch 82-87%.
 //   bench.py --suite gemm --full --dtype bfloat16, 2 threads, side by side (others took 94% of the CPU):
 //   2048^3 0.99x, 4096x4096x1024 1.12x, 1000x4096x4096 0.96x. v1 on this CPU (fp32 FMAs): ~99 GFLOP/s, 0.5x.
+//   The ladder side by side (bench.py --suite gemm --dtype bfloat16 --threads 1, CPU 0 pinned, load 5.8,
+//   2026-11-30): 1024^3 / 512x2048x1024 against torch: cpp_v1 0.48x / 0.48x, cpp_kc512 0.92x / 0.90x, this
+//   kernel 1.03x / 0.97x.
 #include <omp.h>
 
 #include <algorithm>
@@ -40,7 +44,7 @@ namespace kb_zbf16 {
 namespace {
 
 constexpr int MR = 14, NR = 32;
-constexpr int64_t KC = 4096, MC = MR * 24, NC = 2048;
+constexpr int64_t MC = MR * 24, NC = 2048;   // KC, the K-slice: a template parameter (4096; 512 the earlier rung)
 
 enum Epilogue { STORE_BF16, STORE_F32, ADD_F32, ADD_F32_TO_BF16 };
 
@@ -127,7 +131,8 @@ void tile(int64_t kp, const uint32_t* Ap, const uint16_t* Bp, uint16_t* C, int64
 
 }  // namespace
 
-int gemm_bf16(const kb::GemmArgs& g) {
+template <int64_t KC>
+int gemm_bf16_kc(const kb::GemmArgs& g) {
   const uint16_t* A = static_cast<const uint16_t*>(g.a);
   const uint16_t* B = static_cast<const uint16_t*>(g.b);
   uint16_t* C = static_cast<uint16_t*>(g.c);
@@ -194,6 +199,10 @@ int gemm_bf16(const kb::GemmArgs& g) {
   }
   return err ? kb::set_error(err, "gemm (avx512-bf16): out of memory") : 0;
 }
+
+int gemm_bf16(const kb::GemmArgs& g) { return gemm_bf16_kc<4096>(g); }
+// The earlier rung, kept runnable (variant cpp_kc512): B micro-panel in L1, C summed in fp32 across K-slices.
+int gemm_bf16_kc512(const kb::GemmArgs& g) { return gemm_bf16_kc<512>(g); }
 
 }  // namespace kb_zbf16
 #endif

@@ -99,6 +99,33 @@ GEMM = _cpp("kb_cpp_gemm",
             layout={"a": unit_last, "b": unit_last})
 
 
+# The GEMM ladder (issue 11): rungs whose figures gemm_bf16_dp.cpp's header quotes, each its own variant.
+def _v1_unsupported(case, a, **_):
+    if a.dtype == torch.float32:
+        return "float32: v1 is the kernel `cpp` runs (the rungs differ for bf16 only)"
+    return None
+
+
+GEMM_V1 = _cpp("kb_cpp_gemm_v1", GEMM.args, _gemm_out,
+               "C++ GEMM v1 for 16-bit inputs: converted to fp32 while packing, fp32 FMAs (the rung before AMX and "
+               "AVX512-BF16)", "gemm.cpp", layout=GEMM.layout, unsupported=_v1_unsupported)
+
+
+def _kc512_unsupported(case, a, **_):
+    if a.dtype != torch.bfloat16:
+        return f"{a.dtype}: a bf16 kernel"
+    code = _tile_code(LIB.require())      # asked at every setup: tests force the ISA (kb_cpp_set_isa) per case
+    if code != 1:
+        return f"the AVX512-BF16 GEMM's K-slice-512 rung: the tile back end is {TILE_BACKENDS.get(code, '?')} here"
+    return None
+
+
+GEMM_KC512 = _cpp("kb_cpp_gemm_bf16_kc512", GEMM.args, _gemm_out,
+                  "C++ bf16 GEMM on AVX512-BF16 with K-slices of 512 (B in L1, C summed in fp32 across slices: "
+                  "the rung before the 4096-deep slices)", "gemm.cpp", layout=GEMM.layout,
+                  unsupported=_kc512_unsupported)
+
+
 def _attention_unsupported(case, q, k, v, **_):
     if top_left_causal_only(case):
         return top_left_causal_only(case)
