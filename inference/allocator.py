@@ -125,6 +125,11 @@ class BlockManager:
         return new + cow
 
     def reserve(self, seq_id: int, n: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        slots, copies = self.reserve_list(seq_id, n)
+        return torch.tensor(slots, dtype=torch.int64), copies
+
+    def reserve_list(self, seq_id: int, n: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """`reserve` with the slots as a Python list (the engine builds one tensor for a whole step)."""
         if n < 0:
             raise ValueError(f"cannot reserve {n} tokens")
         s = self._seq(seq_id)
@@ -141,10 +146,9 @@ class BlockManager:
             copies.append((old, new))
         while len(s.blocks) * bs < s.length + n:
             s.blocks.append(self.allocator.allocate())
-        # one tensor from a list (the streaming engine reserves every sequence's slots every step: a few tensor
-        # ops here were a tenth of a tiny-model decode step)
+        # a list: the streaming engine reserves every sequence's slots every step and makes one tensor of them
         blocks = s.blocks
-        slots = torch.tensor([blocks[p // bs] * bs + p % bs for p in range(s.length, s.length + n)], dtype=torch.int64)
+        slots = [blocks[p // bs] * bs + p % bs for p in range(s.length, s.length + n)]
         s.length += n
         return slots, copies
 

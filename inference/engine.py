@@ -28,6 +28,7 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from inference.kv_cache import PagedKVCache
 from inference.metrics import EngineMetrics
@@ -101,73 +102,161 @@ class PagedLlama:
         self.qkv = [_fuse(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj) for l in self.layers]
         self.gate_up = [_fuse(l.mlp.gate_proj, l.mlp.up_proj) if all(hasattr(l.mlp, a) for a in
                         ("gate_proj", "up_proj", "down_proj", "act_fn")) else None for l in self.layers]
+        self.in_norm = [self._norm(l.input_layernorm) for l in self.layers]
+        self.post_norm = [self._norm(l.post_attention_layernorm) for l in self.layers]
+        self.final_norm = self._norm(self.norm)
+        silu = getattr(cfg, "hidden_act", None) == "silu"
+        self.act = [F.silu if silu else getattr(l.mlp, "act_fn", None) for l in self.layers]
+        self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
+        # the cache as [slots, kv_heads, head_dim] views (float formats: K and V stored as they are)
+        self._k_flat = [k.view(-1, self.kv_heads, self.head_dim) for k in self.cache.k]
+        self._v_flat = [v.view(-1, self.kv_heads, self.head_dim) for v in self.cache.v]
+        # the C++ decode kernel: the library loaded once, calls bound per (layer, batch, width) on these buffers
+        self._lib = None
+        if self.decode_kernel == "cpp":
+            from kernels.cpp import lib as cpp
+            self._lib = cpp.LIB.require()
+        self._bound: dict[tuple[int, int, int], tuple] = {}
+        self._tbuf = torch.empty(0, dtype=torch.int32)
+        self._lbuf = torch.empty(0, dtype=torch.int32)
+        self._qbuf = self._obuf = torch.empty(0, dtype=self.dtype)
+
+    def _norm(self, mod) -> Callable[[torch.Tensor], torch.Tensor]:
+        """An RMSNorm module as one fused op (`F.rms_norm`, the same formula as LlamaRMSNorm's five ops; the
+        tests hold its logits to the HF forward's); any other norm module is called as it is."""
+        w, eps = getattr(mod, "weight", None), getattr(mod, "variance_epsilon", None)
+        if w is None or eps is None or type(mod).__name__ != "LlamaRMSNorm":
+            return mod
+        shape = (w.shape[-1],)
+        return lambda x: F.rms_norm(x, shape, w, eps)
+
+    def _rope(self, pos: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, 1, D] at the positions: rows of a table made once by the model's own `rotary_emb`
+        (the same values: the rotary embedding is elementwise in the position), doubled when outgrown."""
+        top = max(pos) + 1
+        if self._rope_table is None or self._rope_table[0].shape[0] < top:
+            n = max(top, 2 * (0 if self._rope_table is None else self._rope_table[0].shape[0]),
+                    int(getattr(self.cfg, "max_position_embeddings", 0) or 0), 64)
+            probe = torch.zeros(1, dtype=self.dtype)
+            cos, sin = self.rotary(probe, torch.arange(n)[None])                # [1, n, D]
+            self._rope_table = (cos[0].contiguous(), sin[0].contiguous())
+        idx = torch.tensor(pos, dtype=torch.long)
+        return self._rope_table[0][idx][:, None, :], self._rope_table[1][idx][:, None, :]
 
     @torch.no_grad()
     def forward(self, plan: list[Scheduled], all_logits: bool = False) -> torch.Tensor:
         """Compute the planned chunks (their slots already reserved). Returns the logits [rows, vocab] of the
-        sampling rows in plan order (`Scheduled.samples`), or of every token when `all_logits`."""
-        ids = torch.tensor([t for s in plan for t in s.ids], dtype=torch.long)
-        pos = torch.tensor([p for s in plan for p in range(s.start, s.start + len(s.ids))], dtype=torch.long)
-        slots = torch.cat([s.slots for s in plan])
-        lens = [len(s.ids) for s in plan]
-        offs = list(itertools.accumulate([0] + lens))
-        dec = [i for i, n in enumerate(lens) if n == 1]
+        sampling rows in plan order (`Scheduled.samples`), or of every token when `all_logits`.
+
+        The step's inputs are built as Python lists and turned into tensors once per step (token ids, positions,
+        slots, the decode rows' block tables and lengths): per-sequence tensors were a third of a 32-sequence
+        decode step of the tiny model (docs/streaming.md, "Where a step's time goes")."""
+        ids_l: list[int] = []
+        pos_l: list[int] = []
+        slot_l: list[int] = []
+        lens = []
+        for s in plan:
+            n = len(s.ids)
+            ids_l.extend(s.ids)
+            pos_l.extend(range(s.start, s.start + n))
+            slot_l.extend(s.slots if isinstance(s.slots, list) else s.slots.tolist())
+            lens.append(n)
+        T, H, Hk, D = len(ids_l), self.heads, self.kv_heads, self.head_dim
+        ids = torch.tensor(ids_l, dtype=torch.long)
+        slots = torch.tensor(slot_l, dtype=torch.long)
         pre = [i for i, n in enumerate(lens) if n > 1]
-        dec_rows = torch.tensor([offs[i] for i in dec], dtype=torch.long)
+        dec = [i for i, n in enumerate(lens) if n == 1] if pre else list(range(len(plan)))
+        offs = list(itertools.accumulate([0] + lens))
         seqs = [s.req.seq_id for s in plan]
-        dec_ids = [seqs[i] for i in dec]
-        dec_tables = self.cache.block_tables(dec_ids) if dec else None
-        dec_lens = self.cache.seq_lens(dec_ids) if dec else None
-        T, H, Hk, D = ids.numel(), self.heads, self.kv_heads, self.head_dim
-        x = self.embed(ids)                                                    # [T, hidden]
-        cos, sin = self.rotary(x, pos[None])                                   # [1, T, D]
-        cos, sin = cos[0, :, None, :], sin[0, :, None, :]
+        if dec:
+            dec_seqs = [self.cache.manager.seqs[seqs[i]] for i in dec]
+            width = max(len(q.blocks) for q in dec_seqs)
+            dec_tables = torch.tensor([q.blocks + [-1] * (width - len(q.blocks)) for q in dec_seqs], dtype=torch.int32)
+            dec_lens = torch.tensor([q.length for q in dec_seqs], dtype=torch.int32)
+            dec_rows = torch.tensor([offs[i] for i in dec], dtype=torch.long) if pre else None
+            if self.decode_kernel == "cpp":
+                self._stage_decode(dec_tables, dec_lens)
+        x = F.embedding(ids, self.embed.weight)                                 # [T, hidden]
+        cos, sin = self._rope(pos_l)                                           # [T, 1, D]
         for li, layer in enumerate(self.layers):
-            att = layer.self_attn
-            h = layer.input_layernorm(x)
-            qkv = torch.nn.functional.linear(h, *self.qkv[li])
-            q = qkv[:, :H * D].view(T, H, D)
-            k = qkv[:, H * D:(H + Hk) * D].view(T, Hk, D)
+            h = self.in_norm[li](x)
+            qkv = F.linear(h, *self.qkv[li])                                   # [T, (H + 2 Hk) D]
+            qk = qkv[:, :(H + Hk) * D].view(T, H + Hk, D)
+            qk = qk * cos + _rotate_half(qk) * sin                              # RoPE on q and k at once
+            q, k = qk[:, :H], qk[:, H:]
             v = qkv[:, (H + Hk) * D:].view(T, Hk, D)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            self.cache.write(li, slots, k, v)
+            if self.cache.quantized:
+                self.cache.write(li, slots, k, v)
+            else:                                                              # reshape_and_cache: slots are ours
+                self._k_flat[li].index_copy_(0, slots, k)
+                self._v_flat[li].index_copy_(0, slots, v)
             if not pre:                                                       # decode rows only (steady state)
-                o = self._decode(li, q[:, None], dec_tables, dec_lens)[:, 0]
+                o = self._decode(li, q, dec_tables, dec_lens)
             else:
-                o = torch.empty_like(q)
+                o = torch.empty(T, H, D, dtype=q.dtype)
             if dec and pre:
-                o[dec_rows] = self._decode(li, q[dec_rows][:, None], dec_tables, dec_lens)[:, 0]
+                o[dec_rows] = self._decode(li, q[dec_rows], dec_tables, dec_lens)
             for i in pre:                                                     # chunk + earlier pages, causal
                 a, b = offs[i], offs[i + 1]
                 kk, vv = self.cache.gather(li, seqs[i], dtype=q.dtype)       # [L, Hk, D], L = start + n
                 L = kk.shape[0]
                 o[a:b] = sdpa_gathered(q[None, a:b], kk.transpose(0, 1)[None], vv.transpose(0, 1)[None],
                                        torch.tensor([L]))[0]
-            x = x + att.o_proj(o.reshape(T, H * D))
-            h = layer.post_attention_layernorm(x)
+            att = layer.self_attn
+            x = x + F.linear(o.reshape(T, H * D), att.o_proj.weight, att.o_proj.bias)
+            h = self.post_norm[li](x)
             if self.gate_up[li] is None:
                 x = x + layer.mlp(h)
             else:
-                gu = torch.nn.functional.linear(h, *self.gate_up[li])
+                gu = F.linear(h, *self.gate_up[li])
                 gate, up = gu.chunk(2, dim=-1)
-                x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+                down = layer.mlp.down_proj
+                x = x + F.linear(self.act[li](gate) * up, down.weight, down.bias)
         if not all_logits:
-            rows = torch.tensor([offs[i + 1] - 1 for i, s in enumerate(plan) if s.samples], dtype=torch.long)
-            x = x[rows]
-        return self.lm_head(self.norm(x))
+            rows = [offs[i + 1] - 1 for i, s in enumerate(plan) if s.samples]
+            if len(rows) != T:
+                x = x[torch.tensor(rows, dtype=torch.long)]
+        return self.lm_head(self.final_norm(x))
+
+    def _stage_decode(self, tables: torch.Tensor, lens: torch.Tensor) -> None:
+        """Copy the step's decode block tables and lengths into the persistent buffers the bound C++ calls read."""
+        b, w = tables.shape
+        if b * w > self._tbuf.numel() or b > self._lbuf.numel():
+            cap_b = max(b, 2 * self._lbuf.numel())
+            self._tbuf = torch.empty(max(b * w, 2 * self._tbuf.numel()), dtype=torch.int32)
+            self._lbuf = torch.empty(cap_b, dtype=torch.int32)
+            self._qbuf = torch.empty(cap_b * self.heads * self.head_dim, dtype=self.dtype)
+            self._obuf = torch.empty_like(self._qbuf)
+            self._bound.clear()
+        self._tbuf[:b * w].view(b, w).copy_(tables)
+        self._lbuf[:b].copy_(lens)
 
     def _decode(self, layer: int, q: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        """q [b, 1, H, D] over the pages: the C++ split-K kernel or torch (gather + masked SDPA)."""
+        """q [b, H, D] (one new token per sequence) over the pages -> [b, H, D]: the C++ split-K kernel or torch
+        (gather + masked SDPA)."""
         kc, vc = self.cache.k[layer], self.cache.v[layer]
         if self.decode_kernel == "cpp":
-            from kernels.cpp import lib as cpp
-            out = torch.empty_like(q)
-            return cpp.DECODE_PAGED(q=q.contiguous(), k_cache=kc, v_cache=vc, block_tables=tables, seq_lens=lens,
-                                    k_scale=None, v_scale=None, out=out)
+            # one C call through a call bound once per (layer, batch, table width) on persistent buffers: binding
+            # (checking and converting ~35 arguments) cost as much as the kernel itself at 32 sequences
+            b, w = tables.shape
+            key = (layer, b, w)
+            bound = self._bound.get(key)
+            if bound is None:
+                from kernels.cpp import lib as cpp
+                n = b * self.heads * self.head_dim
+                qv = self._qbuf[:n].view(b, 1, self.heads, self.head_dim)
+                ov = self._obuf[:n].view(b, 1, self.heads, self.head_dim)
+                call = cpp.DECODE_PAGED.bind(self._lib, None, dict(
+                    q=qv, k_cache=kc, v_cache=vc, block_tables=self._tbuf[:b * w].view(b, w),
+                    seq_lens=self._lbuf[:b], k_scale=None, v_scale=None), ov)
+                bound = self._bound[key] = (call, qv, ov)
+            call, qv, ov = bound
+            qv[:, 0].copy_(q)
+            call()
+            return ov[:, 0]                   # a view of the buffer: consumed before the next layer's call
         from inference.paged import gather
         k, v = gather(kc, vc, tables, lens, dtype=q.dtype)
-        return sdpa_gathered(q, k, v, lens)
+        return sdpa_gathered(q[:, None], k, v, lens)[:, 0]
 
 
 class Engine:
@@ -304,6 +393,7 @@ class Engine:
             return True
         row = 0
         greedy = logits.argmax(-1).tolist() if len(logits) else []     # one argmax for the batch
+        self.metrics.generated.inc(len(greedy))                         # one increment per step, not per token
         prompt_tokens = 0
         for s in plan:
             req = s.req
@@ -328,7 +418,6 @@ class Engine:
 
     def _emit(self, req: Request, tok: int) -> None:
         req.output.append(tok)
-        self.metrics.generated.inc()
         text = req.detok.push(tok)
         p = req.handle.params
         reason = None

@@ -62,11 +62,12 @@ class PagedKVCache:
     def length(self, seq_id: int) -> int:
         return self.manager.length(seq_id)
 
-    def reserve(self, seq_id: int, n: int) -> torch.Tensor:
-        slots, copies = self.manager.reserve(seq_id, n)
+    def reserve(self, seq_id: int, n: int, as_list: bool = False) -> torch.Tensor | list[int]:
+        """Room for n more tokens of the sequence: their slots (int64 tensor, or a list with `as_list`)."""
+        slots, copies = self.manager.reserve_list(seq_id, n)
         for src, dst in copies:
             self.copy_block(src, dst)
-        return slots
+        return slots if as_list else torch.tensor(slots, dtype=torch.int64)
 
     def copy_block(self, src: int, dst: int) -> None:
         for layer in range(self.num_layers):

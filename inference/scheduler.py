@@ -72,7 +72,7 @@ class Scheduled:
     req: Request
     start: int
     ids: list[int]
-    slots: torch.Tensor
+    slots: list[int] | torch.Tensor      # the scheduler's: a list (the engine makes one tensor per step)
 
     @property
     def samples(self) -> bool:
@@ -176,6 +176,8 @@ class Scheduler:
     def _make_room(self, req: Request, n: int, planned: set[int], allow_self: bool) -> bool:
         """Preempt the newest unplanned running sequences until `req` can store n more tokens. False when it
         cannot (then `req` itself was preempted if allow_self)."""
+        if n == 1 and self.cache.manager.allocator.num_free >= 1:   # one token needs at most one block
+            return True
         while self.cache.manager.blocks_needed(req.seq_id, n) > self.cache.manager.allocator.num_free:
             victim = next((r for r in reversed(self.running) if r is not req and id(r) not in planned), None)
             if victim is None:
@@ -186,7 +188,7 @@ class Scheduler:
         return True
 
     def _take(self, req: Request, n: int, planned: set[int]) -> Scheduled:
-        slots = self.cache.reserve(req.seq_id, n)
+        slots = self.cache.reserve(req.seq_id, n, as_list=True)
         start = req.computed
         req.computed += n
         planned.add(id(req))

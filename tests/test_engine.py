@@ -167,8 +167,8 @@ class _Cache:
     def free(self, sid):
         self.manager.free(sid)
 
-    def reserve(self, sid, n):
-        return self.manager.reserve(sid, n)[0]
+    def reserve(self, sid, n, as_list=False):
+        return self.manager.reserve_list(sid, n)[0] if as_list else self.manager.reserve(sid, n)[0]
 
 
 def _req(n, out=0):
