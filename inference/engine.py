@@ -288,6 +288,10 @@ class Engine:
         self.steps = 0
         self._preempted_seen = 0
         self.error: str | None = None       # the last step failure (the engine keeps serving)
+        # called by the engine thread after each step that produced events (the server: wait until its event
+        # loop has written them to the sockets, so that a step's tokens leave before the next step's compute)
+        self.step_done: Callable[[], None] | None = None
+        self._emitted = False
 
     # ---- the submitter's side (any thread) --------------------------------------------------------------------
     def describe(self) -> dict:
@@ -344,7 +348,10 @@ class Engine:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
+            self._emitted = False
             self.step()
+            if self._emitted and self.step_done is not None:
+                self.step_done()
         self._drain()
         for req in list(self._reqs.values()):                     # shutting down: end every request
             self._finish(req, "cancelled", status="cancelled")
@@ -443,6 +450,7 @@ class Engine:
                               prompt_tokens=len(req.prompt), error=error))
 
     def _send(self, req: Request, ev: Event) -> None:
+        self._emitted = True
         try:
             req.handle.on_event(ev)
         except Exception:                                          # a broken sink must not stop the engine

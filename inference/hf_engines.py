@@ -52,6 +52,7 @@ class _BaseHF:
         self._running = 0
         self._waiting = 0
         self.steps = 0
+        self.step_done: Callable[[], None] | None = None    # as Engine.step_done (hf-static calls it per step)
 
     def describe(self) -> dict:
         return {"engine": self.name, "max_num_seqs": self.max_num_seqs, "max_model_len": self.max_model_len}
@@ -211,6 +212,8 @@ class HFStaticEngine(_BaseHF):
                         engine._end(r, "cancelled", "cancelled")
                     else:
                         engine._token(r, int(tok))
+                if engine.step_done is not None:
+                    engine.step_done()
 
             def end(self):
                 pass

@@ -23,9 +23,10 @@ import argparse
 import asyncio
 import json
 import sys
+import threading
 import time
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,6 +38,8 @@ from inference.requests import Event, QueueFull, RequestError, SamplingParams
 
 READY = "kbench server ready on http://{host}:{port}"
 DISCONNECT_POLL_S = 0.25
+HANDOFF_S = 0.05            # the longest an engine step waits for the event loop to send its tokens
+HANDOFF_HOPS = 8            # at most this many loop iterations per wait
 
 
 # ---- request bodies (pydantic: a violation is a 400 in OpenAI's error JSON, never a 422 or a 500) --------------
@@ -99,13 +102,45 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 # ---- the app ------------------------------------------------------------------------------------------------
-def create_app(engine, model_name: str | None = None, start_engine: bool = True) -> FastAPI:
-    """The FastAPI app over `engine` (ours or a baseline). Its lifespan starts the engine's thread and stops it."""
+def _handoff(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """The engine thread's `step_done`: wait (at most HANDOFF_S) until the event loop has run the stream tasks
+    that the step's events woke, i.e. written that step's tokens to their sockets.
+
+    Without it the engine thread ran step after step holding the GIL, the loop thread got it only now and
+    then, and each time sent several steps' tokens of a stream at once: ITL p10 0.01 ms against a TPOT of
+    5-11 ms, 29-36% of the gaps under 1 ms even with one client (scripts/itl_probe.py, docs/streaming.md)."""
+    def step_done() -> None:
+        done = threading.Event()
+        hops = [0]
+
+        def hop() -> None:
+            # FIFO: the first hop runs after the step's put_nowait callbacks; each further hop after what the
+            # previous iteration scheduled (the woken stream tasks, their sends); done once nothing else is
+            # ready (asyncio's ready queue; a loop without one, e.g. uvloop: a fixed number of iterations)
+            ready = getattr(loop, "_ready", None)
+            hops[0] += 1
+            if hops[0] < HANDOFF_HOPS and (ready is None or len(ready) > 0):
+                loop.call_soon(hop)
+            else:
+                done.set()
+        try:
+            loop.call_soon_threadsafe(hop)
+        except RuntimeError:                           # the loop is closed: nothing to wait for
+            return
+        done.wait(HANDOFF_S)
+    return step_done
+
+
+def create_app(engine, model_name: str | None = None, start_engine: bool = True, handoff: bool = True) -> FastAPI:
+    """The FastAPI app over `engine` (ours or a baseline). Its lifespan starts the engine's thread and stops it.
+    `handoff`: the engine waits after each step until the loop has sent that step's tokens (`_handoff`)."""
     name = model_name or getattr(engine.lm, "name", "model")
     state = {"ready": False}
 
     @asynccontextmanager
     async def lifespan(app):
+        if handoff and hasattr(engine, "step_done"):
+            engine.step_done = _handoff(asyncio.get_running_loop())
         if start_engine:
             await asyncio.to_thread(engine.start)
         state["ready"] = True
@@ -113,6 +148,8 @@ def create_app(engine, model_name: str | None = None, start_engine: bool = True)
             yield
         finally:
             state["ready"] = False
+            if hasattr(engine, "step_done"):
+                engine.step_done = None
             await asyncio.to_thread(engine.stop)
 
     app = FastAPI(title="kbench", lifespan=lifespan)
@@ -299,6 +336,8 @@ def parse_args(argv):
     p.add_argument("--max-model-len", type=int, default=None, help="prompt + max_tokens limit (default: context)")
     p.add_argument("--decode", default="auto", choices=("auto", "cpp", "torch"), help="decode attention (ours)")
     p.add_argument("--batch-timeout-ms", type=float, default=50.0, help="hf-static: wait for a fuller batch")
+    p.add_argument("--no-handoff", action="store_true",
+                   help="let the engine run its next step before the event loop has sent the last one's tokens")
     a = p.parse_args(argv)
     for name in ("max_num_seqs", "num_blocks", "block_size", "max_tokens_per_step", "max_queue", "threads",
                  "max_model_len"):
@@ -355,7 +394,7 @@ def main(argv=None) -> int:
         print(f"inference.server: error: cannot bind {a.host}:{a.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     lm, engine = build_engine(a)
-    app = create_app(engine, model_name=lm.name)
+    app = create_app(engine, model_name=lm.name, handoff=not a.no_handoff)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):

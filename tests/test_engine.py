@@ -295,6 +295,26 @@ def test_engine_thread_streams_tokens_as_produced(lm):
     audit_empty(eng)
 
 
+def test_engine_thread_calls_step_done_after_each_step_that_emits(lm):
+    """The server's hand-off hook: called by the engine thread once per step that produced events, after them
+    (so the server can send that step's tokens before the next step runs), never on a step without events."""
+    eng = Engine(lm, num_blocks=32, decode="torch")
+    got, seen, done = [], [], threading.Event()
+    eng.step_done = lambda: seen.append(len(got))
+
+    def sink(ev):
+        got.append(ev.index)
+        if ev.finished:
+            done.set()
+    eng.start()
+    try:
+        eng.submit(prompt(20, 9), SamplingParams(max_tokens=15), sink)
+        assert done.wait(30)
+    finally:
+        eng.stop()
+    assert seen == list(range(1, 16)), f"step_done after {seen} events: want once after each of the 15 tokens"
+
+
 # ---- detokenizer ------------------------------------------------------------------------------------------------
 def _push_all(d, data):
     out = [d.push(b) for b in data]

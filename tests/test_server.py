@@ -306,3 +306,37 @@ def test_server_process_streams_cancels_on_disconnect_and_stops_on_sigterm(tmp_p
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_handoff_returns_after_the_woken_stream_task_ran():
+    """`_handoff`'s step_done (engine thread) returns only once the loop has run the task that the step's
+    event woke: the step's token is written before the engine computes the next one (no bursts)."""
+    import asyncio
+
+    from inference.server import _handoff
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    try:
+        q: asyncio.Queue = asyncio.Queue()
+        written = []
+
+        async def stream():                            # the response generator: get, then "write" (yield)
+            while True:
+                ev = await q.get()
+                await asyncio.sleep(0)                 # a send that yields to the loop once
+                written.append(ev)
+        task = asyncio.run_coroutine_threadsafe(stream(), loop)
+        step_done = _handoff(loop)
+        step_done()                                    # the task reaches its first get
+        for i in range(50):
+            loop.call_soon_threadsafe(q.put_nowait, i)     # the engine's on_event
+            step_done()
+            assert written == list(range(i + 1)), f"step {i}: step_done returned before its token was written"
+        loop.call_soon_threadsafe(task.cancel)
+        time.sleep(0.1)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(5)
+        loop.close()
+    _handoff(loop)()                                   # a closed loop: returns at once
