@@ -2,6 +2,7 @@
 requests mixed in, then the checks. `make soak` runs 10,000; tests/test_streaming.py a few hundred.
 
     python scripts/serve_soak.py --requests 10000 [--engine ours] [--concurrency 32] [--out summary.json]
+        [--num-blocks 12 [--preemption recompute|swap]]       # a pool small enough that the engine preempts
 
 Two identical waves (same seed) of `--requests` each against one server (started here on a free loopback port,
 stopped at the end: inference/server_proc.py). Each request is, at random (seeded):
@@ -168,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-num-seqs", type=int, default=16, help="the server's batch (default 16: with --concurrency "
                    "32 and --max-queue 14 the queue fills now and then, so refusals are exercised too)")
     p.add_argument("--max-queue", type=int, default=14)
+    p.add_argument("--num-blocks", type=int, default=None,
+                   help="the server's KV pool in blocks of 16 (default the server's 1024); a small pool makes the "
+                        "engine preempt under load, and the soak then also checks that it did")
+    p.add_argument("--preemption", choices=("recompute", "swap"), default=None, help="the server's preemption mode")
     p.add_argument("--settle", type=float, default=30.0, help="seconds to wait for the gauges to reach 0")
     p.add_argument("--rss-growth", type=float, default=0.10, help="allowed RSS growth, wave 2 over wave 1")
     p.add_argument("--request-timeout", type=float, default=300.0)
@@ -184,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out) if a.out else ROOT / "results" / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
     kinds = plan(a.requests, a.seed, a.disconnect_frac, a.malformed_frac, a.input_len, a.output_len)
     server_args = ["--max-num-seqs", str(a.max_num_seqs), "--max-queue", str(a.max_queue)]
+    if a.num_blocks is not None:
+        if a.num_blocks < 1:
+            print("serve_soak.py: error: --num-blocks must be >= 1", file=sys.stderr)
+            return 2
+        server_args += ["--num-blocks", str(a.num_blocks)]
+    if a.preemption is not None:
+        server_args += ["--preemption", a.preemption]
     summary: dict = dict(requests_per_wave=a.requests, engine=a.engine, concurrency=a.concurrency,
                          kinds=dict(Counter(k[0] for k in kinds)), seed=a.seed, server_args=server_args)
     srv = BuiltinServer(a.engine, a.model, a.threads, server_args, out.with_suffix(".server.log"), a.server_module,
@@ -204,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
                                          and "_bucket" not in k})
             rss[name] = gauges.get("process_resident_memory_bytes", math.nan)
             checks += check_wave(name, counts, gauges, srv.base)
+        if a.num_blocks is not None:            # the small pool is there to make the engine preempt: did it?
+            n = summary["wave 2"]["gauges"].get("kbench_preemptions_total", math.nan)
+            checks.append(dict(check=f"the engine preempted under load (a pool of {a.num_blocks} blocks)",
+                               passed=n > 0, detail=n))
         growth = rss["wave 2"] / rss["wave 1"] - 1 if rss["wave 1"] > 0 else math.nan
         summary["rss_mb"] = {k: round(v / 2**20, 1) for k, v in rss.items()}
         checks.append(dict(check=f"RSS after wave 2 within {a.rss_growth:.0%} of after wave 1", passed=growth <= a.rss_growth,
