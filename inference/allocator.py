@@ -130,6 +130,11 @@ class BlockManager:
 
     def reserve_list(self, seq_id: int, n: int) -> tuple[list[int], list[tuple[int, int]]]:
         """`reserve` with the slots as a Python list (the engine builds one tensor for a whole step)."""
+        s = self.seqs.get(seq_id)
+        bs = self.block_size
+        if n == 1 and s is not None and s.length % bs and self.allocator._ref[s.blocks[-1]] == 1:
+            s.length += 1                          # a decode step into its own, partly filled last block
+            return [s.blocks[-1] * bs + (s.length - 1) % bs], []
         if n < 0:
             raise ValueError(f"cannot reserve {n} tokens")
         s = self._seq(seq_id)
