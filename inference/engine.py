@@ -133,6 +133,9 @@ class PagedLlama:
     def _rope(self, pos: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [T, 1, D] at the positions: rows of a table made once by the model's own `rotary_emb`
         (the same values: the rotary embedding is elementwise in the position), doubled when outgrown."""
+        if getattr(self.rotary, "rope_type", "default") != "default":       # scaled variants may depend on length
+            cos, sin = self.rotary(torch.zeros(1, dtype=self.dtype), torch.tensor([pos]))
+            return cos[0, :, None, :], sin[0, :, None, :]
         top = max(pos) + 1
         if self._rope_table is None or self._rope_table[0].shape[0] < top:
             n = max(top, 2 * (0 if self._rope_table is None else self._rope_table[0].shape[0]),
@@ -188,8 +191,9 @@ class PagedLlama:
             if self.cache.quantized:
                 self.cache.write(li, slots, k, v)
             else:                                                              # reshape_and_cache: slots are ours
-                self._k_flat[li].index_copy_(0, slots, k)
-                self._v_flat[li].index_copy_(0, slots, v)
+                kf, vf = self._k_flat[li], self._v_flat[li]
+                kf.index_copy_(0, slots, k.to(kf.dtype))
+                vf.index_copy_(0, slots, v.to(vf.dtype))
             if not pre:                                                       # decode rows only (steady state)
                 o = self._decode(li, q, dec_tables, dec_lens)
             else:
