@@ -188,7 +188,7 @@ def measure_row(idx: dict[str, int], j: int, key: dict, pools: dict[str, list[Si
     b, c = np.asarray(med["base"]), np.asarray(med["current"])
     lr = np.log(c) - np.log(b)
     return {"base_ms": float(np.exp(np.log(b).mean())), "cur_ms": float(np.exp(np.log(c).mean())),
-            "n_base": rounds, "n_cur": rounds, "_stats": S.paired(lr)}
+            "n_base": rounds, "n_cur": rounds, "_stats": S.paired(lr), "_lr": lr}
 
 
 def run_ab(trees: dict[str, T.Tree], plan_req: dict, rounds: int, budget: float, seed: int, out: Path,
@@ -271,6 +271,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="allocator of the workers: auto (tcmalloc where installed, else system: one page-fault "
                         "regime in every worker process), system (glibc), jemalloc, tcmalloc")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", metavar="FILE",
+                   help="per-row noise learned from earlier A/A ab runs on this device (harness/gate_noise.py): "
+                        "each row is then tested on the 20%%-trimmed mean of its rounds with the spread of that "
+                        "estimate over its learned runs (rows never seen: a conservative default)")
+    p.add_argument("--learn-noise", action="store_true",
+                   help="append this run's per-row estimates to --noise FILE (created if absent); for A/A runs "
+                        "(the same code on both sides), e.g. a nightly main-against-main job")
     p.add_argument("--out", help="output directory (default results/ab-<time>/)")
     p.add_argument("--cmake-arg", action="append", default=[],
                    help="extra CMake argument when a tree's build is first configured, e.g. -DKB_NO_CUDA=ON "
@@ -304,6 +311,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(a)
         if a.rounds < 3 or a.budget <= 0 or a.workers < 1:
             raise RS.BadInput("--rounds must be at least 3, --budget positive and --workers at least 1")
+        if a.learn_noise and not a.noise:
+            raise RS.BadInput("--learn-noise needs --noise FILE (the file to learn into)")
+        noise = None
+        if a.noise:
+            from harness import gate_noise as N
+            try:
+                noise = N.Noise.load(a.noise, missing_ok=a.learn_noise)
+            except N.NoiseFileError as e:
+                raise RS.BadInput(str(e)) from None
         inject = os.environ.get("KB_GATE_INJECT", "")
         if inject:
             from harness import inject as I
@@ -331,11 +347,26 @@ def main(argv: list[str] | None = None) -> int:
                                                     not a.no_progress, a.workers, alloc)
         finally:
             signal.signal(signal.SIGTERM, old)
+        noise_text = ""
+        if noise is not None:
+            dev = N.device_id(a.device)
+            used = N.apply(rows, noise, dev, a.rounds, cfg.alpha)
+            noise_text = (f"; per-row noise learned from A/A runs ({a.noise}, device {dev}, {a.rounds} rounds, up "
+                          f"to {noise.learned_runs(dev, a.rounds)} runs per row): 20%-trimmed mean of the rounds, "
+                          f"se = max(the row's learned run-level sd, its own): {used['learned']} rows learned, "
+                          f"{used['own']} by their own wider spread, {used['default']} at the default sd "
+                          f"{noise.default_sd(dev, a.rounds):.1%}")
         verdicts, summary = decide(rows, cfg)
+        if noise is not None and a.learn_noise and not interrupted:
+            N.learn(rows, noise, dev, a.rounds)
+            try:
+                noise.save()
+            except OSError as e:
+                raise RS.BadInput(f"cannot write the noise file {a.noise}: {e}") from None
         incomplete = [f"ab run interrupted after {len(rows)} rows"] if interrupted else []
         design = (f"paired, interleaved in one job: {a.rounds} rounds per row, ABBA order, {a.budget:g} s per "
                   f"slot, round r in worker process r mod {min(a.workers, a.rounds)} of each tree, allocator "
-                  f"{alloc}; per-round log(current/baseline)")
+                  f"{alloc}; per-round log(current/baseline)" + noise_text)
         header = [f"- baseline: {T.describe(trees['base'])}", f"- current: {T.describe(trees['current'])}",
                   f"- load average {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} CPUs; "
                   f"{time.time() - t0:.0f} s of measuring"]

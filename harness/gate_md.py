@@ -68,8 +68,9 @@ def rule_lines(cfg: GateConfig, summary: dict, design: str) -> list[str]:
              "`incorrect`/`error` rows, NaN or non-positive times, rows missing from the current run and an "
              "unfinished current run fail" + (" (missing rows and unfinished runs relaxed: --allow-missing)"
                                                if cfg.allow_missing else ""),
-             f"- test: {design}; moderated one-sided t-test (each row's variance pooled with the others', "
-             f"{cfg.prior_df:g} prior df, never below its own)",
+             f"- test: {design}; " + ("one-sided t-test on each row's learned noise" if "noise learned" in design
+                                      else f"moderated one-sided t-test (each row's variance pooled with the "
+                                           f"others', {cfg.prior_df:g} prior df, never below its own)"),
              "- error control: " + CORRECTION_TEXT[cfg.correction].format(n=n, alpha=cfg.alpha)]
     if summary.get("assumed_sd"):
         lines.append(f"- **warning**: no row has two runs on a side, so the between-run noise is *assumed* "

@@ -1,7 +1,8 @@
 """Verdicts of a gate run, shared by `bench.py gate` (stored baselines) and `bench.py ab` (paired, in one job).
 
 Rows arrive either already decided (broken, missing, new, skipped, fixed, not compared) or with a RowStats
-(harness.gate_stats) to compare. `decide` tests every compared row, adjusts the p-values over all of them
+(harness.gate_stats) to compare, tested by the moderated t-test, or also with `_tested`, the test with the
+row's noise learned from earlier A/A runs (harness/gate_noise.py, `bench.py ab --noise`), used instead. `decide` tests every compared row, adjusts the p-values over all of them
 (Holm: family-wise error; or Benjamini-Hochberg: false discovery rate), and calls a row
 
     regression  <=>  ratio > 1 + max(threshold, noise floor)  AND  adjusted p <= alpha
@@ -57,7 +58,8 @@ def decide(rows: list[dict], cfg: GateConfig) -> tuple[pd.DataFrame, dict]:
     todo = [r for r in rows if r.get("_stats") is not None]
     s2_pool, pool_df = S.pooled_variance([r["_stats"] for r in todo])
     assumed = not np.isfinite(s2_pool)
-    tested = [S.moderated_t(r["_stats"], s2_pool, cfg.prior_df, cfg.alpha, cfg.prior_sd) for r in todo]
+    tested = [r["_tested"] if r.get("_tested") is not None          # learned noise (harness/gate_noise.py)
+              else S.moderated_t(r["_stats"], s2_pool, cfg.prior_df, cfg.alpha, cfg.prior_sd) for r in todo]
     p = np.array([t.p for t in tested], dtype=np.float64)
     ok = np.isfinite(p)
     p_adj = np.full(p.size, math.nan)

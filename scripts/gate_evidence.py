@@ -70,7 +70,10 @@ def run(cmd: list[str], env: dict, log) -> int:
 
 def outcome(verdicts_file: Path, copies: dict[str, float], rc: int) -> dict:
     """One gate run: did any untouched row fail (a family-wise false alarm), and which slowed rows were caught."""
-    rows = json.loads(verdicts_file.read_text())
+    return verdict_outcome(json.loads(verdicts_file.read_text()), copies, rc)
+
+
+def verdict_outcome(rows: list[dict], copies: dict[str, float], rc: int | None) -> dict:
     other = [r for r in rows if r["variant"] not in copies]
     false = [f"{r['suite']} {r['case']} {r['variant']}: {r['verdict']} {(r.get('ratio') or 0) - 1:+.1%}"
              for r in other if r["verdict"] in ("regression", "broken", "missing")]
@@ -81,17 +84,62 @@ def outcome(verdicts_file: Path, copies: dict[str, float], rc: int) -> dict:
                 {"case": r["case"], "caught": r["verdict"] == "regression", "ratio": r.get("ratio"),
                  "bar": r.get("threshold"), "verdict": r["verdict"]})
     return {"rc": rc, "compared": sum(r["verdict"] in ("regression", "improved", "unchanged") for r in other),
-            "false_alarms": false, "copies": caught, "load": os.getloadavg()[0]}
+            "false_alarms": false, "copies": caught, "load": os.getloadavg()[0] if rc is not None else None}
+
+
+RULES = {"old": "moderated t on the mean of the rounds, variance pooled with the run's other rows (no history)",
+         "prequential": "learned noise, from the runs before this one only (what CI with --learn-noise does; "
+                        "the first runs at the default)",
+         "loo": "learned noise, leave-one-out: from the other N-1 runs of this evidence"}
+
+
+def redecide(runs: list[dict], rule: str, copies: dict[str, float], rounds: int) -> list[dict]:
+    """Each run's verdicts again from its per-round log-ratios ({KEY tuple: array}, from slots.parquet) under
+    `rule` (RULES); the same outcome records as `outcome`. The learned rules learn every row of the other runs,
+    the slowed copies included: their estimates are shifted by the delay in every run, which moves the mean of
+    their history, not its spread (the noise the rule uses)."""
+    from harness import gate_noise as N
+    from harness import gate_stats as S
+    from harness.gate_verdicts import KEY, GateConfig, blank, decide
+    dev = "evidence"
+    out = []
+    for i, lrs in enumerate(runs):
+        rows = []
+        for k, lr in lrs.items():
+            r = blank(dict(zip(KEY, k)), threshold=0.05)
+            r.update(_stats=S.paired(lr), _lr=lr, n_base=len(lr), n_cur=len(lr))
+            rows.append(r)
+        if rule != "old":
+            noise = N.Noise()
+            for j, other in enumerate(runs):
+                if (j != i) if rule == "loo" else (j < i):
+                    for k, lr in other.items():
+                        if len(lr) == rounds:
+                            noise.add(dev, k, N.trimmed(lr)[0], rounds)
+            N.apply(rows, noise, dev, rounds)
+        v, _ = decide(rows, GateConfig())
+        out.append(verdict_outcome(v.to_dict("records"), copies, None))
+    return out
+
+
+def run_lrs(d: Path) -> dict:
+    import pandas as pd
+
+    from harness import gate_noise as N
+    return N.log_ratios(pd.read_parquet(d / "slots.parquet"))
 
 
 def mode_ab(a, env, log, copies) -> list[dict]:
     out = []
+    noise = a.work / "ab-noise.json"            # learned afresh by this evidence: run i learns from runs 0..i-1
+    noise.unlink(missing_ok=True)
     for i in range(a.runs):
         d = a.work / f"ab-{i:02d}"
         cmd = [sys.executable, "bench.py", "ab", "--baseline-ref", a.baseline_ref, "--suite", a.suites,
                "--variant", a.variants + "," + ",".join(copies), "--rounds", str(a.rounds), "--budget", str(a.budget),
                "--out", str(d), "--json", str(d / "v.json"), "--no-step-summary", "--no-progress",
                "--cmake-arg=-DKB_NO_CUDA=ON"] + (["--threads", str(a.threads)] if a.threads else []) \
+            + (["--noise", str(noise), "--learn-noise"] if a.learn_noise else []) \
             + (["--no-build"] if a.no_build or i else [])
         d.mkdir(parents=True, exist_ok=True)
         rc = run(cmd, {**env, "KB_GATE_INJECT": a.inject}, log)
@@ -153,6 +201,9 @@ def figures(runs: list[dict], copies: dict[str, float]) -> dict:
 
 def report(a, results: dict, copies: dict, started: str, load0: float, argv: list[str]) -> str:
     goal = {"ab": "0 of N (0%)", "stored": "<= 5%"}
+    label = {"ab": "ab (bench.py's own verdicts" + (": learned noise, prequential)" if a.learn_noise
+                                                     else ": no noise file)"),
+             **{f"ab/{r}": f"ab, re-decided offline: {r}" for r in RULES}}
     lines = [f"# Gate evidence ({started})", "",
              f"Command: `python scripts/gate_evidence.py {shlex.join(argv)}`".replace(" `", " `", 1), "",
              f"Machine: {os.cpu_count()} CPUs, load average {load0:.1f} at the start and "
@@ -166,12 +217,12 @@ def report(a, results: dict, copies: dict, started: str, load0: float, argv: lis
              + " | ".join(f"{v} caught (goal)" for v in copies) + " |",
              "|---|---|---|---|" + "---|" * len(copies)]
     for mode, f in results.items():
-        cells = [mode, str(f["gate_runs"]), f"{min(f['rows_compared_per_run'])}-{max(f['rows_compared_per_run'])}"
+        cells = [label.get(mode, mode), str(f["gate_runs"]), f"{min(f['rows_compared_per_run'])}-{max(f['rows_compared_per_run'])}"
                  if f["rows_compared_per_run"] else "", f"{f['runs_with_false_alarm']}/{f['gate_runs']} "
-                 f"({(f['fwer'] or 0):.0%}; goal {goal[mode]})"]
+                 f"({(f['fwer'] or 0):.0%}; goal {goal[mode.split('/')[0]]})"]
         for v, frac in copies.items():
             g = f[v]
-            want = "all" if frac >= 0.2 else (">= 90%" if mode == "ab" else "-")
+            want = "all" if frac >= 0.2 else (">= 90%" if mode.startswith("ab") else "-")
             med = g["median_measured_ratio"]
             cells.append(f"{g['caught']}/{g['rows']} (measured x{med:.3f}; goal {want})" if med else "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -179,6 +230,10 @@ def report(a, results: dict, copies: dict, started: str, load0: float, argv: lis
               "the slowed copies; a run counts as a false alarm when any untouched row failed. The slowed copies "
               "stay in the Holm family, which makes the untouched rows' test very slightly more lenient than in a "
               "pure A/A run (conservative for the false-alarm figure)."]
+    if any(m.startswith("ab/") for m in results):
+        lines += ["", "The `ab` runs' slots re-decided offline under each rule (scripts/gate_evidence.py "
+                  "`redecide`; the same per-round data, so the rules are compared on identical measurements):"]
+        lines += [f"- {r}: {t}" for r, t in RULES.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -205,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
                         "4096 faults per call, which raised the A/A false alarms of 2026-11-30), inherit")
     p.add_argument("--no-build", action="store_true", help="ab: do not build the trees (torch-only variants)")
     p.add_argument("--work", type=Path, help="scratch directory (default .cache/gate-evidence)")
+    p.add_argument("--no-learn-noise", dest="learn_noise", action="store_false",
+                   help="ab: run bench.py ab without a noise file (by default each run learns into "
+                        "WORK/ab-noise.json, emptied at the start, and is gated on the runs before it)")
+    p.add_argument("--redecide", type=Path, metavar="DIR",
+                   help="measure nothing: re-decide the ab runs already in DIR (DIR/ab-00 ...) under every rule")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "gate-evidence.md")
     a = p.parse_args(argv)
     a.work = (a.work or ROOT / ".cache" / "gate-evidence").resolve()
@@ -238,9 +298,28 @@ def main(argv: list[str] | None = None) -> int:
         a.out.with_suffix(".json").write_text(json.dumps({"started": started, "argv": argv, "figures": results,
                                                           "runs": raw}, indent=1))
     a.save = save
+
+    def rules(dirs: list[Path]) -> None:
+        lrs = [run_lrs(d) for d in dirs]
+        for rule in RULES:
+            raw[f"ab/{rule}"] = runs = redecide(lrs, rule, copies, a.rounds)
+            results[f"ab/{rule}"] = figures(runs, copies)
+        save("ab", raw["ab"]) if "ab" in raw else None
+    if a.redecide:
+        dirs = sorted(d for d in a.redecide.glob("ab-*") if (d / "slots.parquet").exists())
+        if not dirs:
+            print(f"gate_evidence: no ab run (ab-*/slots.parquet) in {a.redecide}", file=sys.stderr)
+            return 2
+        raw["ab"] = [outcome(d / "v.json", copies, 0) for d in dirs]
+        results["ab"] = figures(raw["ab"], copies)
+        rules(dirs)
+        print(a.out.read_text())
+        return 0
     with open(a.work / "log.txt", "a") as log:
         for mode in modes:
-            (mode_ab if mode == "ab" else mode_stored)(a, env, log, copies)
+            runs = (mode_ab if mode == "ab" else mode_stored)(a, env, log, copies)
+            if mode == "ab" and runs:
+                rules([a.work / f"ab-{i:02d}" for i in range(len(runs))])
     print(a.out.read_text())
     return 0
 
