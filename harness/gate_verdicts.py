@@ -2,8 +2,9 @@
 
 Rows arrive either already decided (broken, missing, new, skipped, fixed, not compared) or with a RowStats
 (harness.gate_stats) to compare, tested by the moderated t-test, or also with `_tested`, the test with the
-row's noise learned from earlier A/A runs (harness/gate_noise.py, `bench.py ab --noise`), used instead. `decide` tests every compared row, adjusts the p-values over all of them
-(Holm: family-wise error; or Benjamini-Hochberg: false discovery rate), and calls a row
+row's noise learned from earlier A/A runs (harness/gate_noise.py, `bench.py ab --noise`), used instead.
+`decide` tests every compared row, adjusts the p-values over all of them (Holm: family-wise error; or
+Benjamini-Hochberg: false discovery rate), and calls a row
 
     regression  <=>  ratio > 1 + max(threshold, noise floor)  AND  adjusted p <= alpha
     improved    <=>  ratio < 1 / (1 + max(threshold, noise floor))  AND  the row's interval below 1

@@ -15,11 +15,17 @@ Modes:
   stored  `bench.py` K times with the copies undelayed, saved as one baseline of K runs
           (`bench.py baseline save`); then `bench.py` N times with the delays, each gated with `bench.py gate`.
 
+In `ab` mode each run learns into WORK/ab-noise.json (emptied first; `bench.py ab --noise --learn-noise`) and
+is gated on the runs before it; afterwards every run is re-decided offline from its slots under the old rule
+(no noise file), leave-one-out (noise learned from the other N-1 runs) and prequential (from the runs before).
+
 Writes a markdown report (--out, default docs/gate-evidence.md) with the command, the date, the machine's
-load before and after every run, and the figures, plus the raw per-run outcome as JSON beside it.
+load before and after every run, and the figures, plus the raw per-run outcome as JSON beside it and, in `ab`
+mode, every slot of every run in one parquet (<out>-ab-slots.parquet; `--redecide` reads it back).
 
     python scripts/gate_evidence.py                      # the full evidence: 20 runs per mode (long)
     python scripts/gate_evidence.py --runs 3 --modes ab  # a reduced one
+    python scripts/gate_evidence.py --redecide docs/gate-evidence-2026-11-30-ab-slots.parquet --out /tmp/r.md
 """
 from __future__ import annotations
 
@@ -129,6 +135,30 @@ def run_lrs(d: Path) -> dict:
     return N.log_ratios(pd.read_parquet(d / "slots.parquet"))
 
 
+SLOT_COLS = ["run", "suite", "case", "variant", "dtype", "device", "round", "side", "order", "median_ms", "n"]
+
+
+def export_slots(dirs: list[Path], path: Path) -> None:
+    """Every slot of the ab runs in one compact parquet (a `run` column; no per-sample times), from which
+    `--redecide FILE` reproduces every figure of the re-decision."""
+    import pandas as pd
+    t = pd.concat([pd.read_parquet(d / "slots.parquet").assign(run=i) for i, d in enumerate(dirs)])
+    t[SLOT_COLS].to_parquet(path, index=False, compression="zstd")
+
+
+def saved_runs(src: Path, copies: dict[str, float]) -> tuple[list[dict], list[dict]]:
+    """(per-run log-ratios, bench.py's own outcomes or []) of the ab runs in a directory (ab-*/slots.parquet)
+    or in one parquet written by export_slots."""
+    import pandas as pd
+
+    from harness import gate_noise as N
+    if src.is_file():
+        t = pd.read_parquet(src)
+        return [N.log_ratios(g) for _, g in t.groupby("run")], []
+    dirs = sorted(d for d in src.glob("ab-*") if (d / "slots.parquet").exists())
+    return [run_lrs(d) for d in dirs], [outcome(d / "v.json", copies, 0) for d in dirs if (d / "v.json").exists()]
+
+
 def mode_ab(a, env, log, copies) -> list[dict]:
     out = []
     noise = a.work / "ab-noise.json"            # learned afresh by this evidence: run i learns from runs 0..i-1
@@ -217,8 +247,9 @@ def report(a, results: dict, copies: dict, started: str, load0: float, argv: lis
              + " | ".join(f"{v} caught (goal)" for v in copies) + " |",
              "|---|---|---|---|" + "---|" * len(copies)]
     for mode, f in results.items():
-        cells = [label.get(mode, mode), str(f["gate_runs"]), f"{min(f['rows_compared_per_run'])}-{max(f['rows_compared_per_run'])}"
-                 if f["rows_compared_per_run"] else "", f"{f['runs_with_false_alarm']}/{f['gate_runs']} "
+        per_run = f["rows_compared_per_run"]
+        cells = [label.get(mode, mode), str(f["gate_runs"]), f"{min(per_run)}-{max(per_run)}"
+                 if per_run else "", f"{f['runs_with_false_alarm']}/{f['gate_runs']} "
                  f"({(f['fwer'] or 0):.0%}; goal {goal[mode.split('/')[0]]})"]
         for v, frac in copies.items():
             g = f[v]
@@ -263,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-learn-noise", dest="learn_noise", action="store_false",
                    help="ab: run bench.py ab without a noise file (by default each run learns into "
                         "WORK/ab-noise.json, emptied at the start, and is gated on the runs before it)")
-    p.add_argument("--redecide", type=Path, metavar="DIR",
-                   help="measure nothing: re-decide the ab runs already in DIR (DIR/ab-00 ...) under every rule")
+    p.add_argument("--redecide", type=Path, metavar="SRC",
+                   help="measure nothing: re-decide saved ab runs under every rule; SRC is a --work directory "
+                        "(SRC/ab-00 ...) or the slots parquet an ab evidence writes beside --out")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "gate-evidence.md")
     a = p.parse_args(argv)
     a.work = (a.work or ROOT / ".cache" / "gate-evidence").resolve()
@@ -292,34 +324,40 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     a.out.parent.mkdir(parents=True, exist_ok=True)
 
-    def save(mode: str, runs: list[dict]) -> None:       # after every gate run: an interrupted evidence keeps its part
-        raw[mode], results[mode] = runs, figures(runs, copies)
+    def save(mode: str, runs: list[dict] | None) -> None:   # after every gate run: an interrupted run keeps its part
+        if runs is not None:
+            raw[mode], results[mode] = runs, figures(runs, copies)
         a.out.write_text(report(a, results, copies, started, load0, argv))
         a.out.with_suffix(".json").write_text(json.dumps({"started": started, "argv": argv, "figures": results,
                                                           "runs": raw}, indent=1))
     a.save = save
 
-    def rules(dirs: list[Path]) -> None:
-        lrs = [run_lrs(d) for d in dirs]
+    def rules(lrs: list[dict]) -> None:
         for rule in RULES:
             raw[f"ab/{rule}"] = runs = redecide(lrs, rule, copies, a.rounds)
             results[f"ab/{rule}"] = figures(runs, copies)
-        save("ab", raw["ab"]) if "ab" in raw else None
+        save("ab", None)
     if a.redecide:
-        dirs = sorted(d for d in a.redecide.glob("ab-*") if (d / "slots.parquet").exists())
-        if not dirs:
+        try:
+            lrs, own = saved_runs(a.redecide, copies)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"gate_evidence: cannot read the ab runs of {a.redecide}: {e}", file=sys.stderr)
+            return 2
+        if not lrs:
             print(f"gate_evidence: no ab run (ab-*/slots.parquet) in {a.redecide}", file=sys.stderr)
             return 2
-        raw["ab"] = [outcome(d / "v.json", copies, 0) for d in dirs]
-        results["ab"] = figures(raw["ab"], copies)
-        rules(dirs)
+        if own:
+            raw["ab"], results["ab"] = own, figures(own, copies)
+        rules(lrs)
         print(a.out.read_text())
         return 0
     with open(a.work / "log.txt", "a") as log:
         for mode in modes:
             runs = (mode_ab if mode == "ab" else mode_stored)(a, env, log, copies)
             if mode == "ab" and runs:
-                rules([a.work / f"ab-{i:02d}" for i in range(len(runs))])
+                dirs = [a.work / f"ab-{i:02d}" for i in range(len(runs))]
+                rules([run_lrs(d) for d in dirs])
+                export_slots(dirs, a.out.with_name(a.out.stem + "-ab-slots.parquet"))
     print(a.out.read_text())
     return 0
 
