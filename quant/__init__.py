@@ -6,7 +6,7 @@ quality and speed) and suites/quant_gemm.py (the kernels).
     quant.weight_bytes(qmodel)                    # storage as held, at each tensor's width
 
 Methods (`METHODS`, name -> Method): ours -- int8_wo (int8_weight_only.py), int4_g32/g64/g128 (RTN,
-int4_weight_only.py), gptq_g64/g128 (gptq.py, calibrated), w8a8 (w8a8_dynamic.py), fp8_wo / fp8_dynamic
+int4_weight_only.py), gptq_g64/g128 (gptq.py, calibrated), awq_g64/g128 (awq.py, calibrated), w8a8 (w8a8_dynamic.py), fp8_wo / fp8_dynamic
 (fp8.py), w8a8_cpp / int4_g64_cpp (cpp_kernels.py: the same grids on our C++ kernels); PyTorch's -- torch_dynamic_int8, torch_int8pack, torch_int4pack_g64 (torch_native.py); torchao's --
 torchao_* (torchao_configs.py). Bad input (an unknown method, a bit width or group size a method does not
 have, a group that does not divide a layer's input size) raises QuantError with one line.
@@ -38,7 +38,7 @@ class Method:
 
 
 def _ours():
-    from quant import cpp_kernels, fp8, gptq, int4_weight_only, int8_weight_only, w8a8_dynamic
+    from quant import awq, cpp_kernels, fp8, gptq, int4_weight_only, int8_weight_only, w8a8_dynamic
     ms = [Method("none", "unquantized (the reference)", lambda m, lm, cal: m, 32, "none"),
           Method("int8_wo", "int8 weight-only, per channel, symmetric",
                  lambda m, lm, cal: int8_weight_only.apply(m), 8)]
@@ -49,6 +49,10 @@ def _ours():
         ms.append(Method(f"gptq_g{g}", f"int4 GPTQ (Hessian from {gptq.CALIB_WINDOWS} windows of training text), "
                          f"groups of {g}", lambda m, lm, cal, g=g: gptq.apply(m, lm, group=g, calibrate=cal), 4,
                          calibrated=True))
+    for g in (64, 128):
+        ms.append(Method(f"awq_g{g}", f"int4 AWQ (activation-aware input-channel scales and clipping from "
+                         f"{gptq.CALIB_WINDOWS} windows of training text), groups of {g}",
+                         lambda m, lm, cal, g=g: awq.apply(m, lm, group=g, calibrate=cal), 4, calibrated=True))
     ms += [Method("w8a8", "W8A8 dynamic: int8 per-token activations, int8 per-channel weights, int32 GEMM",
                   lambda m, lm, cal: w8a8_dynamic.apply(m), 8),
            Method("fp8_wo", "float8 e4m3 weight-only, per channel (upcast on the CPU)",
