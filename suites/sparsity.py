@@ -4,7 +4,8 @@ The model: `--model tiny|small|PATH` as the `model` suite (models/; test shapes 
 case names a pattern (sparsity/masks.py) applied to all linear layers of the decoder blocks:
 `dense`; `2:4` (magnitude), `2:4-wanda`, `2:4-wanda-rec` (Wanda, then RECOVERY_STEPS of fine-tuning with the
 masks kept, sparsity/recover.py); `block16-d50/25/10`, `block32-d50/25/10` (magnitude); `unstructured-d50/25/10`
-(magnitude: the quality ceiling at each density). Kinds, as the `model` suite: `prefill-b{b}-p{p}` (tokens/s
+(magnitude: the quality ceiling at each density); `block16-d50-rec`, `unstructured-d50-rec` (the same recovery
+for the other two families at 50%: quality rows only). Kinds, as the `model` suite: `prefill-b{b}-p{p}` (tokens/s
 of one forward over b prompts of p tokens, fresh DynamicCache), `decode-b{b}-ctx{c}` (one KV-cached step,
 ms/token), `quality` (the quality columns below).
 
@@ -50,6 +51,11 @@ for _b in (16, 32):
         PATTERNS[f"block{_b}-d{round(_d * 100)}"] = (Pattern("block", _d, _b), False)
 for _d in (0.5, 0.25, 0.1):
     PATTERNS[f"unstructured-d{round(_d * 100)}"] = (Pattern("unstructured", _d), False)
+# recovery at 50% for the other two families too, so each has its quality before and after (quality rows only:
+# the speed of a recovered pattern is its unrecovered twin's, same masks' shapes and density)
+RECOVERED_ONLY = {"block16-d50-rec": (Pattern("block", 0.5, 16), True),
+                  "unstructured-d50-rec": (Pattern("unstructured", 0.5), True)}
+PATTERNS.update(RECOVERED_ONLY)
 
 
 _spec = _lm.model_spec
@@ -83,8 +89,10 @@ _PREFILL, _DECODE, _QUALITY = dict(kind="prefill", b=8, n=64), dict(kind="decode
 SUITE.add_cases("test", _cases(["dense", "2:4-wanda-rec", "block16-d25", "block32-d10", "unstructured-d50"],
                                [dict(kind="prefill", b=2, n=17), dict(kind="decode", b=1, n=9), _QUALITY],
                                model="test"))
-SUITE.add_cases("quick", _cases(list(PATTERNS), [_PREFILL, _DECODE, _QUALITY]))
-SUITE.add_cases("full", _cases(list(PATTERNS), [_PREFILL, _DECODE, dict(kind="decode", b=8, n=32), _QUALITY]))
+_TIMED = [p for p in PATTERNS if p not in RECOVERED_ONLY]
+SUITE.add_cases("quick", _cases(_TIMED, [_PREFILL, _DECODE, _QUALITY]) + _cases(RECOVERED_ONLY, [_QUALITY]))
+SUITE.add_cases("full", _cases(_TIMED, [_PREFILL, _DECODE, dict(kind="decode", b=8, n=32), _QUALITY])
+                + _cases(RECOVERED_ONLY, [_QUALITY]))
 
 
 # ---- models: dense (loaded once), pruned per pattern (cached in the process) -------------------------------

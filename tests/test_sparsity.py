@@ -194,9 +194,10 @@ def test_calibration_norms_are_the_input_feature_norms(test_lm):
     assert bytes(ids[0].tolist()) not in held
 
 
-def test_recovery_keeps_the_masks_and_lowers_the_loss(test_lm):
+@pytest.mark.parametrize("pattern", [Pattern("2:4"), Pattern("block", 0.5, 16), Pattern("unstructured", 0.5)])
+def test_recovery_keeps_the_masks_and_lowers_the_loss(test_lm, pattern):
     lm = _copy(test_lm)
-    rep = prune.prune_model(lm.model, Pattern("2:4"))
+    rep = prune.prune_model(lm.model, pattern)
     with torch.no_grad():
         losses = recover.finetune(lm, rep.masks, steps=12, lr=3e-3)
     assert len(losses) == 12 and all(math.isfinite(x) for x in losses)
@@ -220,6 +221,20 @@ def test_sparse_model_matches_masked_dense(test_lm, pattern):
     with torch.no_grad():
         torch.testing.assert_close(sparse(input_ids=ids).logits, lm.model(input_ids=ids).logits,
                                    rtol=2e-4, atol=2e-4)
+
+
+def test_every_pattern_family_has_a_recovered_quality_row():
+    """Recovery (quality before and after) for 2:4, blocks and unstructured at 50%: quality rows of the quick set
+    whose pattern prunes exactly as its unrecovered twin, then fine-tunes."""
+    import suites.sparsity as ss
+    quick = [c for c in ss.SUITE.cases("quick")]
+    for name, twin in (("2:4-wanda-rec", "2:4-wanda"), ("block16-d50-rec", "block16-d50"),
+                       ("unstructured-d50-rec", "unstructured-d50")):
+        (pattern, rec), (twin_pattern, twin_rec) = ss.PATTERNS[name], ss.PATTERNS[twin]
+        assert rec and not twin_rec and pattern == twin_pattern
+        assert any(c.pattern == name and c.kind == "quality" for c in quick), name
+    for name in ss.RECOVERED_ONLY:
+        assert {c.kind for c in quick if c.pattern == name} == {"quality"}
 
 
 @pytest.mark.parametrize("pattern", [Pattern("2:4"), Pattern("block", 0.1, 32), Pattern("unstructured", 0.25)])
