@@ -10,8 +10,9 @@ is spread over the columns not yet quantized through row i of the upper Cholesky
 weights that already carry every earlier update). Dampening: 1% of the mean diagonal added to H.
 
 Calibration: `CALIB_WINDOWS` windows of the model's context from the *training* split (never the held-out
-text the quality is scored on), seeded. All Hessians come from one pass of the unquantized model (not layer
-by layer through the already-quantized layers: the "true sequential" refinement is not done).
+text the quality is scored on), seeded. `act_order` (the `gptq_g*_act` methods): columns in order of decreasing
+H_ii with static groups (AutoGPTQ's desc_act + static_groups). All Hessians come from one pass of the unquantized
+model (not layer by layer through the already-quantized layers: the "true sequential" refinement is not done).
 Cost: one forward over the calibration text plus O(K^3 + N K^2) per layer (milliseconds on the tiny model).
 """
 from __future__ import annotations
@@ -67,14 +68,20 @@ def lm_calibration(ids: torch.Tensor, batch: int = 16):
     return run
 
 
-def gptq_quantize(w: torch.Tensor, xtx: torch.Tensor, count: int, group: int, damp: float = DAMP):
-    """GPTQ on one weight [N, K] with sum x x^T [K, K]: (q uint8 [N, K], scale [N, K/G], zero [N, K/G])."""
+def gptq_quantize(w: torch.Tensor, xtx: torch.Tensor, count: int, group: int, damp: float = DAMP,
+                  act_order: bool = False):
+    """GPTQ on one weight [N, K] with sum x x^T [K, K]: (q uint8 [N, K], scale [N, K/G], zero [N, K/G]).
+    act_order: columns in order of decreasing H_ii (the loudest inputs first, while the most columns remain to
+    absorb their error), with static groups (each group's grid fitted on the original weights, so a group's
+    columns may come at any point of the order and the storage stays the int4 layout)."""
     W = w.detach().to(torch.float64).clone()
     n, k = W.shape
     H = 2.0 * xtx / max(count, 1)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
+    if act_order:
+        return _gptq_act_order(W, H, group, damp)
     H += damp * torch.mean(torch.diag(H)) * torch.eye(k, dtype=torch.float64)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     Q = torch.zeros(n, k, dtype=torch.uint8)
@@ -99,7 +106,36 @@ def gptq_quantize(w: torch.Tensor, xtx: torch.Tensor, count: int, group: int, da
     return Q, scales, zeros
 
 
-def apply(model: nn.Module, lm=None, group: int = 64, bits: int = 4, calibrate=None) -> nn.Module:
+def _gptq_act_order(W: torch.Tensor, H: torch.Tensor, group: int, damp: float):
+    n, k = W.shape
+    scales, zeros = group_params(W.float(), group)      # static groups: fitted before any update
+    perm = torch.argsort(torch.diag(H), descending=True)
+    W, H = W[:, perm], H[perm][:, perm]
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(k, dtype=torch.float64)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    gidx = perm // group                                 # the group of each permuted column
+    s_col, z_col = scales.double()[:, gidx], zeros.double()[:, gidx]
+    Qp = torch.zeros(n, k, dtype=torch.uint8)
+    for i1 in range(0, k, group):                       # lazy batches of G columns (not groups now)
+        i2 = min(i1 + group, k)
+        W1 = W[:, i1:i2].clone()
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col, s64, z64 = W1[:, i], s_col[:, i1 + i], z_col[:, i1 + i]
+            q = torch.clamp(torch.round(col / s64) + z64, 0, QMAX)
+            Qp[:, i1 + i] = q.to(torch.uint8)
+            e = (col - s64 * (q - z64)) / Hinv1[i, i]
+            W1[:, i:] -= e[:, None] * Hinv1[i, i:][None, :]
+            err1[:, i] = e
+        W[:, i2:] -= err1 @ Hinv[i1:i2, i2:]
+    Q = torch.empty_like(Qp)
+    Q[:, perm] = Qp                                      # back to the original column order
+    return Q, scales, zeros
+
+
+def apply(model: nn.Module, lm=None, group: int = 64, bits: int = 4, calibrate=None,
+          act_order: bool = False) -> nn.Module:
     """Quantize `model` with GPTQ. Calibration: `calibrate(model)` (runs the model over calibration inputs), or
     by default CALIB_WINDOWS windows of `lm`'s training text."""
     check(model, group, bits, f"GPTQ int4 g{group}")
@@ -111,7 +147,7 @@ def apply(model: nn.Module, lm=None, group: int = 64, bits: int = 4, calibrate=N
 
     def make(name, lin):
         xtx, count = hs[name]
-        q, s, z = gptq_quantize(lin.weight, xtx, count, group)
+        q, s, z = gptq_quantize(lin.weight, xtx, count, group, act_order=act_order)
         return Int4WeightOnlyLinear(lin, group, q=q, scale=s, zero=z)
     replace_linears(model, make)
     return model
