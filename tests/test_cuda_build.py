@@ -27,9 +27,11 @@ EXPECTED_KERNELS = (
        for a in ("true", "false")]
     + [f"kb_sparse24_mma_sp_kernel<{t}>" for t in ("__nv_bfloat16", "__half")]
     + [f"kb_bsr_mma_kernel<{t}, {b}>" for t in ("__nv_bfloat16", "__half") for b in (16, 32)]
+    + [f"kb_gemm_w4a16_kernel<{t}>" for t in ("__nv_bfloat16", "__half")]
 )
 # kernels that must use tensor cores (HMMA; mma.sp shows as HMMA.SP), the others must not
-TENSOR_CORE_KERNELS = ("kb_gemm_tc_kernel", "kb_attn_fwd_mma_kernel", "kb_sparse24_mma_sp_kernel", "kb_bsr_mma_kernel")
+TENSOR_CORE_KERNELS = ("kb_gemm_tc_kernel", "kb_attn_fwd_mma_kernel", "kb_sparse24_mma_sp_kernel", "kb_bsr_mma_kernel",
+                       "kb_gemm_w4a16_kernel")
 
 
 def _cuda_archs(build: Path) -> list[str]:

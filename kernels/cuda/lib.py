@@ -220,3 +220,22 @@ GEMM_W8A8 = _cuda("kb_cuda_gemm_w8a8",
                   "W8A8 on int8 tensor cores (mma.sync m16n8k32 s8, int32 accumulation, scales in the epilogue)",
                   "quant_int8_gemm.cu", layout={"a": unit_last, "w": unit_last, "sa": contiguous, "sw": contiguous},
                   unsupported=_w8a8_only)
+
+
+def _w4_only(case, **_):
+    if case is not None and case.get("scheme") != "w4":
+        return "the W4A16 tensor-core GEMM is the w4 scheme's"
+    if case is not None and case.dtype_name not in ("bfloat16", "float16"):
+        return f"tensor-core kernel: bf16/fp16 inputs, not {case.dtype_name}"
+    return None
+
+
+# out[M, N] = x[M, K] @ W^T, W int4 (packed [N, K/2], scale fp32 / zero uint8 [N, K/group]); x, out bf16 or fp16
+GEMM_W4A16 = _cuda("kb_cuda_gemm_w4a16",
+                   [ptr("x"), ptr("packed"), ptr("scale"), ptr("zero"), ptr("out"), size("x", 0), size("packed", 0),
+                    size("x", 1), i32("group"), stride("x", 0), stride("out", 0), dtype("x")],
+                   lambda case, x, packed, **_: (x.shape[0], packed.shape[0]),
+                   "W4A16 on tensor cores (nibbles dequantized in registers into mma.sync m16n8k16 B fragments)",
+                   "quant_w4a16_gemm.cu", dtypes=("bfloat16", "float16"),
+                   layout={"x": unit_last, "packed": contiguous, "scale": contiguous, "zero": contiguous},
+                   unsupported=_w4_only)
