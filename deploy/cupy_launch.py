@@ -174,6 +174,7 @@ KB_ROW_CACHE_BYTES = 96 * 1024                                  # kb_common.h
 GEMM = dict(BM=128, BN=128, BK=32, STAGES=3, THREADS=256)       # gemm_tc.cu
 GEMM_SMEM = GEMM["STAGES"] * (GEMM["BM"] * (GEMM["BK"] + 8) + GEMM["BK"] * (GEMM["BN"] + 8)) * 2
 W8A8 = dict(WARPS=4)                                            # quant_int8_gemm.cu
+W4A16 = dict(W4_WARPS=4)                                        # quant_w4a16_gemm.cu
 SP24 = dict(SP_WARPS=4, SP_BM=32)                               # sparse_24_mma_sp.cu (SP_BN = 16 * SP_WARPS)
 BSR = dict(BS_WARPS=4, BS_WM=32)                                # sparse_bsr.cu
 DECODE = dict(KB_DEC_MAX_R=16, KB_DEC_WARPS=4)                  # decode_paged.cu
@@ -229,6 +230,13 @@ def w8a8_launch(dtype: int, m: int, n: int) -> Launch:
                   (32 * W8A8["WARPS"],), 0)
 
 
+def w4a16_launch(dtype: int, m: int, n: int) -> Launch:
+    """quant_w4a16_gemm.cu: a block of W4_WARPS warps covers (16 * W4_WARPS) x 32 of out; x and out bf16 or fp16."""
+    rows = 16 * W4A16["W4_WARPS"]
+    return Launch(f"kb_gemm_w4a16_kernel<{T_NAMES[dtype]}>", ((n + 31) // 32, (m + rows - 1) // rows),
+                  (32 * W4A16["W4_WARPS"],), 0)
+
+
 def sparse24_launch(dtype: int, m: int, n: int) -> Launch:
     """sparse_24_mma_sp.cu: 16 rows of W per warp (SP_BN per block) x SP_BM rows of x."""
     bn = 16 * SP24["SP_WARPS"]
@@ -263,6 +271,7 @@ def all_instantiations() -> dict[str, list[str]]:
                      for n in decode_launches(q, kv, d, 1, 1, 1)})
     return {**rows, "attention_fwd.cu": attn, "gemm_tc.cu": sorted(set(gemm)),
             "quant_int8_gemm.cu": [w8a8_launch(dt, 1, 1).name for dt in (0, 1, 2)],
+            "quant_w4a16_gemm.cu": [w4a16_launch(dt, 1, 1).name for dt in (1, 2)],
             "sparse_24_mma_sp.cu": [sparse24_launch(dt, 1, 1).name for dt in (1, 2)],
             "sparse_bsr.cu": [bsr_launch(dt, bl, 1, bl).name for dt in (1, 2) for bl in (16, 32)],
             "decode_paged.cu": decode}
@@ -417,6 +426,25 @@ def _w8a8_entry(lib: CupyLib):
     return entry
 
 
+def _w4a16_entry(lib: CupyLib):
+    np = _np()
+
+    def entry(x, packed, scale, zero, out, m, n, k, group, ldx, ldo, dtype, stream) -> int:
+        rows = 16 * W4A16["W4_WARPS"]
+        if not (x and packed and scale and zero and out) or m < 0 or n < 0 or k < 0 or group <= 0 or group % 16 or \
+                k % group or (m > 1 and (ldx < k or ldo < n)) or (m + rows - 1) // rows > 65535:
+            return lib.fail(f"gemm_w4a16: bad arguments (M={m} N={n} K={k} group={group}: the group must be a "
+                            "multiple of 16 dividing K)")
+        if m == 0 or n == 0:
+            return KB_OK
+        if dtype not in (1, 2):
+            return lib.fail(f"gemm_w4a16: dtype {dtype} not supported (1 = bf16, 2 = f16)")
+        args = [np.uint64(p) for p in (x, packed, scale, zero, out)] + [np.int64(v) for v in (m, n, k)] + \
+            [np.int32(group)] + [np.int64(v) for v in (ldx, ldo)]
+        return lib.launch("quant_w4a16_gemm.cu", w4a16_launch(dtype, m, n), args, stream)
+    return entry
+
+
 def _sparse24_entry(lib: CupyLib):
     np = _np()
 
@@ -517,6 +545,7 @@ ENTRY_POINTS: dict[str, Callable[[CupyLib], Callable[..., int]]] = {
     "kb_cuda_attention_fwd": _attention_entry,
     "kb_cuda_gemm": _gemm_entry,
     "kb_cuda_gemm_w8a8": _w8a8_entry,
+    "kb_cuda_gemm_w4a16": _w4a16_entry,
     "kb_cuda_gemm_24": _sparse24_entry,
     "kb_cuda_bsr_gemm": _bsr_entry,
     "kb_cuda_decode_paged": _decode_entry,
@@ -524,8 +553,7 @@ ENTRY_POINTS: dict[str, Callable[[CupyLib], Callable[..., int]]] = {
 
 
 # Declared CUDA kernels without a CuPy launcher yet, and why (tests/test_cupy_launch.py fails on any other).
-NOT_YET: dict[str, str] = {"kb_cuda_gemm_w4a16": "quant_w4a16_gemm.cu is new (v1, simulation-checked); its Python "
-                                                  "mirror of the host function is not written yet"}
+NOT_YET: dict[str, str] = {}
 
 
 # ---- the variants ----------------------------------------------------------------------------------------------

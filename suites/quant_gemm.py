@@ -15,7 +15,8 @@ operands and PyTorch's own int8/int4 paths. Two schemes (case parameter `scheme`
 - `cuda_mma` (w8a8, kernels/cuda/quant_int8_gemm.cu): mma.sync.m16n8k32 s8 with int32 accumulators; on the CPU
   the tests run it under the CUDA simulation, which computes the s8 fragment layouts of the PTX ISA.
 - `cuda_w4a16` (w4, kernels/cuda/quant_w4a16_gemm.cu): bf16/fp16 x against the int4 weights dequantized in
-  registers straight into mma.sync.m16n8k16 B fragments, fp32 accumulation; checked under the CUDA simulation.
+  registers straight into mma.sync.m16n8k16 B fragments, fp32 accumulation; checked under the CUDA simulation;
+  `cupy_w4a16` the same source through NVRTC (deploy/cupy_launch.py).
 - `triton` (both schemes, kernels/triton/quant_gemm.py): on a GPU, compiled and autotuned; on the CPU checked
   under the interpreter (`KB_TRITON_INTERPRET=1`, float32 and float16).
 The check: a float64 reference of the dequantized product (exact integer sums, then the scales).
@@ -139,7 +140,7 @@ def reference(case, a=None, sa=None, w=None, sw=None, x=None, packed=None, scale
 
 
 # ---- variants -----------------------------------------------------------------------------------------------
-W8, W4 = ("cpp_vnni", "torch_int_mm", "cuda_mma"), ("cpp_w4", "torch_int4pack", "cuda_w4a16")
+W8, W4 = ("cpp_vnni", "torch_int_mm", "cuda_mma"), ("cpp_w4", "torch_int4pack", "cuda_w4a16", "cupy_w4a16")
 
 
 def applies(case, variant: str) -> bool:
@@ -190,4 +191,5 @@ SUITE.add("cpp_w4", cpp.GEMM_W4A16)
 SUITE.add("cuda_mma", cuda.GEMM_W8A8)              # int8 tensor cores; under the simulation in the tests
 SUITE.add("cupy_mma", cupy_launch.variant(cuda.GEMM_W8A8))    # the same .cu, NVRTC via CuPy
 SUITE.add("cuda_w4a16", cuda.GEMM_W4A16)          # int4 nibbles dequantized into mma.m16n8k16 fragments; simulated
+SUITE.add("cupy_w4a16", cupy_launch.variant(cuda.GEMM_W4A16))  # the same .cu, NVRTC via CuPy
 SUITE.add("triton", triton_quant.VARIANT)         # both schemes: int8 tl.dot, and nibbles dequantized in registers

@@ -13,7 +13,7 @@ from deploy import cupy_launch as cl
 from kernels.cuda import lib as cuda
 
 SOURCES = ("softmax.cu", "rmsnorm.cu", "layernorm.cu", "attention_fwd.cu", "gemm_tc.cu", "quant_int8_gemm.cu",
-           "sparse_24_mma_sp.cu", "sparse_bsr.cu", "decode_paged.cu")
+           "quant_w4a16_gemm.cu", "sparse_24_mma_sp.cu", "sparse_bsr.cu", "decode_paged.cu")
 
 
 def _globals(text):
@@ -76,7 +76,8 @@ def test_launch_constants_match_the_sources():
     gemm = (cl.CUDA_DIR / "gemm_tc.cu").read_text()
     consts = dict(re.findall(r"\b(BM|BN|BK|STAGES|THREADS) = (\d+)", gemm))
     assert {k: int(v) for k, v in consts.items()} == cl.GEMM
-    for cu, table in (("quant_int8_gemm.cu", cl.W8A8), ("sparse_24_mma_sp.cu", cl.SP24), ("sparse_bsr.cu", cl.BSR)):
+    for cu, table in (("quant_int8_gemm.cu", cl.W8A8), ("quant_w4a16_gemm.cu", cl.W4A16),
+                      ("sparse_24_mma_sp.cu", cl.SP24), ("sparse_bsr.cu", cl.BSR)):
         text = (cl.CUDA_DIR / cu).read_text()
         assert {k: int(re.search(rf"\b{k} = (\d+)", text).group(1)) for k in table} == table, cu
     decode = (cl.CUDA_DIR / "decode_paged.cu").read_text()
@@ -96,6 +97,7 @@ def test_launch_constants_match_the_sources():
 
 
 OTHER_LAUNCHES = {"kb_gemm_w8a8_kernel": lambda: cl.w8a8_launch(0, 64, 64),
+                  "kb_gemm_w4a16_kernel": lambda: cl.w4a16_launch(1, 64, 64),
                   "kb_sparse24_mma_sp_kernel": lambda: cl.sparse24_launch(1, 64, 64),
                   "kb_bsr_mma_kernel": lambda: cl.bsr_launch(1, 16, 64, 64),
                   "kb_decode_paged_kernel": lambda: cl.decode_launches(1, 1, 64, 2, 2, 3)[0],
@@ -208,6 +210,8 @@ def test_without_cupy_the_variants_are_skipped_with_the_reason():
 def test_quantized_and_sparse_launches():
     w = cl.w8a8_launch(1, 129, 50)
     assert (w.name, w.grid, w.block) == ("kb_gemm_w8a8_kernel<__nv_bfloat16>", (2, 3), (128,))    # 64 x 32 per block
+    w4 = cl.w4a16_launch(2, 129, 40)
+    assert (w4.name, w4.grid, w4.block) == ("kb_gemm_w4a16_kernel<__half>", (2, 3), (128,))          # 64 x 32 per block
     sp = cl.sparse24_launch(2, 33, 100)
     assert (sp.name, sp.grid, sp.block) == ("kb_sparse24_mma_sp_kernel<__half>", (2, 2), (128,))  # 64 W rows x 32
     b = cl.bsr_launch(1, 32, 129, 96)
@@ -245,6 +249,24 @@ def test_w8a8_entry_through_the_declaration():
     assert cu == "quant_int8_gemm.cu" and launch == cl.w8a8_launch(0, m, n)
     assert [int(a) for a in args] == [inp["a"].data_ptr(), inp["sa"].data_ptr(), inp["w"].data_ptr(),
                                       inp["sw"].data_ptr(), out.data_ptr(), m, n, k, k, k, n]
+
+
+def test_w4a16_entry_through_the_declaration():
+    from harness.registry import all_suites
+    suite = all_suites()["quant_gemm"]
+    case = next(c for c in suite.cases("test", "cpu", "bfloat16") if c.get("scheme") == "w4" and c.m == 129)
+    inp = suite.make_inputs(case, 0)
+    lib = RecordingLib()
+    kernel = suite.variants["cuda_w4a16"].kernel          # the declaration cupy_w4a16 binds to the CuPy library
+    out = case.poisoned(kernel.out(case, **inp))
+    kernel.bind(lib, case, inp, out)()
+    (cu, launch, args), = lib.launches
+    m, k = inp["x"].shape
+    n = inp["packed"].shape[0]
+    assert cu == "quant_w4a16_gemm.cu" and launch == cl.w4a16_launch(1, m, n)
+    assert [int(a) for a in args] == [inp["x"].data_ptr(), inp["packed"].data_ptr(), inp["scale"].data_ptr(),
+                                      inp["zero"].data_ptr(), out.data_ptr(), m, n, k, case.group, k, n]
+    assert [a.dtype.name for a in args[5:]] == ["int64", "int64", "int64", "int32", "int64", "int64"]
 
 
 def test_sparse_entries_through_the_declarations():
@@ -304,6 +326,11 @@ def test_new_entry_points_validate_like_the_c_code():
     w8 = cl.ENTRY_POINTS["kb_cuda_gemm_w8a8"](lib)
     assert w8(8, 8, 8, 8, 8, 4, 4, 1 << 17, 1 << 17, 1 << 17, 4, 0, 0) == cl.KB_EINVAL and "overflow" in lib.error
     assert w8(8, 8, 8, 8, 8, 4, 4, 8, 4, 8, 4, 0, 0) == cl.KB_EINVAL and "bad arguments" in lib.error   # lda < K
+    w4 = cl.ENTRY_POINTS["kb_cuda_gemm_w4a16"](lib)
+    assert w4(8, 8, 8, 8, 8, 4, 4, 96, 64, 96, 4, 1, 0) == cl.KB_EINVAL and "group=64" in lib.error   # 64 !| 96
+    assert w4(8, 8, 8, 8, 8, 4, 4, 96, 24, 96, 4, 1, 0) == cl.KB_EINVAL and "multiple of 16" in lib.error
+    assert w4(8, 8, 8, 8, 8, 4, 4, 96, 32, 96, 4, 0, 0) == cl.KB_EINVAL and "dtype 0" in lib.error
+    assert w4(8, 8, 8, 8, 8, 0, 4, 96, 32, 96, 4, 1, 0) == cl.KB_OK and not lib.launches          # no rows
     sp = cl.ENTRY_POINTS["kb_cuda_gemm_24"](lib)
     assert sp(8, 8, 8, 8, 4, 4, 6, 6, 4, 1, 0) == cl.KB_EINVAL and "K % 4" in lib.error
     assert sp(8, 8, 8, 8, 4, 4, 8, 8, 4, 0, 0) == cl.KB_EINVAL and "dtype 0" in lib.error
