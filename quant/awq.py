@@ -26,35 +26,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from quant.common import QuantError, decoder_linears, replace_linears
+from quant.common import QuantError, calibration_statistics, replace_linears
 from quant.int4_weight_only import QMAX, Int4WeightOnlyLinear, check, quantize_with
 
 ALPHAS = tuple(i / 20 for i in range(21))
 CLIP_RATIOS = tuple(1.0 - i / 20 for i in range(11))        # 1.0 .. 0.5
 
 
-@torch.no_grad()
 def statistics(model: nn.Module, calibrate) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
     """For every decoder linear: (sum of x x^T [K, K] float64, sum of |x| [K] float64, token count), from one
-    `calibrate(model)` pass."""
-    acc: dict[str, list] = {}
-    hooks = []
-    for name, lin in decoder_linears(model):
-        k = lin.in_features
-        acc[name] = [torch.zeros(k, k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64), 0]
-
-        def hook(mod, inp, out, name=name):
-            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).to("cpu", torch.float64)
-            acc[name][0] += x.t() @ x
-            acc[name][1] += x.abs().sum(0)
-            acc[name][2] += x.shape[0]
-        hooks.append(lin.register_forward_hook(hook))
-    try:
-        calibrate(model)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {k: (v[0], v[1], v[2]) for k, v in acc.items()}
+    `calibrate(model)` pass (quant.common.calibration_statistics)."""
+    return calibration_statistics(model, calibrate)
 
 
 def clipped_params(w: torch.Tensor, group: int, ratio: torch.Tensor | float = 1.0):

@@ -76,6 +76,31 @@ def decoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
             yield name, mod
 
 
+@torch.no_grad()
+def calibration_statistics(model: nn.Module, calibrate) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
+    """For every decoder linear, from one `calibrate(model)` pass over the calibration data (ids [windows,
+    context] for an LM): (sum of x x^T [K, K], sum of |x| [K], both float64, token count). GPTQ takes the first
+    (its Hessian), AWQ all three."""
+    acc: dict[str, list] = {}
+    hooks = []
+    for name, lin in decoder_linears(model):
+        k = lin.in_features
+        acc[name] = [torch.zeros(k, k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64), 0]
+
+        def hook(mod, inp, out, name=name):
+            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).to("cpu", torch.float64)
+            acc[name][0] += x.t() @ x
+            acc[name][1] += x.abs().sum(0)
+            acc[name][2] += x.shape[0]
+        hooks.append(lin.register_forward_hook(hook))
+    try:
+        calibrate(model)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: (v[0], v[1], v[2]) for k, v in acc.items()}
+
+
 def _tied_weights(model: nn.Module) -> set[int]:
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     return {id(emb.weight)} if emb is not None else set()

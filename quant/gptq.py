@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quant.common import QuantError, decoder_linears, replace_linears
+from quant.common import QuantError, calibration_statistics, replace_linears
 from quant.int4_weight_only import QMAX, Int4WeightOnlyLinear, check, group_params
 
 CALIB_WINDOWS = 128
@@ -37,26 +37,10 @@ def calibration_ids(lm, windows: int = CALIB_WINDOWS, seed: int = 0) -> torch.Te
     return train[starts[:, None] + torch.arange(ctx)]
 
 
-@torch.no_grad()
 def hessians(model: nn.Module, calibrate) -> dict[str, tuple[torch.Tensor, int]]:
     """For every decoder linear: (sum of x x^T over the calibration tokens in float64 [K, K], token count).
     `calibrate(model)` runs the model over the calibration data (ids [windows, context] for an LM)."""
-    acc: dict[str, list] = {}
-    hooks = []
-    for name, lin in decoder_linears(model):
-        acc[name] = [torch.zeros(lin.in_features, lin.in_features, dtype=torch.float64), 0]
-
-        def hook(mod, inp, out, name=name):
-            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).to("cpu", torch.float64)
-            acc[name][0] += x.t() @ x
-            acc[name][1] += x.shape[0]
-        hooks.append(lin.register_forward_hook(hook))
-    try:
-        calibrate(model)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {k: (v[0], v[1]) for k, v in acc.items()}
+    return {k: (h, n) for k, (h, _, n) in calibration_statistics(model, calibrate).items()}
 
 
 def lm_calibration(ids: torch.Tensor, batch: int = 16):
