@@ -257,7 +257,9 @@ def test_a_write_error_stops_the_run_cleanly(tmp_path, monkeypatch):
 def test_a_full_tmpfs_stops_the_run_cleanly(tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    # 16 MiB: room for the run's own files however long a loaded machine makes it (its telemetry grows with time;
+    # 2 MiB filled up before the filler could be created in a CI run at load), then the filler takes the rest
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN); the injected write error covers it")
     try:
         out = mnt / "run"
