@@ -250,8 +250,7 @@ def _check_main(backend: str, suites: list[str]) -> dict:
     import torch  # noqa: F401
     from harness.check import compare
     from harness.registry import Skip, all_suites
-    from tests.special_values import (GEMM_SHAPES, ROW_SUITES, assert_same_specials, attention_inputs,
-                                      gemm_inputs, row_inputs, torch_expected)
+    from tests.special_values import GEMM_SHAPES, ROW_SUITES, assert_same_specials, special_inputs, torch_expected
     known = all_suites()
     names = [n for s in suites for n in ((s,) if s in known else ("rmsnorm", "layernorm")) if n in known]
     if backend == "cuda":
@@ -289,8 +288,7 @@ def _check_main(backend: str, suites: list[str]) -> dict:
                     if kind is not None:
                         params["norm"] = kind
                     case = Case(name, params, "cpu", dtype)
-                    inputs = (attention_inputs(suite, case) if name == "attention" else gemm_inputs(suite, case)
-                              if name == "gemm" else row_inputs(suite, case))
+                    inputs = special_inputs(name, suite, case)
                     try:
                         out = variant.setup(case, **inputs)()
                         assert_same_specials(out, torch_expected(suite, case, inputs), f"{name} {dtype} special",

@@ -58,6 +58,13 @@ def gemm_inputs(suite, case, seed: int = 11) -> dict:
     return inputs
 
 
+def special_inputs(suite_name: str, suite, case) -> dict:
+    """The special-value inputs of `suite_name`'s case: attention, GEMM, or the row suites'."""
+    if suite_name == "attention":
+        return attention_inputs(suite, case)
+    return gemm_inputs(suite, case) if suite_name == "gemm" else row_inputs(suite, case)
+
+
 def torch_expected(suite, case, inputs) -> torch.Tensor:
     """torch's eager op (the suite's baseline variant) on the same inputs: where NaN and inf must be."""
     baseline = suite.variants[suite.baseline]

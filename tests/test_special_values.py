@@ -12,8 +12,7 @@ import torch
 
 from harness.registry import Case, Skip, all_suites
 from kernels.cuda import lib as cuda_lib
-from tests.special_values import (GEMM_SHAPES, ROW_SUITES, assert_same_specials, attention_inputs, gemm_inputs,
-                                  row_inputs, torch_expected)
+from tests.special_values import GEMM_SHAPES, ROW_SUITES, assert_same_specials, special_inputs, torch_expected
 
 # Known disagreements, found by this test, owned elsewhere: expected to fail until fixed (strict: a fix flips it).
 KNOWN_BAD: dict[tuple[str, str], str] = {}
@@ -61,13 +60,8 @@ def simlib():
 @pytest.mark.parametrize("suite_name,case", _cases())
 def test_variants_put_nan_and_inf_where_torch_does(suite_name, case, simlib, monkeypatch):
     suite = _suites()[suite_name]
-    inputs = _inputs(suite_name, suite, case)
+    inputs = special_inputs(suite_name, suite, case)
     _check_every_variant(suite_name, suite, case, inputs, simlib, monkeypatch)
-
-
-def _inputs(suite_name, suite, case):
-    return (attention_inputs(suite, case) if suite_name == "attention" else gemm_inputs(suite, case)
-            if suite_name == "gemm" else row_inputs(suite, case))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -124,7 +118,7 @@ def test_compiled_variants_special_values(suite_name):
     """torch.compile variants (about 30 s of compilation per suite on this machine: marked slow)."""
     suite = _suites()[suite_name]
     case = next(c.values[1] for c in _cases() if c.values[0] == suite_name)
-    inputs = _inputs(suite_name, suite, case)
+    inputs = special_inputs(suite_name, suite, case)
     want = torch_expected(suite, case, inputs)
     v = suite.variants["torch_compile"]
     assert_same_specials(v.setup(case, **inputs)(), want, f"{suite_name} torch_compile", *suite.tolerance(case))
