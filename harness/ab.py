@@ -323,10 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             except N.NoiseFileError as e:
                 raise RS.BadInput(str(e)) from None
         inject = os.environ.get("KB_GATE_INJECT", "")
+        parents: dict = {}
         if inject:
             from harness import inject as I
             try:
-                I.parse(inject)
+                parents = I.parents(inject)
             except ValueError as e:
                 raise RS.BadInput(str(e)) from None
         trees = {"base": T.worktree(a.baseline_ref, "baseline"),
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         noise_text = ""
         if noise is not None:
             dev = N.device_id(a.device)
-            used = N.apply(rows, noise, dev, a.rounds, cfg.alpha)
+            used = N.apply(rows, noise, dev, a.rounds, cfg.alpha, parents)
             noise_text = (f"; per-row noise learned from A/A runs ({a.noise}, device {dev}, {a.rounds} rounds, up "
                           f"to {noise.learned_runs(dev, a.rounds)} runs per row): 20%-trimmed mean of the rounds, "
                           f"se = max(the row's learned run-level sd, its own): {used['learned']} rows learned, "
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{noise.default_sd(dev, a.rounds):.1%}")
         verdicts, summary = decide(rows, cfg)
         if noise is not None and a.learn_noise and not interrupted:
-            N.learn(rows, noise, dev, a.rounds)
+            N.learn(rows, noise, dev, a.rounds, parents)
             try:
                 noise.save()
             except OSError as e:

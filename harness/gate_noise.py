@@ -177,15 +177,24 @@ def test_row(log_ratios, hist: list[float], default_sd: float, alpha: float = 0.
     return S.Tested(r, math.exp(est - half), math.exp(est + half), p, floor, se, df), src
 
 
-def apply(rows: list[dict], noise: Noise, device: str, rounds: int, alpha: float = 0.05) -> dict[str, int]:
+def history_row(r: dict, parents: dict[tuple[str, str], str] | None) -> dict:
+    """The row whose A/A history gives `r` its noise: `r` itself, or for a test-only slowed copy
+    (harness/inject.py) the row it copies."""
+    parent = (parents or {}).get((r["suite"], r["variant"]))
+    return r if parent is None else {**r, "variant": parent}
+
+
+def apply(rows: list[dict], noise: Noise, device: str, rounds: int, alpha: float = 0.05,
+          parents: dict[tuple[str, str], str] | None = None) -> dict[str, int]:
     """Give every compared row (one with `_lr`, its per-round log-ratios) its learned-noise test (`_tested`,
-    read by gate_verdicts.decide). Returns how many rows took their noise from each source."""
+    read by gate_verdicts.decide); `parents` (inject.parents) maps slowed copies to the rows whose history they
+    use. Returns how many rows took their noise from each source."""
     count = {"learned": 0, "default": 0, "own": 0}
     dflt = noise.default_sd(device, rounds)
     for r in rows:
         if r.get("_lr") is None:
             continue
-        t, src = test_row(r["_lr"], noise.history(device, r, rounds), dflt, alpha)
+        t, src = test_row(r["_lr"], noise.history(device, history_row(r, parents), rounds), dflt, alpha)
         r["_tested"] = t
         count[src] += 1
         if src == "default":
@@ -193,11 +202,15 @@ def apply(rows: list[dict], noise: Noise, device: str, rounds: int, alpha: float
     return count
 
 
-def learn(rows: list[dict], noise: Noise, device: str, rounds: int) -> int:
+def learn(rows: list[dict], noise: Noise, device: str, rounds: int,
+          parents: dict[tuple[str, str], str] | None = None) -> int:
     """Append each compared row's run-level estimate (trimmed mean) to the noise file's history. Meant for A/A
-    runs (the same code on both sides): a real change learned as noise would widen the row's floor."""
+    runs (the same code on both sides): a real change learned as noise would widen the row's floor. Slowed
+    copies (keys of `parents`) are never learned."""
     n = 0
     for r in rows:
+        if (r["suite"], r["variant"]) in (parents or {}):
+            continue
         if r.get("_lr") is not None and len(r["_lr"]) == rounds:
             noise.add(device, r, trimmed(r["_lr"])[0], rounds)
             n += 1

@@ -45,6 +45,14 @@ def parse(spec: str) -> list[tuple[str, str, list[tuple[str, float]]]]:
     return out
 
 
+def parents(spec: str) -> dict[tuple[str, str], str]:
+    """{(suite, copy variant): the variant it copies} of a spec. The gate learns a copy's noise from its parent's
+    A/A history and never learns the copy itself (harness/gate_noise.py): a real regression is judged on the
+    row's history from before it, and a slowed copy's own run-to-run spread also holds how its calibrated delay
+    varied, which no code change has (gate evidence, 2026-12-01)."""
+    return {(suite, f"{variant}_{name}"): variant for suite, variant, items in parse(spec) for name, _ in items}
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         import torch

@@ -54,6 +54,13 @@ def parse_inject(spec: str) -> dict[str, float]:
     return {f"{v}_{name}": frac for _, v, items in parse(spec) for name, frac in items}
 
 
+def parents(spec: str) -> dict[tuple[str, str], str]:
+    """{(suite, copy variant): the variant it copies} (harness.inject.parents)."""
+    sys.path.insert(0, str(ROOT))
+    from harness.inject import parents as p
+    return p(spec)
+
+
 def zero(spec: str) -> str:
     """The same copies with no delay: what the stored baseline's runs get."""
     out = []
@@ -99,11 +106,12 @@ RULES = {"old": "moderated t on the mean of the rounds, variance pooled with the
          "loo": "learned noise, leave-one-out: from the other N-1 runs of this evidence"}
 
 
-def redecide(runs: list[dict], rule: str, copies: dict[str, float], rounds: int) -> list[dict]:
+def redecide(runs: list[dict], rule: str, copies: dict[str, float], rounds: int,
+             parents: dict[tuple[str, str], str] | None = None) -> list[dict]:
     """Each run's verdicts again from its per-round log-ratios ({KEY tuple: array}, from slots.parquet) under
-    `rule` (RULES); the same outcome records as `outcome`. The learned rules learn every row of the other runs,
-    the slowed copies included: their estimates are shifted by the delay in every run, which moves the mean of
-    their history, not its spread (the noise the rule uses)."""
+    `rule` (RULES); the same outcome records as `outcome`. The learned rules learn the untouched rows of the
+    other runs; a slowed copy takes the history of the row it copies (`parents`, harness/inject.parents), as
+    bench.py ab does: a real regression is judged on its row's A/A history from before it."""
     from harness import gate_noise as N
     from harness import gate_stats as S
     from harness.gate_verdicts import KEY, GateConfig, blank, decide
@@ -119,10 +127,9 @@ def redecide(runs: list[dict], rule: str, copies: dict[str, float], rounds: int)
             noise = N.Noise()
             for j, other in enumerate(runs):
                 if (j != i) if rule == "loo" else (j < i):
-                    for k, lr in other.items():
-                        if len(lr) == rounds:
-                            noise.add(dev, k, N.trimmed(lr)[0], rounds)
-            N.apply(rows, noise, dev, rounds)
+                    learned = [blank(dict(zip(KEY, k))) | {"_lr": lr} for k, lr in other.items()]
+                    N.learn(learned, noise, dev, rounds, parents)
+            N.apply(rows, noise, dev, rounds, parents=parents)
         v, _ = decide(rows, GateConfig())
         out.append(verdict_outcome(v.to_dict("records"), copies, None))
     return out
@@ -334,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def rules(lrs: list[dict]) -> None:
         for rule in RULES:
-            raw[f"ab/{rule}"] = runs = redecide(lrs, rule, copies, a.rounds)
+            raw[f"ab/{rule}"] = runs = redecide(lrs, rule, copies, a.rounds, parents(a.inject))
             results[f"ab/{rule}"] = figures(runs, copies)
         save("ab", None)
     if a.redecide:

@@ -152,9 +152,30 @@ def test_evidence_redecide_rules(tmp_path):
         runs.append(lrs)
     copies = {"v_slow10": 0.10}
     old = G.redecide(runs, "old", copies, 6)
-    loo = G.redecide(runs, "loo", copies, 6)
+    loo = G.redecide(runs, "loo", copies, 6, {("s", "v_slow10"): "v"})
     assert any("wild" in x for x in old[4]["false_alarms"])
     assert not any(r["false_alarms"] for r in loo)
     assert all(c["caught"] for r in loo for c in r["copies"]["v_slow10"])
     pre = G.redecide(runs, "prequential", copies, 6)
     assert len(pre) == 12 and G.figures(loo, copies)["v_slow10"]["caught"] == 12
+
+
+def test_slowed_copy_uses_its_parents_history_and_is_never_learned():
+    """A slowed copy (harness/inject.py) is judged on the A/A history of the row it copies, as a real regression
+    is judged on its row's history from before it; its own runs (their calibrated delay varies from run to run,
+    and some land in the machine's slow periods) are never learned as noise."""
+    from harness import inject as I
+    parents = I.parents("s/v=slow10:0.10,slow20:0.2")
+    assert parents == {("s", "v_slow10"): "v", ("s", "v_slow20"): "v"}
+    copy = ("s", "c0", "v_slow10", "float32", "cpu")
+    noise = _noise({_key(0): 0.01, copy: 0.08})                    # the copy's own runs: wide
+    lr = np.log(1.10) + 0.01 * np.array([-1, 1, 0, 0.5, -0.5, 0.2])
+    rows = _rows({copy: lr})
+    N.apply(rows, noise, DEV, 6, parents=parents)                  # history of ("s", "c0", "v"): narrow
+    assert rows[0]["_tested"].floor < 0.05 and decide(rows, GateConfig())[0]["verdict"].item() == "regression"
+    rows = _rows({copy: lr})
+    N.apply(rows, noise, DEV, 6)                                   # without the mapping: the copy's own, wide
+    assert decide(rows, GateConfig())[0]["verdict"].item() == "unchanged"
+    fresh = N.Noise()
+    both = _rows({_key(0): 0.01 * np.ones(6), copy: lr})
+    assert N.learn(both, fresh, DEV, 6, parents) == 1 and list(fresh.devices[DEV]) == [N.row_key(_key(0))]
