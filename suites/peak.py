@@ -198,15 +198,16 @@ def torch_peak(case, a, b):
 def cpp_peak(case, a, b):
     """native probes: streaming-store copy, FMA / vdpbf16ps chains, AMX tiles"""
     if case.op == "copy":
-        return probes.stream_copy(a, case.poisoned(a.shape))
+        return probes.bound(probes.STREAM_COPY, a=a, out=case.poisoned(a.shape))
     if case.op == "fma":
         out = case.poisoned(a.shape, torch.float32)
         if case.dtype_name == "float32":
             m = _fma_m(case)
-            return probes.fma(a, out, case.iters, m, 0.25 * (1 - m))
-        return probes.dpbf16(a, b, out, case.iters)
+            return probes.bound(probes.FMA, a=a, out=out, iters=case.iters, m=m, c=0.25 * (1 - m))
+        return probes.bound(probes.DPBF16, a=a, b=b, out=out, iters=case.iters)
     if case.dtype_name == "int8":
         out = torch.full((case.blocks, 4, 16, 16), -2**31, dtype=torch.int32)   # a sentinel no result hits
     else:
         out = case.poisoned((case.blocks, 4, 16, 16), torch.float32)
-    return probes.amx(case.dtype_name, a.contiguous(), b.contiguous(), out, case.iters)
+    return probes.bound(probes.AMX, kind=case.dtype_name, a=a.contiguous(), b=b.contiguous(), out=out,
+                        iters=case.iters)

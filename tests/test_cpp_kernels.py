@@ -216,7 +216,7 @@ def test_stream_copy_probe(forced_isa, isa, n, offset):
     src = torch.randn(n + 32)[offset:offset + n]
     dst = torch.full((n + 32,), float("nan"))
     view = dst[(offset * 7) % 16:(offset * 7) % 16 + n]
-    probes.stream_copy(src, view)()
+    probes.bound(probes.STREAM_COPY, a=src, out=view)()
     assert torch.equal(view, src)
     assert torch.isnan(dst[:(offset * 7) % 16]).all() and torch.isnan(dst[(offset * 7) % 16 + n:]).all()
 

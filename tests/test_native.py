@@ -11,6 +11,7 @@ import pytest
 
 from kernels import native
 from kernels.cpp import lib as cpp
+from kernels.cpp import probes  # noqa: F401  (declares the ceiling probes of libkb_cpp)
 from kernels.cuda import lib as cuda
 
 ROOT = Path(__file__).resolve().parent.parent

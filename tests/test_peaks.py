@@ -187,5 +187,27 @@ def test_probe_check_catches_a_wrong_iteration_count():
     atol, rtol = suite.tolerance(case)
     m = 1.0 - math.log(2.0) / case.iters
     for iters, ok in ((2000, True), (1980, False)):
-        out = probes.fma(inputs["a"], torch.empty_like(inputs["a"]), iters, m, 0.25 * (1 - m))()
+        out = probes.bound(probes.FMA, a=inputs["a"], out=torch.empty_like(inputs["a"]), iters=iters, m=m,
+                           c=0.25 * (1 - m))()
         assert compare(out, ref, atol, rtol).ok is ok
+
+
+def test_probe_declarations_refuse_tensors_they_cannot_take():
+    """The probes are declared kernels (kernels/cpp/probes.py): a call on tensors of the wrong size, dtype or
+    layout is refused before the C call (which would read or write past the buffers)."""
+    import torch
+
+    from kernels.cpp import probes
+    if probes.missing_reason():
+        pytest.skip(probes.missing_reason())
+    a = torch.randn(100)
+    with pytest.raises(ValueError, match="of one size"):
+        probes.bound(probes.STREAM_COPY, a=a, out=torch.empty(99))
+    with pytest.raises(ValueError, match="contiguous"):
+        probes.bound(probes.STREAM_COPY, a=torch.randn(200)[::2], out=torch.empty(100))
+    with pytest.raises(ValueError, match="float32"):
+        probes.bound(probes.FMA, a=torch.randn(3, 7), out=torch.empty(3, 7), iters=1, m=1.0, c=0.0)
+    with pytest.raises(ValueError, match="bfloat16"):
+        probes.bound(probes.DPBF16, a=torch.randn(2, 256), b=torch.randn(64), out=torch.empty(2, 256), iters=1)
+    out = torch.full((100,), float("nan"))
+    assert torch.equal(probes.bound(probes.STREAM_COPY, a=a, out=out)(), a)
