@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import sys
 import threading
 import time
@@ -311,6 +312,30 @@ def _invalid_counter(engine):
     return c
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The server's listening TCP socket (bound, SO_REUSEADDR), whose connections send every write at once
+    (TCP_NODELAY: no Nagle).
+
+    Nagle's algorithm holds a small write back until the peer has acknowledged the previous one, and a client
+    that only reads delays its ACKs (Linux: 40 ms). A stream writes its headers, then its first event: that
+    event waited ~40 ms for the ACK of the headers (TTFT + 40 ms, and then the tokens made meanwhile as one
+    burst). asyncio sets TCP_NODELAY on the connections it accepts only when the socket's proto is IPPROTO_TCP
+    (asyncio.base_events._set_nodelay); `socket.socket(family, SOCK_STREAM)` has proto 0. So: proto
+    IPPROTO_TCP, and the option on the listener too (Linux copies it to accepted sockets). Found through the
+    disconnect test: with the engine's faster steps, the 55-token request ran out (~45 ms) while its first event
+    still waited for the ACK, so the client never got to disconnect mid-stream (docs/streaming.md)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 # ---- the command line ---------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     def error(self, message):                    # one line, exit 2 (argparse prints the usage too)
@@ -378,7 +403,6 @@ def build_engine(a):
 
 def main(argv=None) -> int:
     import signal
-    import socket
 
     import torch
     import uvicorn
@@ -386,10 +410,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     try:                                          # a port in use is a bad argument: one line before the model loads
-        family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((a.host, a.port))
+        sock = listen_socket(a.host, a.port)
     except OSError as exc:
         print(f"inference.server: error: cannot bind {a.host}:{a.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
