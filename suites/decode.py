@@ -18,7 +18,7 @@ length/causal mask: what a framework without a paged kernel does, gather include
 `sdpa_pregathered` (the same SDPA with the gather done outside the timing: the difference of the two rows is
 the gather's cost), `flex_attention` (torch.compile'd flex_attention over the gathered cache with a block
 mask that skips the padding), `flashinfer` (FlashInfer's paged decode on a GPU, the anchor; skipped elsewhere).
-Kernels: `cpp` (kernels/cpp/decode_paged.cpp), `triton` (kernels/triton/decode_paged.py), `cuda`
+Kernels: `cpp` (kernels/cpp/decode_paged_dp.cpp, v2, where it applies; else v1), `cpp_v1` (kernels/cpp/decode_paged.cpp), `triton` (kernels/triton/decode_paged.py), `cuda`
 (kernels/cuda/decode_paged.cu).
 """
 from __future__ import annotations
@@ -244,6 +244,7 @@ def flashinfer_decode(case, q, k_cache, v_cache, block_tables, seq_lens, k_scale
 
 
 SUITE.add("cpp", cpp.DECODE_PAGED)
+SUITE.add("cpp_v1", cpp.DECODE_PAGED_V1)        # the ladder: v1, whose figures decode_paged_dp.cpp quotes
 SUITE.add("triton", triton_decode.VARIANT)
 SUITE.add("cuda", cuda.DECODE_PAGED)
 SUITE.add("cupy", cupy_launch.variant(cuda.DECODE_PAGED))    # the same .cu, NVRTC via CuPy

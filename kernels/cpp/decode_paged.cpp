@@ -28,24 +28,11 @@
 
 #include "kb_cpp.h"
 
-namespace kb {
-enum KvDtype : int { KV_F32 = 0, KV_BF16 = 1, KV_F16 = 2, KV_I8 = 3, KV_FP8 = 4 };
-struct DecodeArgs {
-  const void* q; const void* k; const void* v; const int32_t* tables; const int32_t* lens;
-  const float* ks; const float* vs; void* o;
-  int64_t B, SQ, H, HKV, D, NB, BS, MAXB, ks_bstride, vs_bstride;
-  float scale;
-  int q_dtype, kv_dtype, threads;
-};
-constexpr int64_t DEC_MAX_ROWS = 64;    // G * SQ query rows per unit
-constexpr int64_t DEC_MAX_D = 256;
-constexpr int64_t DEC_MAX_BS = 256;
-}  // namespace kb
-
-KB_DECLARE(int decode_paged(const kb::DecodeArgs&))
+#include "decode_paged.h"
 
 #if KB_IMPL
 #include "simd.h"
+#include "decode_sched.h"
 
 namespace KB_NS {
 struct i8 { int8_t v; };
@@ -211,71 +198,8 @@ static void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int
 
 template <class T, class KV>
 static int run(const kb::DecodeArgs& a) {
-  const int64_t B = a.B, HKV = a.HKV, BS = a.BS, D = a.D;
-  const int64_t R = a.H / HKV * a.SQ;
-  const int T_ = kb::threads_or_default(a.threads);
-  int64_t total = 0;
-  for (int64_t b = 0; b < B; ++b) total += a.lens[b];
-  // chunk: >= 8 units per thread, 64 .. 2048 tokens, a whole number of pages
-  int64_t chunk = std::clamp<int64_t>(total * HKV / (8 * T_), 64, 2048);
-  chunk = std::max<int64_t>(BS, (chunk + BS - 1) / BS * BS);
-  std::vector<int64_t> first(B + 1, 0);               // first unit of sequence b (units of b: nch_b x HKV)
-  for (int64_t b = 0; b < B; ++b) first[b + 1] = first[b] + HKV * ((a.lens[b] + chunk - 1) / chunk);
-  const int64_t units = first[B];
-  // partial results of sequences split into several chunks
-  std::vector<int64_t> part_off(B + 1, 0);
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t nch = (a.lens[b] + chunk - 1) / chunk;
-    part_off[b + 1] = part_off[b] + (nch > 1 ? nch * HKV * R * (D + 2) : 0);
-  }
-  kb::Scratch part(size_t(part_off[B]) * sizeof(float));
-  if (part_off[B] && !part.p) return kb::set_error(kb::E_NOMEM, "decode_paged: out of memory");
-  T* O = static_cast<T*>(a.o);
-  int err = 0;
-#pragma omp parallel num_threads(kb::threads_for(a.threads, total * HKV * R * D, int64_t(1) << 16))
-  {
-    kb::Scratch mem(sizeof(Bufs));
-    if (!mem.p) {
-#pragma omp atomic write
-      err = kb::E_NOMEM;
-    }
-    Bufs* bf = mem.as<Bufs>();
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t u = 0; u < units; ++u) {
-      if (!bf) continue;
-      const int64_t b = std::upper_bound(first.begin(), first.end(), u) - first.begin() - 1;
-      const int64_t nch = (a.lens[b] + chunk - 1) / chunk;
-      const int64_t k = u - first[b], hk = k / nch, c = k % nch;
-      const int64_t t0 = c * chunk, t1 = std::min<int64_t>(a.lens[b], t0 + chunk);
-      float* pp = nch > 1 ? part.as<float>() + part_off[b] + (hk * nch + c) * R * (D + 2) : nullptr;
-      unit<T, KV>(a, b, hk, t0, t1, *bf, pp, O);
-    }
-    // merge the chunks of split sequences (implicit barrier above)
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t w = 0; w < B * HKV * R; ++w) {
-      const int64_t b = w / (HKV * R), hk = (w / R) % HKV, r = w % R;
-      const int64_t nch = (a.lens[b] + chunk - 1) / chunk;
-      if (nch < 2) continue;
-      const float* base = part.as<float>() + part_off[b] + hk * nch * R * (D + 2) + r * (D + 2);
-      float M = -INFINITY;
-      for (int64_t c = 0; c < nch; ++c) M = std::max(M, base[c * R * (D + 2)]);
-      alignas(64) float o[kb::DEC_MAX_D];
-      std::fill(o, o + D, 0.f);
-      float l = 0.f;
-      for (int64_t c = 0; c < nch; ++c) {
-        const float* pc = base + c * R * (D + 2);
-        if (pc[1] == 0.f) continue;                    // a chunk past this query's last visible key
-        const float f = std::exp2(pc[0] - M);
-        l += f * pc[1];
-        for (int64_t i = 0; i < D; i += W) store(o + i, fma(set1(f), load(pc + 2 + i), load(o + i)));
-      }
-      const int64_t G = a.H / HKV, s = r / G, g = r % G;
-      T* dst = O + ((b * a.SQ + s) * a.H + hk * G + g) * D;
-      const vf inv = set1(1.f / l);
-      for (int64_t i = 0; i < D; i += W) store(dst + i, mul(load(o + i), inv));
-    }
-  }
-  return err ? kb::set_error(err, "decode_paged: out of memory") : 0;
+  return decode_schedule<T, Bufs>(a, [&a](int64_t b, int64_t hk, int64_t t0, int64_t t1, Bufs& bf, float* part,
+                                          T* O) { unit<T, KV>(a, b, hk, t0, t1, bf, part, O); });
 }
 
 template <class T>
@@ -303,16 +227,24 @@ int decode_paged(const kb::DecodeArgs& a) {
 
 #else  // entry point
 
+// The parameters of both entry points (kb_cpp_decode_paged: the ladder's top rung; kb_cpp_decode_paged_v1: this file).
+#define KB_DECODE_PARAMS                                                                                            \
+  const void *q, const void *k_cache, const void *v_cache, const void *block_tables, const void *seq_lens,         \
+      const void *k_scale, const void *v_scale, void *out, int64_t B, int64_t SQ, int64_t H, int64_t D, int64_t NB, \
+      int64_t BS, int64_t HKV, int64_t KD, int64_t vNB, int64_t vBS, int64_t vHKV, int64_t vD, int64_t tb_rows,      \
+      int64_t MAXB, int64_t n_lens, int64_t ks_rows, int64_t ks_cols, int64_t ks_bstride, int64_t vs_rows,          \
+      int64_t vs_cols, int64_t vs_bstride, float scale, int q_dtype, int kv_dtype, int threads
+#define KB_DECODE_ARGS                                                                                              \
+  q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, out, B, SQ, H, D, NB, BS, HKV, KD, vNB, vBS, vHKV,  \
+      vD, tb_rows, MAXB, n_lens, ks_rows, ks_cols, ks_bstride, vs_rows, vs_cols, vs_bstride, scale, q_dtype,         \
+      kv_dtype, threads
+
 // Paged decode attention (see the header). Every argument is checked before any memory is touched: sizes and
 // head counts, dtypes, each sequence's length against its block-table row and its queries, each block-table
-// entry a sequence uses against NB, the scale pointers against the KV dtype.
-KB_API int kb_cpp_decode_paged(const void* q, const void* k_cache, const void* v_cache, const void* block_tables,
-                               const void* seq_lens, const void* k_scale, const void* v_scale, void* out, int64_t B,
-                               int64_t SQ, int64_t H, int64_t D, int64_t NB, int64_t BS, int64_t HKV, int64_t KD,
-                               int64_t vNB, int64_t vBS, int64_t vHKV, int64_t vD, int64_t tb_rows, int64_t MAXB,
-                               int64_t n_lens, int64_t ks_rows, int64_t ks_cols, int64_t ks_bstride, int64_t vs_rows,
-                               int64_t vs_cols, int64_t vs_bstride, float scale, int q_dtype, int kv_dtype,
-                               int threads) {
+// entry a sequence uses against NB, the scale pointers against the KV dtype. `rung` 2: v2 (decode_paged_dp.cpp)
+// where it applies (AVX512-BF16 CPU; bf16 q and bf16/int8 KV, fp16 q and int8 KV; head dim a multiple of 32), this
+// file's v1 elsewhere; `rung` 1: v1 always.
+static int decode_entry(int rung, KB_DECODE_PARAMS) {
   using kb::set_error;
   if (!q || !k_cache || !v_cache || !block_tables || !seq_lens || !out)
     return set_error(kb::E_ARG, "decode_paged: null pointer");
@@ -372,6 +304,10 @@ KB_API int kb_cpp_decode_paged(const void* q, const void* k_cache, const void* v
                    static_cast<const float*>(v_scale), out, B, SQ, H, HKV, D, NB, BS, MAXB, ks_bstride, vs_bstride,
                    scale, q_dtype, kv_dtype, threads};
   if (B == 0) return 0;
+  if (rung >= 2 && kb_zbf16::decode_paged_dp_applies(a)) return kb_zbf16::decode_paged_dp(a);
   return KB_DISPATCH(decode_paged, a);
 }
+
+KB_API int kb_cpp_decode_paged(KB_DECODE_PARAMS) { return decode_entry(2, KB_DECODE_ARGS); }
+KB_API int kb_cpp_decode_paged_v1(KB_DECODE_PARAMS) { return decode_entry(1, KB_DECODE_ARGS); }
 #endif

@@ -357,8 +357,37 @@ DECODE_PAGED = _cpp("kb_cpp_decode_paged",
                      opt_size("v_scale", 0), opt_size("v_scale", 1), opt_stride0("v_scale"), f32(_decode_scale),
                      dtype("q"), Arg(ctypes.c_int, kv_code), threads()],
                     lambda case, q, **_: q.shape,
-                    "C++ paged decode: split-K over pages (flash-decoding), each KV row read once per GQA group",
-                    "decode_paged.cpp",
+                    "C++ paged decode: split-K over pages (flash-decoding), each KV row read once per GQA group; "
+                    "AVX512-BF16/VNNI dot products (v2) for bf16 q with bf16/int8 KV, fp16 q with int8 KV",
+                    "decode_paged_dp.cpp",
                     layout={"q": contiguous, "k_cache": contiguous, "v_cache": contiguous,
                             "block_tables": contiguous, "seq_lens": contiguous},
                     unsupported=decode_unsupported)
+
+
+# The decode ladder (issue 18): decode_paged_dp.cpp (v2, what `cpp` runs where it applies) quotes v1's figures.
+def decode_v2_reason(q, k_cache) -> str | None:
+    """None where kb_cpp_decode_paged runs v2 (decode_paged_dp.cpp), else why it runs v1 (decode_paged.cpp)."""
+    code = _tile_code(LIB.require())      # asked at every setup: tests force the ISA (kb_cpp_set_isa) per case
+    if code not in (1, 2):
+        return f"no AVX512-BF16 here (tile back end {TILE_BACKENDS.get(code, '?')})"
+    if q.shape[-1] % 32:
+        return f"head dim {q.shape[-1]} is not a multiple of 32"
+    if k_cache.dtype == torch.bfloat16 and q.dtype == torch.bfloat16:
+        return None
+    if k_cache.dtype == torch.int8 and q.dtype in (torch.bfloat16, torch.float16):
+        return None
+    return f"{q.dtype} q with {k_cache.dtype} KV"
+
+
+def _decode_v1_unsupported(case, q, k_cache, *args, **kw):
+    reason = decode_unsupported(case, q, k_cache, *args, **kw)
+    if reason is None and decode_v2_reason(q, k_cache) is not None:
+        reason = f"v1 is the kernel `cpp` runs here ({decode_v2_reason(q, k_cache)})"
+    return reason
+
+
+DECODE_PAGED_V1 = _cpp("kb_cpp_decode_paged_v1", DECODE_PAGED.args, DECODE_PAGED.out,
+                       "C++ paged decode v1: pages converted to fp32 in L1, fp32 FMAs (the rung before the "
+                       "AVX512-BF16/VNNI dot products)", "decode_paged.cpp", layout=DECODE_PAGED.layout,
+                       unsupported=_decode_v1_unsupported)

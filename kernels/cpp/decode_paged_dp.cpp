@@ -1,0 +1,333 @@
+// decode_paged_dp.cpp -- v2 of the C++ paged decode attention (kernels/cpp/decode_paged.cpp is v1, its arguments and
+// schedule): the same units (sequence, kv head, chunk of pages), split-K merge and online softmax, with the
+// arithmetic on dot-product instructions that take the cache's 16-bit (or 8-bit, widened) values as they are, so
+// no page is ever converted to an fp32 copy. For AVX512-BF16 CPUs (AMD Zen 4, Intel Cooper Lake and later); it
+// takes bf16 q with bf16 KV, and bf16 or fp16 q with int8 KV, head dims that are multiples of 32 (v1 the rest).
+//
+// Why (v1's header, README's decode section): v1 converted each page's K and V rows to fp32 through L1 (load,
+// widen, store, reload: 3 instructions per 16 elements and tensor), took one horizontal sum per (query row, key)
+// and one FMA per element and row: ~3,000 instructions per 16-token bf16 page of one kv head (8 KiB at d 128) --
+// compute-bound at 8.6 GB/s on cached data, 4.5-5.1 GB/s per core from memory, and int8 KV (half the bytes, the
+// same instructions) only 1.05-1.17x faster than bf16 KV. Per page (16 tokens, G = 4 query rows, d = 128), v2:
+//   QK^T, key-outer: each key row is loaded once (4 zmm) for all the rows of its group; bf16 q x bf16 k on
+//     vdpbf16ps (a bf16 pair per lane, fp32 accumulate: exact products); int8 k widened to int16 (vpmovsxbw from
+//     memory) against q quantized per row to int16 (scale max|q| / 32767: error <= 2^-16 of max|q|, far under the
+//     bf16/fp16 q's own rounding) on vpdpwssd (int32, exact). 4 rows x 4 keys reduced by one shuffle network
+//     (~11 instructions per key instead of 4 x 9 for horizontal sums); the K scale, the softmax scale and q's int16
+//     scale multiply the 4-key score vectors once.
+//   P V, token pairs: rows j and j+1 of V interleaved in registers (vpermt2w: 2 per 32 columns) into the pair
+//     layout the dot products want; bf16 V against P rounded to bf16 pairs (vdpbf16ps); int8 V widened to int16
+//     against P in int16 (p * 32767, p <= 1: error <= 2^-16) on vpdpwssd, the page's int32 sums scaled by the V
+//     scale / 32767 into the fp32 accumulator once per page. 8 query rows x 32 columns of output per register block.
+//   => ~1,000 instructions per page, either format: bf16 KV becomes bound by memory, and int8 KV (half the bytes)
+//   can run up to twice as fast.
+// Accuracy: bf16-rounded P adds <= 2^-9 relative per weight (bf16 outputs, tolerance 1e-2); the int8 path's int16
+// q and P errors are ~2^-16. fp32 q / fp32, fp16, fp8 KV stay on v1 (fp32 FMAs: the fp32 tolerance is 2e-6).
+// Non-finite q is not handled on the int8 path (its int16 quantization): decode q comes from a finite projection.
+//
+// Bytes and FLOPs as v1 (suites/decode.py). Measured: README's decode section and this file's ladder rows
+// (scripts/decode_ratio.py: one thread, CPU time, both rungs side by side in one run).
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "decode_paged.h"
+
+#if defined(KB_ZBF16_IMPL)
+#define KB_NS kb_zbf16
+#include "simd.h"
+#include "decode_sched.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512vnni,avx512bf16")
+
+namespace kb_zbf16 {
+namespace {
+constexpr int RQ = 4;          // query rows per QK register block (4 rows x 4 keys per reduction)
+constexpr int RB = 8;          // query rows per PV register block (x 32 columns: 16 accumulators)
+constexpr float PQ = 32767.f;  // int8-KV path: p in int16 = round(p * 32767), p in [0, 1]
+
+struct BufsDp {                                                 // per thread, 64-byte aligned
+  alignas(64) int16_t Q[kb::DEC_MAX_ROWS * kb::DEC_MAX_D];       // bf16 bits (bf16 KV) or int16 q (int8 KV)
+  alignas(64) float Acc[kb::DEC_MAX_ROWS * kb::DEC_MAX_D];
+  alignas(64) float S[kb::DEC_MAX_ROWS * (kb::DEC_MAX_BS + 16)];
+  alignas(64) int16_t P[kb::DEC_MAX_ROWS * (kb::DEC_MAX_BS + 32)];   // pairs: bf16 (bf16 KV) or int16 (int8 KV)
+  float qs[kb::DEC_MAX_ROWS];                                    // per row: the scale of its scores
+  float m[kb::DEC_MAX_ROWS], l[kb::DEC_MAX_ROWS];
+};
+
+// KV element formats: a 32-element slice as 32 16-bit lanes, and its dot product into 16 accumulator lanes
+struct KvBf16 {
+  using E = uint16_t;
+  using Acc = __m512;
+  static __m512i load32(const E* p) { return _mm512_loadu_si512(p); }
+  static Acc zero() { return _mm512_setzero_ps(); }
+  static Acc dp(Acc acc, __m512i a, __m512i b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
+  static __m512 to_f32(Acc a) { return a; }
+};
+struct KvI8 {
+  using E = int8_t;
+  using Acc = __m512i;
+  static __m512i load32(const E* p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)p)); }
+  static Acc zero() { return _mm512_setzero_si512(); }
+  static Acc dp(Acc acc, __m512i a, __m512i b) { return _mm512_dpwssd_epi32(acc, a, b); }
+  static __m512 to_f32(Acc a) { return _mm512_cvtepi32_ps(a); }
+};
+
+// 4 accumulators (rows 0..3, one key) -> 128-bit lane r = 4 partial sums of row r
+inline __m512 fold4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  const __m512 s0 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
+  const __m512 s1 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(s0, s1, 0x88), _mm512_shuffle_f32x4(s0, s1, 0xDD));
+}
+// 4 keys' fold4 results -> 128-bit lane r = the scores of row r for keys 0..3
+inline __m512 transpose_add4(__m512 t0, __m512 t1, __m512 t2, __m512 t3) {
+  const __m512 u01 = _mm512_add_ps(_mm512_unpacklo_ps(t0, t1), _mm512_unpackhi_ps(t0, t1));   // x02 y02 x13 y13
+  const __m512 u23 = _mm512_add_ps(_mm512_unpacklo_ps(t2, t3), _mm512_unpackhi_ps(t2, t3));   // z02 w02 z13 w13
+  const __m512 lo = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(u01), _mm512_castps_pd(u23)));
+  const __m512 hi = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(u01), _mm512_castps_pd(u23)));
+  return _mm512_add_ps(lo, hi);
+}
+
+// pair interleave of two 32-element rows a, b: (a[c], b[c]) for c = 0..15 (lo) and 16..31 (hi)
+alignas(64) const int16_t PAIR_LO[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                         8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+alignas(64) const int16_t PAIR_HI[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                         24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+
+// S[i][j] = Q[i] . K[j] for NR rows and keys j < nk, key-outer: each key row loaded once for the NR rows
+template <class F, int NR>
+inline void qk(const typename F::E* K, int64_t rs, int nk, int D, const int16_t* Q, float* S, int SP) {
+  for (int jb = 0; jb < nk; jb += 4) {
+    __m512 t[4];
+#pragma GCC unroll 4
+    for (int jj = 0; jj < 4; ++jj) {
+      typename F::Acc acc[4];
+      for (int i = 0; i < 4; ++i) acc[i] = F::zero();
+      if (jb + jj < nk) {
+        const typename F::E* kr = K + (jb + jj) * rs;
+        for (int c = 0; c < D; c += 32) {
+          const __m512i kv = F::load32(kr + c);
+#pragma GCC unroll 4
+          for (int i = 0; i < NR; ++i) acc[i] = F::dp(acc[i], _mm512_loadu_si512(Q + i * D + c), kv);
+        }
+      }
+      t[jj] = fold4(F::to_f32(acc[0]), F::to_f32(acc[1]), F::to_f32(acc[2]), F::to_f32(acc[3]));
+    }
+    alignas(64) float w[16];
+    _mm512_store_ps(w, transpose_add4(t[0], t[1], t[2], t[3]));
+    for (int i = 0; i < NR; ++i) std::memcpy(S + i * SP + jb, w + 4 * i, 16);
+  }
+}
+
+// A[i][:] += sum_j P[i][j] V[j][:] for NR rows over tokens j < nv (pairs; a row past n reads as 0), 32 columns
+// at a time: NR x 2 accumulators, V rows j and j+1 interleaved into pairs (2 vpermt2w per 32 columns)
+template <class F, int NR>
+inline void pv(const typename F::E* V, int64_t rs, int n, int nv, int D, const int16_t* P, int PP, float* A,
+               float vscale) {
+  constexpr bool INT = std::is_same_v<F, KvI8>;
+  const __m512i ilo = _mm512_load_si512(PAIR_LO), ihi = _mm512_load_si512(PAIR_HI);
+  for (int c = 0; c < D; c += 32) {
+    typename F::Acc lo[NR], hi[NR];
+#pragma GCC unroll 8
+    for (int i = 0; i < NR; ++i) {
+      if constexpr (INT) {
+        lo[i] = F::zero();
+        hi[i] = F::zero();
+      } else {
+        lo[i] = load(A + i * D + c);
+        hi[i] = load(A + i * D + c + 16);
+      }
+    }
+    for (int j = 0; j < nv; j += 2) {
+      const __m512i va = F::load32(V + j * rs + c);
+      const __m512i vb = j + 1 < n ? F::load32(V + (j + 1) * rs + c) : _mm512_setzero_si512();
+      const __m512i plo = _mm512_permutex2var_epi16(va, ilo, vb), phi = _mm512_permutex2var_epi16(va, ihi, vb);
+#pragma GCC unroll 8
+      for (int i = 0; i < NR; ++i) {
+        int32_t pair;
+        std::memcpy(&pair, P + i * PP + j, 4);
+        const __m512i pp = _mm512_set1_epi32(pair);
+        lo[i] = F::dp(lo[i], pp, plo);
+        hi[i] = F::dp(hi[i], pp, phi);
+      }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NR; ++i) {
+      float* acc = A + i * D + c;
+      if constexpr (INT) {
+        store(acc, fma(F::to_f32(lo[i]), set1(vscale), load(acc)));
+        store(acc + 16, fma(F::to_f32(hi[i]), set1(vscale), load(acc + 16)));
+      } else {
+        store(acc, lo[i]);
+        store(acc + 16, hi[i]);
+      }
+    }
+  }
+}
+
+// One unit: rows r = s * G + g (query s, head hk * G + g) against tokens [t0, t1) of sequence b, kv head hk.
+template <class T, class F>
+void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1, BufsDp& bf, float* part, T* O) {
+  using E = typename F::E;
+  constexpr bool INT = std::is_same_v<F, KvI8>;
+  const int D = int(a.D), BS = int(a.BS);
+  const int64_t G = a.H / a.HKV, SQ = a.SQ, L = a.lens[b];
+  const int R = int(G * SQ);
+  const T* Q = static_cast<const T*>(a.q);
+  const float qscale = a.scale * LOG2E;
+  for (int r = 0; r < R; ++r) {                      // q rows: bf16 bits as they are, or int16 per row
+    const int64_t s = r / G, g = r % G;
+    const T* src = Q + ((b * SQ + s) * a.H + hk * G + g) * a.D;
+    int16_t* dst = bf.Q + r * D;
+    if constexpr (!INT) {
+      std::memcpy(dst, src, size_t(D) * 2);
+      bf.qs[r] = qscale;
+    } else {
+      vf mx = zero();
+      for (int c = 0; c < D; c += W) mx = max(mx, _mm512_abs_ps(load(src + c)));
+      const float amax = hmax(mx), step = amax > 0.f ? amax / 32767.f : 1.f;
+      const vf inv = set1(1.f / step);
+      for (int c = 0; c < D; c += W)
+        _mm256_storeu_si256((__m256i*)(dst + c), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(mul(load(src + c), inv))));
+      bf.qs[r] = qscale * step;
+    }
+    bf.m[r] = -INFINITY;
+    bf.l[r] = 0.f;
+  }
+  std::fill(bf.Acc, bf.Acc + R * D, 0.f);
+  const E* Kc = static_cast<const E*>(a.k);
+  const E* Vc = static_cast<const E*>(a.v);
+  const int64_t rs = a.HKV * a.D;                       // row stride inside a block
+  const int32_t* table = a.tables + b * a.MAXB;
+  const int SP = (BS + W - 1) / W * W + W;              // S row pitch (floats)
+  const int PP = SP + 32;                               // P row pitch (16-bit elements; even)
+  for (int64_t p0 = t0; p0 < t1;) {
+    const int64_t page = p0 / BS, blk = table[page];
+    const int64_t j0 = p0 - page * BS;                  // first token of the page in this unit
+    const int n = int(std::min<int64_t>(t1, (page + 1) * BS) - p0);
+    const int64_t off = (blk * BS + j0) * rs + hk * a.D;
+    const float ksc = a.ks ? a.ks[blk * a.ks_bstride + hk] : 1.f;
+    const float vsc = a.vs ? a.vs[blk * a.vs_bstride + hk] : 1.f;
+    if (p0 + n < t1) {                                  // the next page is at a random block: prefetch its rows
+      const int64_t nxt = (int64_t(table[page + 1]) * BS) * rs + hk * a.D;
+      const int nn = int(std::min<int64_t>(BS, t1 - p0 - n));
+      for (int j = 0; j < nn; ++j)
+        for (int64_t c = 0; c < int64_t(D) * int64_t(sizeof(E)); c += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(Kc + nxt + j * rs) + c, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(Vc + nxt + j * rs) + c, _MM_HINT_T0);
+        }
+    }
+    const E* K = Kc + off;
+    const E* V = Vc + off;
+    // visible keys: row r sees tokens up to L - SQ + s, i.e. `vis_r` of this page's n; the last row sees the most
+    const int vmax = int(std::clamp<int64_t>(L - SQ + (SQ - 1) + 1 - p0, 0, n));
+    // S = Q K^T (raw dot products; scaled below): key-outer, 4 rows x 4 keys per reduction
+    for (int r0 = 0; r0 < R; r0 += RQ) {
+      float* S = bf.S + r0 * SP;
+      const int16_t* Qr = bf.Q + r0 * D;
+      switch (std::min(RQ, R - r0)) {
+        case 1: qk<F, 1>(K, rs, vmax, D, Qr, S, SP); break;
+        case 2: qk<F, 2>(K, rs, vmax, D, Qr, S, SP); break;
+        case 3: qk<F, 3>(K, rs, vmax, D, Qr, S, SP); break;
+        default: qk<F, 4>(K, rs, vmax, D, Qr, S, SP); break;
+      }
+    }
+    // online softmax over the page per row; P (bf16 or int16, pairs) replaces S; P is 0 past the row's visible keys
+    int vis_blk[kb::DEC_MAX_ROWS];
+    for (int r = 0; r < R; ++r) {
+      const int64_t s = r / G;
+      const int vis = int(std::clamp<int64_t>(L - SQ + s + 1 - p0, 0, n));
+      vis_blk[r] = vis;
+      float* Sr = bf.S + r * SP;
+      int16_t* Pr = bf.P + r * PP;
+      if (vis == 0) {
+        for (int j = 0; j < n; j += W) _mm256_storeu_si256((__m256i*)(Pr + j), _mm256_setzero_si256());
+        continue;
+      }
+      const vf sc = set1(bf.qs[r] * ksc);
+      vf mxv = set1(-INFINITY);
+      for (int j = 0; j < vis; j += W) {
+        const __mmask16 mk = tail(vis - j);
+        const vf x = mul(_mm512_maskz_loadu_ps(mk, Sr + j), sc);
+        store(Sr + j, x);
+        mxv = _mm512_mask_max_ps(mxv, mk, mxv, x);
+      }
+      const float mx = std::max(bf.m[r], hmax(mxv));
+      const float alpha = std::exp2(bf.m[r] - mx);       // m = -inf at the start: alpha = 0 (Acc is 0 anyway)
+      vf sumv = zero();
+      for (int j = 0; j < n; j += W) {
+        const vf pv = j < vis ? keep(exp2(sub(load(Sr + j), set1(mx))), vis - j) : zero();
+        sumv = add(sumv, pv);
+        if constexpr (INT)
+          _mm256_storeu_si256((__m256i*)(Pr + j), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(mul(pv, set1(PQ)))));
+        else
+          _mm256_storeu_si256((__m256i*)(Pr + j), (__m256i)_mm512_cvtneps_pbh(pv));
+      }
+      bf.m[r] = mx;
+      bf.l[r] = bf.l[r] * alpha + hsum(sumv);
+      if (alpha != 1.f) {
+        float* acc = bf.Acc + r * D;
+        for (int c = 0; c < D; c += W) store(acc + c, mul(load(acc + c), set1(alpha)));
+      }
+    }
+    // Acc += P V over token pairs (j, j+1): V's two rows interleaved into pairs in registers
+    const float vscale = INT ? vsc / PQ : 1.f;
+    for (int r0 = 0; r0 < R; r0 += RB) {
+      const int nr = std::min(RB, R - r0);
+      int vb = 0;                                          // the most keys a row of this block sees
+      for (int i = 0; i < nr; ++i) vb = std::max(vb, vis_blk[r0 + i]);
+      float* A = bf.Acc + r0 * D;
+      const int16_t* P = bf.P + r0 * PP;
+      switch (nr) {
+        case 1: pv<F, 1>(V, rs, n, vb, D, P, PP, A, vscale); break;
+        case 2: pv<F, 2>(V, rs, n, vb, D, P, PP, A, vscale); break;
+        case 3: pv<F, 3>(V, rs, n, vb, D, P, PP, A, vscale); break;
+        case 4: pv<F, 4>(V, rs, n, vb, D, P, PP, A, vscale); break;
+        case 5: pv<F, 5>(V, rs, n, vb, D, P, PP, A, vscale); break;
+        case 6: pv<F, 6>(V, rs, n, vb, D, P, PP, A, vscale); break;
+        case 7: pv<F, 7>(V, rs, n, vb, D, P, PP, A, vscale); break;
+        default: pv<F, 8>(V, rs, n, vb, D, P, PP, A, vscale); break;
+      }
+    }
+    p0 += n;
+  }
+  if (part == nullptr) {               // the whole sequence in one unit: normalize into out
+    for (int r = 0; r < R; ++r) {
+      const int64_t s = r / G, g = r % G;
+      T* dst = O + ((b * SQ + s) * a.H + hk * G + g) * a.D;
+      const vf inv = set1(1.f / bf.l[r]);
+      for (int c = 0; c < D; c += W) store(dst + c, mul(load(bf.Acc + r * D + c), inv));
+    }
+  } else {                             // partial: m, l, Acc[D] per row
+    for (int r = 0; r < R; ++r) {
+      float* pr = part + r * (D + 2);
+      pr[0] = bf.m[r];
+      pr[1] = bf.l[r];
+      std::copy(bf.Acc + r * D, bf.Acc + (r + 1) * D, pr + 2);
+    }
+  }
+}
+
+template <class T, class F>
+int run(const kb::DecodeArgs& a) {
+  return decode_schedule<T, BufsDp>(a, [&a](int64_t b, int64_t hk, int64_t t0, int64_t t1, BufsDp& bf, float* part,
+                                            T* O) { unit<T, F>(a, b, hk, t0, t1, bf, part, O); });
+}
+}  // namespace
+
+bool decode_paged_dp_applies(const kb::DecodeArgs& a) {
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  if (kb::tile_backend() == kb::TILES_NONE || a.D % 32 != 0) return false;
+  if (a.kv_dtype == kb::KV_BF16) return a.q_dtype == kb::BF16;
+  return a.kv_dtype == kb::KV_I8 && vnni && (a.q_dtype == kb::BF16 || a.q_dtype == kb::F16);
+}
+
+int decode_paged_dp(const kb::DecodeArgs& a) {
+  if (a.kv_dtype == kb::KV_BF16) return run<bf16, KvBf16>(a);
+  return a.q_dtype == kb::BF16 ? run<bf16, KvI8>(a) : run<f16, KvI8>(a);
+}
+}  // namespace kb_zbf16
+#pragma GCC pop_options
+#endif
