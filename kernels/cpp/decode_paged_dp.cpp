@@ -46,7 +46,8 @@ namespace kb_zbf16 {
 namespace {
 constexpr int RQ = 4;          // query rows per QK register block (4 rows x 4 keys per reduction)
 constexpr int RB = 8;          // query rows per PV register block (x 32 columns: 16 accumulators)
-constexpr float PQ = 32767.f;  // int8-KV path: p in int16 = round(p * 32767), p in [0, 1]
+constexpr float PQ = 32767.f;
+constexpr int PD = 2;          // prefetch distance in pages  // int8-KV path: p in int16 = round(p * 32767), p in [0, 1]
 
 struct BufsDp {                                                 // per thread, 64-byte aligned
   alignas(64) int16_t Q[kb::DEC_MAX_ROWS * kb::DEC_MAX_D];       // bf16 bits (bf16 KV) or int16 q (int8 KV)
@@ -81,6 +82,18 @@ inline __m512 fold4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
   const __m512 s1 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
   return _mm512_add_ps(_mm512_shuffle_f32x4(s0, s1, 0x88), _mm512_shuffle_f32x4(s0, s1, 0xDD));
 }
+// the same two steps on int32 sums (int8 KV: exact, one conversion per 4 keys instead of one per key and row)
+inline __m512i fold4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+  const __m512i s0 = _mm512_add_epi32(_mm512_shuffle_i32x4(a0, a1, 0x44), _mm512_shuffle_i32x4(a0, a1, 0xEE));
+  const __m512i s1 = _mm512_add_epi32(_mm512_shuffle_i32x4(a2, a3, 0x44), _mm512_shuffle_i32x4(a2, a3, 0xEE));
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(s0, s1, 0x88), _mm512_shuffle_i32x4(s0, s1, 0xDD));
+}
+inline __m512i transpose_add4(__m512i t0, __m512i t1, __m512i t2, __m512i t3) {
+  const __m512i u01 = _mm512_add_epi32(_mm512_unpacklo_epi32(t0, t1), _mm512_unpackhi_epi32(t0, t1));
+  const __m512i u23 = _mm512_add_epi32(_mm512_unpacklo_epi32(t2, t3), _mm512_unpackhi_epi32(t2, t3));
+  return _mm512_add_epi32(_mm512_unpacklo_epi64(u01, u23), _mm512_unpackhi_epi64(u01, u23));
+}
+
 // 4 keys' fold4 results -> 128-bit lane r = the scores of row r for keys 0..3
 inline __m512 transpose_add4(__m512 t0, __m512 t1, __m512 t2, __m512 t3) {
   const __m512 u01 = _mm512_add_ps(_mm512_unpacklo_ps(t0, t1), _mm512_unpackhi_ps(t0, t1));   // x02 y02 x13 y13
@@ -96,28 +109,47 @@ alignas(64) const int16_t PAIR_LO[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 3
 alignas(64) const int16_t PAIR_HI[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
                                          24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
 
-// S[i][j] = Q[i] . K[j] for NR rows and keys j < nk, key-outer: each key row loaded once for the NR rows
-template <class F, int NR>
+// S[i][j] = Q[i] . K[j] for NR rows and keys j < nk, key-outer: each key row loaded once for the NR rows; DC = D / 32
+// known at compile time (d 64, 128) keeps the NR x DC slices of q in registers (<= 16 zmm), else DC = 0 (reloaded)
+template <class F, int NR, int DC>
 inline void qk(const typename F::E* K, int64_t rs, int nk, int D, const int16_t* Q, float* S, int SP) {
+  constexpr int QC = DC > 0 ? DC : 1;
+  __m512i qv[NR][QC];
+  if constexpr (DC > 0)
+    for (int i = 0; i < NR; ++i)
+      for (int c = 0; c < DC; ++c) qv[i][c] = _mm512_loadu_si512(Q + i * D + 32 * c);
+  const int nc = DC > 0 ? DC : D / 32;
   for (int jb = 0; jb < nk; jb += 4) {
-    __m512 t[4];
+    typename F::Acc t[4];
 #pragma GCC unroll 4
     for (int jj = 0; jj < 4; ++jj) {
       typename F::Acc acc[4];
       for (int i = 0; i < 4; ++i) acc[i] = F::zero();
       if (jb + jj < nk) {
         const typename F::E* kr = K + (jb + jj) * rs;
-        for (int c = 0; c < D; c += 32) {
-          const __m512i kv = F::load32(kr + c);
+#pragma GCC unroll 8
+        for (int c = 0; c < nc; ++c) {
+          const __m512i kv = F::load32(kr + 32 * c);
 #pragma GCC unroll 4
-          for (int i = 0; i < NR; ++i) acc[i] = F::dp(acc[i], _mm512_loadu_si512(Q + i * D + c), kv);
+          for (int i = 0; i < NR; ++i)
+            acc[i] = F::dp(acc[i], DC > 0 ? qv[i][DC > 0 ? c : 0] : _mm512_loadu_si512(Q + i * D + 32 * c), kv);
         }
       }
-      t[jj] = fold4(F::to_f32(acc[0]), F::to_f32(acc[1]), F::to_f32(acc[2]), F::to_f32(acc[3]));
+      t[jj] = fold4(acc[0], acc[1], acc[2], acc[3]);
     }
     alignas(64) float w[16];
-    _mm512_store_ps(w, transpose_add4(t[0], t[1], t[2], t[3]));
+    _mm512_store_ps(w, F::to_f32(transpose_add4(t[0], t[1], t[2], t[3])));
     for (int i = 0; i < NR; ++i) std::memcpy(S + i * SP + jb, w + 4 * i, 16);
+  }
+}
+
+template <class F, int DC>
+inline void qk_rows(int nr, const typename F::E* K, int64_t rs, int nk, int D, const int16_t* Q, float* S, int SP) {
+  switch (nr) {
+    case 1: qk<F, 1, DC>(K, rs, nk, D, Q, S, SP); break;
+    case 2: qk<F, 2, DC>(K, rs, nk, D, Q, S, SP); break;
+    case 3: qk<F, 3, DC>(K, rs, nk, D, Q, S, SP); break;
+    default: qk<F, 4, DC>(K, rs, nk, D, Q, S, SP); break;
   }
 }
 
@@ -210,13 +242,16 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
     const int64_t off = (blk * BS + j0) * rs + hk * a.D;
     const float ksc = a.ks ? a.ks[blk * a.ks_bstride + hk] : 1.f;
     const float vsc = a.vs ? a.vs[blk * a.vs_bstride + hk] : 1.f;
-    if (p0 + n < t1) {                                  // the next page is at a random block: prefetch its rows
-      const int64_t nxt = (int64_t(table[page + 1]) * BS) * rs + hk * a.D;
-      const int nn = int(std::min<int64_t>(BS, t1 - p0 - n));
+    // the page PD ahead is at a random block the hardware prefetcher cannot guess: prefetch its rows into L2 (T1).
+    // One page ahead into L1 (v1's choice, T0) left this kernel at 5.0-5.3 GB/s at b8 ctx8192; L2 at 1-4 pages ahead
+    // ran at 8.4-9.5 GB/s (one thread, same run): L1's few miss buffers were the limit, not DRAM (24 GB/s here).
+    if (const int64_t pp0 = (page + PD) * BS; pp0 < t1) {
+      const int64_t nxt = (int64_t(table[page + PD]) * BS) * rs + hk * a.D;
+      const int nn = int(std::min<int64_t>(BS, t1 - pp0));
       for (int j = 0; j < nn; ++j)
         for (int64_t c = 0; c < int64_t(D) * int64_t(sizeof(E)); c += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(Kc + nxt + j * rs) + c, _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(Vc + nxt + j * rs) + c, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(Kc + nxt + j * rs) + c, _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(Vc + nxt + j * rs) + c, _MM_HINT_T1);
         }
     }
     const E* K = Kc + off;
@@ -227,12 +262,10 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
     for (int r0 = 0; r0 < R; r0 += RQ) {
       float* S = bf.S + r0 * SP;
       const int16_t* Qr = bf.Q + r0 * D;
-      switch (std::min(RQ, R - r0)) {
-        case 1: qk<F, 1>(K, rs, vmax, D, Qr, S, SP); break;
-        case 2: qk<F, 2>(K, rs, vmax, D, Qr, S, SP); break;
-        case 3: qk<F, 3>(K, rs, vmax, D, Qr, S, SP); break;
-        default: qk<F, 4>(K, rs, vmax, D, Qr, S, SP); break;
-      }
+      const int nr = std::min(RQ, R - r0);
+      if (D == 128) qk_rows<F, 4>(nr, K, rs, vmax, D, Qr, S, SP);
+      else if (D == 64) qk_rows<F, 2>(nr, K, rs, vmax, D, Qr, S, SP);
+      else qk_rows<F, 0>(nr, K, rs, vmax, D, Qr, S, SP);
     }
     // online softmax over the page per row; P (bf16 or int16, pairs) replaces S; P is 0 past the row's visible keys
     int vis_blk[kb::DEC_MAX_ROWS];
