@@ -46,14 +46,15 @@ namespace kb_zbf16 {
 namespace {
 constexpr int RQ = 4;          // query rows per QK register block (4 rows x 4 keys per reduction)
 constexpr int RB = 8;          // query rows per PV register block (x 32 columns: 16 accumulators)
-constexpr float PQ = 32767.f;
-constexpr int PD = 2;          // prefetch distance in pages  // int8-KV path: p in int16 = round(p * 32767), p in [0, 1]
+constexpr float PQ = 32767.f;  // int8-KV path: p in int16 = round(p * 32767), p in [0, 1]
+constexpr int PD = 2;          // prefetch distance in pages
+constexpr int STEP = 32;       // tokens per online-softmax step (2 pages of 16)
 
 struct BufsDp {                                                 // per thread, 64-byte aligned
   alignas(64) int16_t Q[kb::DEC_MAX_ROWS * kb::DEC_MAX_D];       // bf16 bits (bf16 KV) or int16 q (int8 KV)
   alignas(64) float Acc[kb::DEC_MAX_ROWS * kb::DEC_MAX_D];
   alignas(64) float S[kb::DEC_MAX_ROWS * (kb::DEC_MAX_BS + 16)];
-  alignas(64) int16_t P[kb::DEC_MAX_ROWS * (kb::DEC_MAX_BS + 32)];   // pairs: bf16 (bf16 KV) or int16 (int8 KV)
+  alignas(64) int16_t P[kb::DEC_MAX_ROWS * (kb::DEC_MAX_BS + 48)];   // pairs: bf16 (bf16 KV) or int16 (int8 KV)
   float qs[kb::DEC_MAX_ROWS];                                    // per row: the scale of its scores
   float m[kb::DEC_MAX_ROWS], l[kb::DEC_MAX_ROWS];
 };
@@ -112,7 +113,7 @@ alignas(64) const int16_t PAIR_HI[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52,
 // S[i][j] = Q[i] . K[j] for NR rows and keys j < nk, key-outer: each key row loaded once for the NR rows; DC = D / 32
 // known at compile time (d 64, 128) keeps the NR x DC slices of q in registers (<= 16 zmm), else DC = 0 (reloaded)
 template <class F, int NR, int DC>
-inline void qk(const typename F::E* K, int64_t rs, int nk, int D, const int16_t* Q, float* S, int SP) {
+inline void qk(const typename F::E* const* K, int nk, int D, const int16_t* Q, float* S, int SP) {
   constexpr int QC = DC > 0 ? DC : 1;
   __m512i qv[NR][QC];
   if constexpr (DC > 0)
@@ -126,7 +127,7 @@ inline void qk(const typename F::E* K, int64_t rs, int nk, int D, const int16_t*
       typename F::Acc acc[4];
       for (int i = 0; i < 4; ++i) acc[i] = F::zero();
       if (jb + jj < nk) {
-        const typename F::E* kr = K + (jb + jj) * rs;
+        const typename F::E* kr = K[jb + jj];
 #pragma GCC unroll 8
         for (int c = 0; c < nc; ++c) {
           const __m512i kv = F::load32(kr + 32 * c);
@@ -144,20 +145,19 @@ inline void qk(const typename F::E* K, int64_t rs, int nk, int D, const int16_t*
 }
 
 template <class F, int DC>
-inline void qk_rows(int nr, const typename F::E* K, int64_t rs, int nk, int D, const int16_t* Q, float* S, int SP) {
+inline void qk_rows(int nr, const typename F::E* const* K, int nk, int D, const int16_t* Q, float* S, int SP) {
   switch (nr) {
-    case 1: qk<F, 1, DC>(K, rs, nk, D, Q, S, SP); break;
-    case 2: qk<F, 2, DC>(K, rs, nk, D, Q, S, SP); break;
-    case 3: qk<F, 3, DC>(K, rs, nk, D, Q, S, SP); break;
-    default: qk<F, 4, DC>(K, rs, nk, D, Q, S, SP); break;
+    case 1: qk<F, 1, DC>(K, nk, D, Q, S, SP); break;
+    case 2: qk<F, 2, DC>(K, nk, D, Q, S, SP); break;
+    case 3: qk<F, 3, DC>(K, nk, D, Q, S, SP); break;
+    default: qk<F, 4, DC>(K, nk, D, Q, S, SP); break;
   }
 }
 
 // A[i][:] += sum_j P[i][j] V[j][:] for NR rows over tokens j < nv (pairs; a row past n reads as 0), 32 columns
 // at a time: NR x 2 accumulators, V rows j and j+1 interleaved into pairs (2 vpermt2w per 32 columns)
 template <class F, int NR>
-inline void pv(const typename F::E* V, int64_t rs, int n, int nv, int D, const int16_t* P, int PP, float* A,
-               float vscale) {
+inline void pv(const typename F::E* const* V, int n, int nv, int D, const int16_t* P, int PP, float* A, float vscale) {
   constexpr bool INT = std::is_same_v<F, KvI8>;
   const __m512i ilo = _mm512_load_si512(PAIR_LO), ihi = _mm512_load_si512(PAIR_HI);
   for (int c = 0; c < D; c += 32) {
@@ -173,8 +173,8 @@ inline void pv(const typename F::E* V, int64_t rs, int n, int nv, int D, const i
       }
     }
     for (int j = 0; j < nv; j += 2) {
-      const __m512i va = F::load32(V + j * rs + c);
-      const __m512i vb = j + 1 < n ? F::load32(V + (j + 1) * rs + c) : _mm512_setzero_si512();
+      const __m512i va = F::load32(V[j] + c);
+      const __m512i vb = j + 1 < n ? F::load32(V[j + 1] + c) : _mm512_setzero_si512();
       const __m512i plo = _mm512_permutex2var_epi16(va, ilo, vb), phi = _mm512_permutex2var_epi16(va, ihi, vb);
 #pragma GCC unroll 8
       for (int i = 0; i < NR; ++i) {
@@ -233,41 +233,65 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
   const E* Vc = static_cast<const E*>(a.v);
   const int64_t rs = a.HKV * a.D;                       // row stride inside a block
   const int32_t* table = a.tables + b * a.MAXB;
-  const int SP = (BS + W - 1) / W * W + W;              // S row pitch (floats)
+  // a step: whole pages (or the unit's ends of pages) while they fit in max(STEP, BS) tokens -- the per-step costs
+  // (softmax reductions, the accumulators' loads and stores, int32 -> fp32) are paid once per 32 tokens, not per 16
+  const int SMAX = std::max(STEP, BS);
+  const int SP = (SMAX + W - 1) / W * W + W;            // S row pitch (floats)
   const int PP = SP + 32;                               // P row pitch (16-bit elements; even)
+  const E* krow[kb::DEC_MAX_BS];                        // the step's key and value rows (pages are scattered)
+  const E* vrow[kb::DEC_MAX_BS];
+  alignas(64) float ksv[kb::DEC_MAX_BS + 16];           // per token: its page's K scale, V scale / the step's max
+  alignas(64) float vsv[kb::DEC_MAX_BS + 16];
   for (int64_t p0 = t0; p0 < t1;) {
-    const int64_t page = p0 / BS, blk = table[page];
-    const int64_t j0 = p0 - page * BS;                  // first token of the page in this unit
-    const int n = int(std::min<int64_t>(t1, (page + 1) * BS) - p0);
-    const int64_t off = (blk * BS + j0) * rs + hk * a.D;
-    const float ksc = a.ks ? a.ks[blk * a.ks_bstride + hk] : 1.f;
-    const float vsc = a.vs ? a.vs[blk * a.vs_bstride + hk] : 1.f;
-    // the page PD ahead is at a random block the hardware prefetcher cannot guess: prefetch its rows into L2 (T1).
-    // One page ahead into L1 (v1's choice, T0) left this kernel at 5.0-5.3 GB/s at b8 ctx8192; L2 at 1-4 pages ahead
-    // ran at 8.4-9.5 GB/s (one thread, same run): L1's few miss buffers were the limit, not DRAM (24 GB/s here).
-    if (const int64_t pp0 = (page + PD) * BS; pp0 < t1) {
-      const int64_t nxt = (int64_t(table[page + PD]) * BS) * rs + hk * a.D;
-      const int nn = int(std::min<int64_t>(BS, t1 - pp0));
-      for (int j = 0; j < nn; ++j)
-        for (int64_t c = 0; c < int64_t(D) * int64_t(sizeof(E)); c += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(Kc + nxt + j * rs) + c, _MM_HINT_T1);
-          _mm_prefetch(reinterpret_cast<const char*>(Vc + nxt + j * rs) + c, _MM_HINT_T1);
-        }
+    int n = 0;
+    float vmaxsc = 0.f;
+    for (int64_t p = p0; p < t1;) {
+      const int64_t page = p / BS, blk = table[page];
+      const int64_t j0 = p - page * BS;
+      const int np = int(std::min<int64_t>(t1, (page + 1) * BS) - p);
+      if (n > 0 && n + np > SMAX) break;
+      const E* kb0 = Kc + (blk * BS + j0) * rs + hk * a.D;
+      const E* vb0 = Vc + (blk * BS + j0) * rs + hk * a.D;
+      const float ksc = a.ks ? a.ks[blk * a.ks_bstride + hk] : 1.f;
+      const float vsc = a.vs ? a.vs[blk * a.vs_bstride + hk] : 1.f;
+      for (int j = 0; j < np; ++j) {
+        krow[n + j] = kb0 + j * rs;
+        vrow[n + j] = vb0 + j * rs;
+        ksv[n + j] = ksc;
+        vsv[n + j] = vsc;
+      }
+      vmaxsc = std::max(vmaxsc, vsc);
+      // the page PD ahead is at a random block the hardware prefetcher cannot guess: prefetch its rows into L2
+      // (T1). One page ahead into L1 (v1's choice, T0) left this kernel at 5.0-5.3 GB/s at b8 ctx8192; L2 at 1-4
+      // pages ahead ran at 8.4-9.5 GB/s (one thread, same run): L1's few miss buffers were the limit, not DRAM.
+      if (const int64_t pp0 = (page + PD) * BS; pp0 < t1) {
+        const int64_t nxt = (int64_t(table[page + PD]) * BS) * rs + hk * a.D;
+        const int nn = int(std::min<int64_t>(BS, t1 - pp0));
+        for (int j = 0; j < nn; ++j)
+          for (int64_t c = 0; c < int64_t(D) * int64_t(sizeof(E)); c += 64) {
+            _mm_prefetch(reinterpret_cast<const char*>(Kc + nxt + j * rs) + c, _MM_HINT_T1);
+            _mm_prefetch(reinterpret_cast<const char*>(Vc + nxt + j * rs) + c, _MM_HINT_T1);
+          }
+      }
+      n += np;
+      p += np;
     }
-    const E* K = Kc + off;
-    const E* V = Vc + off;
-    // visible keys: row r sees tokens up to L - SQ + s, i.e. `vis_r` of this page's n; the last row sees the most
-    const int vmax = int(std::clamp<int64_t>(L - SQ + (SQ - 1) + 1 - p0, 0, n));
+    for (int j = n; j < (n + W - 1) / W * W; ++j) ksv[j] = vsv[j] = 0.f;   // whole vectors are read below
+    if (!(vmaxsc > 0.f)) vmaxsc = 1.f;
+    if constexpr (INT)                                  // P carries V scale / the step's max: one int32 sum per step
+      for (int j = 0; j < n; j += W) store(vsv + j, mul(load(vsv + j), set1(PQ / vmaxsc)));
+    // visible keys: row r sees tokens up to L - SQ + s, i.e. `vis_r` of this step's n; the last row sees the most
+    const int vmax = int(std::clamp<int64_t>(L - p0, 0, n));
     // S = Q K^T (raw dot products; scaled below): key-outer, 4 rows x 4 keys per reduction
     for (int r0 = 0; r0 < R; r0 += RQ) {
       float* S = bf.S + r0 * SP;
       const int16_t* Qr = bf.Q + r0 * D;
       const int nr = std::min(RQ, R - r0);
-      if (D == 128) qk_rows<F, 4>(nr, K, rs, vmax, D, Qr, S, SP);
-      else if (D == 64) qk_rows<F, 2>(nr, K, rs, vmax, D, Qr, S, SP);
-      else qk_rows<F, 0>(nr, K, rs, vmax, D, Qr, S, SP);
+      if (D == 128) qk_rows<F, 4>(nr, krow, vmax, D, Qr, S, SP);
+      else if (D == 64) qk_rows<F, 2>(nr, krow, vmax, D, Qr, S, SP);
+      else qk_rows<F, 0>(nr, krow, vmax, D, Qr, S, SP);
     }
-    // online softmax over the page per row; P (bf16 or int16, pairs) replaces S; P is 0 past the row's visible keys
+    // online softmax over the step per row; P (bf16 or int16, pairs) replaces S; P is 0 past the row's visible keys
     int vis_blk[kb::DEC_MAX_ROWS];
     for (int r = 0; r < R; ++r) {
       const int64_t s = r / G;
@@ -279,11 +303,12 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
         for (int j = 0; j < n; j += W) _mm256_storeu_si256((__m256i*)(Pr + j), _mm256_setzero_si256());
         continue;
       }
-      const vf sc = set1(bf.qs[r] * ksc);
+      const vf sc = set1(bf.qs[r]);
       vf mxv = set1(-INFINITY);
       for (int j = 0; j < vis; j += W) {
         const __mmask16 mk = tail(vis - j);
-        const vf x = mul(_mm512_maskz_loadu_ps(mk, Sr + j), sc);
+        vf x = mul(_mm512_maskz_loadu_ps(mk, Sr + j), sc);
+        if constexpr (INT) x = mul(x, load(ksv + j));
         store(Sr + j, x);
         mxv = _mm512_mask_max_ps(mxv, mk, mxv, x);
       }
@@ -294,7 +319,8 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
         const vf pv = j < vis ? keep(exp2(sub(load(Sr + j), set1(mx))), vis - j) : zero();
         sumv = add(sumv, pv);
         if constexpr (INT)
-          _mm256_storeu_si256((__m256i*)(Pr + j), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(mul(pv, set1(PQ)))));
+          _mm256_storeu_si256((__m256i*)(Pr + j),
+                              _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(mul(pv, load(vsv + j)))));
         else
           _mm256_storeu_si256((__m256i*)(Pr + j), (__m256i)_mm512_cvtneps_pbh(pv));
       }
@@ -306,7 +332,7 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
       }
     }
     // Acc += P V over token pairs (j, j+1): V's two rows interleaved into pairs in registers
-    const float vscale = INT ? vsc / PQ : 1.f;
+    const float vscale = INT ? vmaxsc / PQ : 1.f;
     for (int r0 = 0; r0 < R; r0 += RB) {
       const int nr = std::min(RB, R - r0);
       int vb = 0;                                          // the most keys a row of this block sees
@@ -314,14 +340,14 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
       float* A = bf.Acc + r0 * D;
       const int16_t* P = bf.P + r0 * PP;
       switch (nr) {
-        case 1: pv<F, 1>(V, rs, n, vb, D, P, PP, A, vscale); break;
-        case 2: pv<F, 2>(V, rs, n, vb, D, P, PP, A, vscale); break;
-        case 3: pv<F, 3>(V, rs, n, vb, D, P, PP, A, vscale); break;
-        case 4: pv<F, 4>(V, rs, n, vb, D, P, PP, A, vscale); break;
-        case 5: pv<F, 5>(V, rs, n, vb, D, P, PP, A, vscale); break;
-        case 6: pv<F, 6>(V, rs, n, vb, D, P, PP, A, vscale); break;
-        case 7: pv<F, 7>(V, rs, n, vb, D, P, PP, A, vscale); break;
-        default: pv<F, 8>(V, rs, n, vb, D, P, PP, A, vscale); break;
+        case 1: pv<F, 1>(vrow, n, vb, D, P, PP, A, vscale); break;
+        case 2: pv<F, 2>(vrow, n, vb, D, P, PP, A, vscale); break;
+        case 3: pv<F, 3>(vrow, n, vb, D, P, PP, A, vscale); break;
+        case 4: pv<F, 4>(vrow, n, vb, D, P, PP, A, vscale); break;
+        case 5: pv<F, 5>(vrow, n, vb, D, P, PP, A, vscale); break;
+        case 6: pv<F, 6>(vrow, n, vb, D, P, PP, A, vscale); break;
+        case 7: pv<F, 7>(vrow, n, vb, D, P, PP, A, vscale); break;
+        default: pv<F, 8>(vrow, n, vb, D, P, PP, A, vscale); break;
       }
     }
     p0 += n;
