@@ -62,7 +62,8 @@ def main(argv=None) -> int:
               f"{nbytes / t / 1e9:6.2f} GB/s")
     for name in args.variants.split(","):
         for ctx in (int(c) for c in args.ctx.split(",")):
-            print(f"{name:8s} ctx{ctx}: int8 / {args.dtype} KV speedup {best[name, ctx, 'native'] / best[name, ctx, 'int8']:.2f}x")
+            ratio = best[name, ctx, "native"] / best[name, ctx, "int8"]
+            print(f"{name:8s} ctx{ctx}: int8 / {args.dtype} KV speedup {ratio:.2f}x")
     return 0
 
 

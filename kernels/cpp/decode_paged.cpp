@@ -227,24 +227,18 @@ int decode_paged(const kb::DecodeArgs& a) {
 
 #else  // entry point
 
-// The parameters of both entry points (kb_cpp_decode_paged: the ladder's top rung; kb_cpp_decode_paged_v1: this file).
-#define KB_DECODE_PARAMS                                                                                            \
-  const void *q, const void *k_cache, const void *v_cache, const void *block_tables, const void *seq_lens,         \
-      const void *k_scale, const void *v_scale, void *out, int64_t B, int64_t SQ, int64_t H, int64_t D, int64_t NB, \
-      int64_t BS, int64_t HKV, int64_t KD, int64_t vNB, int64_t vBS, int64_t vHKV, int64_t vD, int64_t tb_rows,      \
-      int64_t MAXB, int64_t n_lens, int64_t ks_rows, int64_t ks_cols, int64_t ks_bstride, int64_t vs_rows,          \
-      int64_t vs_cols, int64_t vs_bstride, float scale, int q_dtype, int kv_dtype, int threads
-#define KB_DECODE_ARGS                                                                                              \
-  q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, out, B, SQ, H, D, NB, BS, HKV, KD, vNB, vBS, vHKV,  \
-      vD, tb_rows, MAXB, n_lens, ks_rows, ks_cols, ks_bstride, vs_rows, vs_cols, vs_bstride, scale, q_dtype,         \
-      kv_dtype, threads
-
 // Paged decode attention (see the header). Every argument is checked before any memory is touched: sizes and
 // head counts, dtypes, each sequence's length against its block-table row and its queries, each block-table
 // entry a sequence uses against NB, the scale pointers against the KV dtype. `rung` 2: v2 (decode_paged_dp.cpp)
 // where it applies (AVX512-BF16 CPU; bf16 q and bf16/int8 KV, fp16 q and int8 KV; head dim a multiple of 32), this
 // file's v1 elsewhere; `rung` 1: v1 always.
-static int decode_entry(int rung, KB_DECODE_PARAMS) {
+int kb::decode_entry(int rung, const void* q, const void* k_cache, const void* v_cache, const void* block_tables,
+                     const void* seq_lens, const void* k_scale, const void* v_scale, void* out, int64_t B,
+                     int64_t SQ, int64_t H, int64_t D, int64_t NB, int64_t BS, int64_t HKV, int64_t KD,
+                     int64_t vNB, int64_t vBS, int64_t vHKV, int64_t vD, int64_t tb_rows, int64_t MAXB,
+                     int64_t n_lens, int64_t ks_rows, int64_t ks_cols, int64_t ks_bstride, int64_t vs_rows,
+                     int64_t vs_cols, int64_t vs_bstride, float scale, int q_dtype, int kv_dtype,
+                     int threads) {
   using kb::set_error;
   if (!q || !k_cache || !v_cache || !block_tables || !seq_lens || !out)
     return set_error(kb::E_ARG, "decode_paged: null pointer");
@@ -308,6 +302,16 @@ static int decode_entry(int rung, KB_DECODE_PARAMS) {
   return KB_DISPATCH(decode_paged, a);
 }
 
-KB_API int kb_cpp_decode_paged(KB_DECODE_PARAMS) { return decode_entry(2, KB_DECODE_ARGS); }
-KB_API int kb_cpp_decode_paged_v1(KB_DECODE_PARAMS) { return decode_entry(1, KB_DECODE_ARGS); }
+// v1 always (the ladder's rung; kb_cpp_decode_paged, in decode_paged_dp.cpp, runs v2 where it applies)
+KB_API int kb_cpp_decode_paged_v1(const void* q, const void* k_cache, const void* v_cache, const void* block_tables,
+                               const void* seq_lens, const void* k_scale, const void* v_scale, void* out, int64_t B,
+                               int64_t SQ, int64_t H, int64_t D, int64_t NB, int64_t BS, int64_t HKV, int64_t KD,
+                               int64_t vNB, int64_t vBS, int64_t vHKV, int64_t vD, int64_t tb_rows, int64_t MAXB,
+                               int64_t n_lens, int64_t ks_rows, int64_t ks_cols, int64_t ks_bstride, int64_t vs_rows,
+                               int64_t vs_cols, int64_t vs_bstride, float scale, int q_dtype, int kv_dtype,
+                               int threads) {
+  return kb::decode_entry(1, q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, out, B, SQ, H, D, NB,
+                         BS, HKV, KD, vNB, vBS, vHKV, vD, tb_rows, MAXB, n_lens, ks_rows, ks_cols, ks_bstride,
+                         vs_rows, vs_cols, vs_bstride, scale, q_dtype, kv_dtype, threads);
+}
 #endif

@@ -20,6 +20,17 @@ constexpr int64_t DEC_MAX_D = 256;
 constexpr int64_t DEC_MAX_BS = 256;
 }  // namespace kb
 
+namespace kb {
+// Both entry points (kb_cpp_decode_paged: rung 2, decode_paged_dp.cpp; kb_cpp_decode_paged_v1: rung 1) check every
+// argument here (decode_paged.cpp) and run v2 where rung >= 2 and it applies, else v1.
+int decode_entry(int rung, const void* q, const void* k_cache, const void* v_cache, const void* block_tables,
+                 const void* seq_lens, const void* k_scale, const void* v_scale, void* out, int64_t B, int64_t SQ,
+                 int64_t H, int64_t D, int64_t NB, int64_t BS, int64_t HKV, int64_t KD, int64_t vNB, int64_t vBS,
+                 int64_t vHKV, int64_t vD, int64_t tb_rows, int64_t MAXB, int64_t n_lens, int64_t ks_rows,
+                 int64_t ks_cols, int64_t ks_bstride, int64_t vs_rows, int64_t vs_cols, int64_t vs_bstride, float scale,
+                 int q_dtype, int kv_dtype, int threads);
+}  // namespace kb
+
 KB_DECLARE(int decode_paged(const kb::DecodeArgs&))
 namespace kb_zbf16 {
 bool decode_paged_dp_applies(const kb::DecodeArgs&);   // v2 takes these dtypes and head dims on this CPU

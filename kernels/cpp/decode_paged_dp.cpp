@@ -390,3 +390,19 @@ int decode_paged_dp(const kb::DecodeArgs& a) {
 }  // namespace kb_zbf16
 #pragma GCC pop_options
 #endif
+
+#if !defined(KB_ZBF16_IMPL) && !defined(KB_AMX_IMPL)   // the entry point (compiled once, baseline x86-64)
+// Paged decode attention, the ladder's top rung: arguments as kb_cpp_decode_paged_v1 (decode_paged.cpp), checked
+// there; v2 (this file) where it applies on this CPU, v1 elsewhere.
+KB_API int kb_cpp_decode_paged(const void* q, const void* k_cache, const void* v_cache, const void* block_tables,
+                               const void* seq_lens, const void* k_scale, const void* v_scale, void* out, int64_t B,
+                               int64_t SQ, int64_t H, int64_t D, int64_t NB, int64_t BS, int64_t HKV, int64_t KD,
+                               int64_t vNB, int64_t vBS, int64_t vHKV, int64_t vD, int64_t tb_rows, int64_t MAXB,
+                               int64_t n_lens, int64_t ks_rows, int64_t ks_cols, int64_t ks_bstride, int64_t vs_rows,
+                               int64_t vs_cols, int64_t vs_bstride, float scale, int q_dtype, int kv_dtype,
+                               int threads) {
+  return kb::decode_entry(2, q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, out, B, SQ, H, D, NB,
+                         BS, HKV, KD, vNB, vBS, vHKV, vD, tb_rows, MAXB, n_lens, ks_rows, ks_cols, ks_bstride,
+                         vs_rows, vs_cols, vs_bstride, scale, q_dtype, kv_dtype, threads);
+}
+#endif
