@@ -1,32 +1,44 @@
-// decode_paged_dp.cpp -- v2 of the C++ paged decode attention (kernels/cpp/decode_paged.cpp is v1, its arguments and
-// schedule): the same units (sequence, kv head, chunk of pages), split-K merge and online softmax, with the
-// arithmetic on dot-product instructions that take the cache's 16-bit (or 8-bit, widened) values as they are, so
-// no page is ever converted to an fp32 copy. For AVX512-BF16 CPUs (AMD Zen 4, Intel Cooper Lake and later); it
-// takes bf16 q with bf16 KV, and bf16 or fp16 q with int8 KV, head dims that are multiples of 32 (v1 the rest).
+// decode_paged_dp.cpp -- v2 of the C++ paged decode attention (kernels/cpp/decode_paged.cpp is v1, variant `cpp_v1`,
+// and holds the argument checks): the same units (sequence, kv head, chunk of pages), split-K merge and online
+// softmax (decode_sched.h), with the arithmetic on dot-product instructions that take the cache's 16-bit (or 8-bit,
+// widened) values as they are, so no page is ever converted to an fp32 copy. For AVX512-BF16 CPUs (AMD Zen 4,
+// Intel Cooper Lake and later); it takes bf16 q with bf16 KV, and bf16 or fp16 q with int8 KV, head dims that are
+// multiples of 32 (v1 the rest: fp32 q or KV, fp16 KV, fp8 KV).
 //
-// Why (v1's header, README's decode section): v1 converted each page's K and V rows to fp32 through L1 (load,
-// widen, store, reload: 3 instructions per 16 elements and tensor), took one horizontal sum per (query row, key)
-// and one FMA per element and row: ~3,000 instructions per 16-token bf16 page of one kv head (8 KiB at d 128) --
-// compute-bound at 8.6 GB/s on cached data, 4.5-5.1 GB/s per core from memory, and int8 KV (half the bytes, the
-// same instructions) only 1.05-1.17x faster than bf16 KV. Per page (16 tokens, G = 4 query rows, d = 128), v2:
-//   QK^T, key-outer: each key row is loaded once (4 zmm) for all the rows of its group; bf16 q x bf16 k on
-//     vdpbf16ps (a bf16 pair per lane, fp32 accumulate: exact products); int8 k widened to int16 (vpmovsxbw from
-//     memory) against q quantized per row to int16 (scale max|q| / 32767: error <= 2^-16 of max|q|, far under the
-//     bf16/fp16 q's own rounding) on vpdpwssd (int32, exact). 4 rows x 4 keys reduced by one shuffle network
-//     (~11 instructions per key instead of 4 x 9 for horizontal sums); the K scale, the softmax scale and q's int16
-//     scale multiply the 4-key score vectors once.
-//   P V, token pairs: rows j and j+1 of V interleaved in registers (vpermt2w: 2 per 32 columns) into the pair
-//     layout the dot products want; bf16 V against P rounded to bf16 pairs (vdpbf16ps); int8 V widened to int16
-//     against P in int16 (p * 32767, p <= 1: error <= 2^-16) on vpdpwssd, the page's int32 sums scaled by the V
-//     scale / 32767 into the fp32 accumulator once per page. 8 query rows x 32 columns of output per register block.
-//   => ~1,000 instructions per page, either format: bf16 KV becomes bound by memory, and int8 KV (half the bytes)
-//   can run up to twice as fast.
-// Accuracy: bf16-rounded P adds <= 2^-9 relative per weight (bf16 outputs, tolerance 1e-2); the int8 path's int16
-// q and P errors are ~2^-16. fp32 q / fp32, fp16, fp8 KV stay on v1 (fp32 FMAs: the fp32 tolerance is 2e-6).
+// Why (README's decode section): v1 converted each page's K and V rows to fp32 through L1 (load, widen, store,
+// reload), took one horizontal sum per (query row, key) and one FMA per element and row: ~3,000 instructions per
+// 16-token bf16 page of one kv head (8 KiB at d 128), 9.4 GB/s on cached data; from memory 4-5.5 GB/s per core, its
+// one-page-ahead L1 prefetch the limit; and int8 KV (half the bytes, the same instructions) only 1.05-1.6x faster.
+// Per 16 tokens (G = 4 query rows, d = 128), v2:
+//   QK^T, key-outer: each key row loaded once (4 zmm) for the rows of its group, q's slices held in registers;
+//     bf16 q x bf16 k on vdpbf16ps (a bf16 pair per lane, fp32 accumulate: exact products); int8 k widened to int16
+//     (vpmovsxbw from memory) against q quantized per row to int16 (step max|q| / 32767: error <= 2^-16 of max|q|,
+//     under a bf16/fp16 q's own rounding) on vpdpwssd (int32, exact). 4 rows x 4 keys reduced by one shuffle network
+//     (fold4 + transpose_add4: ~10 instructions per key instead of 4 horizontal sums of ~9), in int32 for int8.
+//   P V, token pairs: rows j and j+1 of V interleaved in registers (vpermt2w: 2 per 32 columns) into the pair layout
+//     the dot products want; bf16 V against P rounded to bf16 pairs (vdpbf16ps); int8 V widened to int16 against P
+//     in int16 (p * 32767 * vscale / the step's largest vscale, p <= 1: error <= 2^-16) on vpdpwssd, the step's int32
+//     sums scaled into the fp32 accumulator once per step. 8 query rows x 32 columns per register block.
+//   Online softmax steps of 32 tokens (two 16-token pages; whole pages, up to max(32, block size) tokens) over the
+//     step's scattered row pointers: the per-step costs (max and sum reductions, the accumulators' loads and stores,
+//     int32 -> fp32) are paid once per 32 tokens. 16-token steps: int8/bf16 KV 1.41-1.60x; 32: 1.55-2.02x.
+//   The page PD = 2 ahead is prefetched into L2 (T1): one page ahead into L1 (v1's T0) left v2 at 5.0-5.3 GB/s at b8
+//     ctx8192, L2 at 1-4 pages ahead 8.4-9.5 GB/s (one thread, same run). DRAM gives 24 GB/s to one core here
+//     (sequential); the random 8 KiB pages and L1's few miss buffers were the limit.
+// Tried and dropped: int8 q on vpdpbusd (u8 x s8, k + 128, twice vpdpwssd's rate) for bf16 q with int8 KV cut the
+// cached-data time by 12% but failed the bf16 tolerance by 2x at contexts of 2-33 keys (ragged b8, 6 seeds): q's
+// int8 step (max|q| / 127) moves the scores by ~1e-2; the suite's test cases now include such a short context.
+// Accuracy (worst error / the suite's bound, 6 seeds, ragged b8 ctx 2-129): bf16 KV 0.28 (v1 0.15: P rounded to
+// bf16, <= 2^-9 relative per weight), int8 KV with bf16 q 0.15 and fp16 q 0.13 (v1 0.15 / 0.13).
 // Non-finite q is not handled on the int8 path (its int16 quantization): decode q comes from a finite projection.
 //
-// Bytes and FLOPs as v1 (suites/decode.py). Measured: README's decode section and this file's ladder rows
-// (scripts/decode_ratio.py: one thread, CPU time, both rungs side by side in one run).
+// Bytes and FLOPs as v1 (suites/decode.py). Measured (AMD EPYC Zen 4, one thread, CPU time, min of 10-15 round-robin
+// calls, scripts/decode_ratio.py, b8 h8/2 d128 bf16 q, 2026-12-01, load average ~6 on 2 cores shared with other
+// engineers; v1 in the same runs):
+//   bf16 KV  ctx2048 2.0 ms (8.4 GB/s; v1 3.0 ms)    ctx8192 6.8-8.3 ms (8.1-9.9 GB/s; v1 14.8-16.3 ms)
+//   int8 KV  ctx2048 1.06-1.08 ms (7.8-8.0 GB/s)      ctx8192 4.0-4.4 ms (7.7-8.4 GB/s)
+//   int8 / bf16 KV: 1.83-1.87x at ctx2048, 1.55-2.02x at ctx8192 (v1 1.05-1.63x, 1.11-1.19x); cached data (b1
+//   ctx2048): bf16 KV 24 GB/s, 2.6x v1. README's decode section has the run of record.
 #include <omp.h>
 
 #include <algorithm>
