@@ -119,6 +119,25 @@ class HFStaticEngine(_BaseHF):
         super().__init__(lm, max_num_seqs=max_num_seqs, max_queue=max_queue, max_model_len=max_model_len)
         self.batch_timeout_s = batch_timeout_s
         self._inbox: queue.Queue = queue.Queue()
+        # how full the static batches stay (what continuous batching can win back): each generate step counted by
+        # whether fewer than half of its rows still generate, and its row-steps as generating or done (a done row
+        # is still computed: `generate` pads it until the batch's longest row ends)
+        from prometheus_client import Counter
+        r = self.metrics.registry
+        self.static_steps = Counter("kbench_static_steps", "hf-static generate steps by the share of rows still "
+                                    "generating", ["alive"], registry=r)
+        self.static_rows = Counter("kbench_static_row_steps", "hf-static rows computed per step: generating, or "
+                                   "done and padded", ["row"], registry=r)
+        for k in ("under_half", "half_or_more"):
+            self.static_steps.labels(alive=k)
+        for k in ("generating", "done"):
+            self.static_rows.labels(row=k)
+
+    def count_step(self, alive: int, rows: int) -> None:
+        """One generate step of a batch of `rows` rows of which `alive` still generate."""
+        self.static_steps.labels(alive="under_half" if 2 * alive < rows else "half_or_more").inc()
+        self.static_rows.labels(row="generating").inc(alive)
+        self.static_rows.labels(row="done").inc(rows - alive)
 
     def describe(self) -> dict:
         return {**super().describe(), "batch_timeout_s": self.batch_timeout_s}
@@ -207,6 +226,7 @@ class HFStaticEngine(_BaseHF):
                     self.prompt_seen = True
                     return
                 engine.steps += 1
+                engine.count_step(sum(1 for r in batch if not (r.done or r.handle.cancelled)), len(batch))
                 for r, tok in zip(batch, value.reshape(-1).tolist()):
                     if r.handle.cancelled:
                         engine._end(r, "cancelled", "cancelled")

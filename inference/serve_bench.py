@@ -187,7 +187,19 @@ class MetricsSampler:
             v = [s[g] for s in self.samples if not math.isnan(s[g])]
             return max(v) if v else math.nan
         pre = "kbench_preemptions_total"
-        return {"server_running_max": peak("kbench_requests_running"),
+
+        def delta(name: str) -> float:
+            return (self.last or {}).get(name, math.nan) - (self.first or {}).get(name, math.nan)
+        # hf-static: its generate steps with fewer than half the batch's rows still generating, and the share of
+        # computed row-steps that generated (the rest: done rows padded until the longest ends)
+        under, over = delta('kbench_static_steps_total{alive="under_half"}'), delta(
+            'kbench_static_steps_total{alive="half_or_more"}')
+        gen, done = delta('kbench_static_row_steps_total{row="generating"}'), delta(
+            'kbench_static_row_steps_total{row="done"}')
+        static = {"server_static_steps": under + over,
+                  "server_static_steps_under_half": under / (under + over) if under + over > 0 else math.nan,
+                  "server_static_row_util": gen / (gen + done) if gen + done > 0 else math.nan}
+        return {**static, "server_running_max": peak("kbench_requests_running"),
                 "server_waiting_max": peak("kbench_requests_waiting"),
                 "server_kv_blocks_used_max": peak("kbench_kv_blocks_used"),
                 "server_rss_mb_max": peak("process_resident_memory_bytes") / 2**20,

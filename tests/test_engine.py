@@ -341,3 +341,33 @@ def test_detokenizer_stop_strings():
     assert "".join(out) == "one\ntwo" and d.stopped
     d = Detokenizer(stop=("é",))
     assert "".join(_push_all(d, "aé".encode())) == "a" and d.stopped
+
+
+def test_hf_static_counts_how_full_its_batches_stay(lm):
+    """hf-static's occupancy counters (inference/hf_engines.py): a batch of rows wanting 1, 2, 3 and 8 tokens runs
+    8 generate steps with 4, 3, 2, 1, 1, 1, 1, 1 rows still generating: 5 steps under half, 14 row-steps that
+    generate and 18 computed for rows already done; serve_bench's sampler turns the deltas into row columns."""
+    from inference.hf_engines import HFStaticEngine
+    from inference.serve_bench import MetricsSampler
+    eng = HFStaticEngine(lm, max_num_seqs=4)
+    rows = [eng.submit(prompt(5 + i, i), SamplingParams(max_tokens=n), lambda ev: None).extra["row"]
+            for i, n in enumerate([1, 2, 3, 8])]
+    eng.run_batch(rows)
+    assert eng.steps == 8 and [r.count for r in rows] == [1, 2, 3, 8]
+
+    def v(counter, **label):
+        return counter.labels(**label)._value.get()
+    assert v(eng.static_steps, alive="under_half") == 5 and v(eng.static_steps, alive="half_or_more") == 3
+    assert v(eng.static_rows, row="generating") == 14 and v(eng.static_rows, row="done") == 18
+    s = MetricsSampler("http://unused")
+    s.samples = [{g: 0.0 for g in s.GAUGES}]
+    s.first = {'kbench_static_steps_total{alive="under_half"}': 1.0,
+               'kbench_static_steps_total{alive="half_or_more"}': 2.0,
+               'kbench_static_row_steps_total{row="generating"}': 10.0,
+               'kbench_static_row_steps_total{row="done"}': 0.0}
+    s.last = {k: s.first[k] + d for k, d in zip(s.first, (5.0, 3.0, 14.0, 18.0))}
+    c = s.columns()
+    assert c["server_static_steps"] == 8 and c["server_static_steps_under_half"] == 5 / 8
+    assert c["server_static_row_util"] == 14 / 32
+    s.first, s.last = {}, {}                                   # ours: no such counters, no figures
+    assert all(c != c for c in (s.columns()[k] for k in ("server_static_steps_under_half", "server_static_row_util")))
