@@ -44,6 +44,7 @@ class Mutant:
     what: str
     nth: int = 0
     subset: bool = False   # run by tests/test_mutants.py (CI)
+    checks: tuple[str, ...] = ()   # the checks that run (suites, "block_reduce"), when not derived from the path
 
     @property
     def backend(self) -> str:
@@ -51,9 +52,11 @@ class Mutant:
 
     @property
     def suites(self) -> tuple[str, ...]:
+        if self.checks:
+            return self.checks
         name = Path(self.path).stem
         if name in ("kb_common", "common"):
-            return ("softmax", "norm")
+            return ("softmax", "norm", "block_reduce")   # block_reduce: the helpers themselves (tests/sim_helpers.py)
         if name in ("rmsnorm", "layernorm", "simd"):
             return ("norm",)
         if name.startswith("gemm"):
@@ -135,8 +138,9 @@ MUTANTS = [
     Mutant("cuda-blocksum-bar2", H, "  if (lane == 0) scratch[warp] = v;\n  __syncthreads();\n  float r = lane < nwarps ? scratch[lane] : 0.0f;",
            "  if (lane == 0) scratch[warp] = v;\n  float r = lane < nwarps ? scratch[lane] : 0.0f;",
            "block_sum: read-after-write barrier removed"),
+    # equivalent for every real kernel (softmax calls block_max first): killed by the helper-level check only
     Mutant("cuda-blockmax-bar1", H, "  v = warp_max(v);\n  __syncthreads();", "  v = warp_max(v);",
-           "block_max: write-after-read barrier removed"),
+           "block_max: write-after-read barrier removed", checks=("block_reduce",), subset=True),
     Mutant("cuda-blockmax-bar2", H, "  if (lane == 0) scratch[warp] = v;\n  __syncthreads();\n  float r = lane < nwarps ? scratch[lane] : -INFINITY;",
            "  if (lane == 0) scratch[warp] = v;\n  float r = lane < nwarps ? scratch[lane] : -INFINITY;",
            "block_max: read-after-write barrier removed"),
@@ -195,28 +199,31 @@ def _run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
 
-def build(backend: str) -> tuple[bool, str]:
-    """Bring the copy's build of `backend` up to date; (ok, log tail)."""
+def build(backend: str, checks: tuple[str, ...] | None = None) -> tuple[bool, str]:
+    """Bring the copy's build of `backend` up to date (what `checks` need; None: all); (ok, log tail)."""
     if backend == "triton":
         return True, ""
     if backend == "cuda":
-        bdir, src, target = WORK / "sim-build", TREE / "kernels" / "cuda" / "sim", "kb_cuda_sim_race"
+        bdir, src = WORK / "sim-build", TREE / "kernels" / "cuda" / "sim"
+        targets = [t for t, need in (("kb_cuda_sim_race", checks is None or set(checks) - {"block_reduce"}),
+                                     ("kb_sim_tests_race", checks is None or "block_reduce" in checks)) if need]
         cfg = ["cmake", "-S", str(src), "-B", str(bdir), "-DCMAKE_BUILD_TYPE=Release"]
     else:
-        bdir, src, target = WORK / "build", TREE, "kb_cpp"
+        bdir, src, targets = WORK / "build", TREE, ["kb_cpp"]
         cfg = ["cmake", "-S", str(src), "-B", str(bdir), "-DCMAKE_BUILD_TYPE=Release", "-DKB_NO_CUDA=ON"]
     if not (bdir / "CMakeCache.txt").exists():
         r = _run(cfg)
         if r.returncode:
             return False, (r.stdout + r.stderr)[-3000:]
-    r = _run(["cmake", "--build", str(bdir), "-j", os.environ.get("JOBS", "2"), "--target", target])
+    r = _run(["cmake", "--build", str(bdir), "-j", os.environ.get("JOBS", "2"), "--target", *targets])
     return r.returncode == 0, (r.stdout + r.stderr)[-3000:]
 
 
 def run_checks(backend: str, suites: tuple[str, ...], timeout: float = 600) -> dict:
     """The checks in a fresh process importing the mutant tree; {"killed", "how", "detail"}."""
     env = dict(os.environ, PYTHONPATH=str(TREE), KB_BUILD_DIR=str(WORK / "build"),
-               KB_MUTANT_SIM_LIB=str(WORK / "sim-build" / "lib" / "libkb_cuda_sim_race.so"))
+               KB_MUTANT_SIM_LIB=str(WORK / "sim-build" / "lib" / "libkb_cuda_sim_race.so"),
+               KB_MUTANT_SIM_TESTS_LIB=str(WORK / "sim-build" / "lib" / "libkb_sim_tests_race.so"))
     env.pop("KB_CPP_LIB", None)
     if backend == "triton":
         env["TRITON_INTERPRET"] = "1"
@@ -252,6 +259,8 @@ def _check_main(backend: str, suites: list[str]) -> dict:
     from harness.registry import Skip, all_suites
     from tests.special_values import GEMM_SHAPES, ROW_SUITES, assert_same_specials, special_inputs, torch_expected
     known = all_suites()
+    helpers = "block_reduce" in suites     # kb_common.h's block reductions checked as helpers, after the suites
+    suites = [s for s in suites if s != "block_reduce"]
     names = [n for s in suites for n in ((s,) if s in known else ("rmsnorm", "layernorm")) if n in known]
     if backend == "cuda":
         from kernels.cuda import lib as cuda_lib
@@ -300,6 +309,15 @@ def _check_main(backend: str, suites: list[str]) -> dict:
                     except Exception as e:
                         how = "race" if "racecheck" in str(e) else "error"
                         return {"killed": True, "how": how, "detail": f"{name} special: {str(e)[-400:]}"}
+    if helpers and backend == "cuda":
+        import ctypes
+        import numpy as np
+        from tests.sim_helpers import check_block_reduce
+        try:
+            n += check_block_reduce(ctypes.CDLL(os.environ["KB_MUTANT_SIM_TESTS_LIB"]), np.random.default_rng(7))
+        except AssertionError as e:
+            how = "race (helper)" if "racecheck" in str(e) else "incorrect (helper)"
+            return {"killed": True, "how": how, "detail": str(e)[-400:]}
     if n == 0:   # every case skipped (a library not found, a variant not on this backend): nothing was checked
         return {"killed": True, "how": "no checks", "detail": f"no {backend} case ran in {', '.join(names)}"}
     return {"killed": False, "how": "", "detail": f"{n} checks passed"}
@@ -317,7 +335,7 @@ def run_mutant(m: Mutant) -> dict:
     t0 = time.time()
     try:
         path.write_text(original[:i] + m.new + original[i + len(m.old):])
-        ok, log = build(m.backend)
+        ok, log = build(m.backend, m.suites)
         if not ok:
             res = {"killed": False, "how": "BUILD FAILED", "detail": log[-300:]}
         else:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from kernels.cuda.sim.build import ROOT, SimBuildError, asan_runtime, missing_tools, sim_library
+from tests.sim_helpers import check_block_reduce
 
 pytestmark = pytest.mark.skipif(missing_tools() is not None, reason=str(missing_tools()))
 
@@ -558,3 +559,21 @@ def test_drift_schedule_exposes_missing_barrier(lib, rng, n):
         lib.kb_sim_set_schedule(-1)
     assert racy[0], "natural warp order"
     assert not all(racy[1:]), "drifting warps in permuted order did not expose the missing barrier"
+
+
+# ---------------------------------------------------------------------------------------------------
+# kb_common.h's block reductions as helpers (tests/sim_kernels/block_reduce.cu, tests/sim_helpers.py): two in a
+# row through one scratch, so each one's entry barrier matters (the softmax kernel calls block_max first, so no
+# real kernel needs block_max's). scripts/mutants.py runs the same check on its mutated header.
+
+def test_block_reductions_twice_through_one_scratch(lib, race_lib, rng):
+    for mode in SCHEDULES.values():
+        lib.kb_sim_set_schedule(mode)
+        try:
+            for seed in (-1, 1, 2):
+                lib.kb_sim_set_schedule_seed(seed)
+                assert check_block_reduce(lib, rng) == 12
+        finally:
+            lib.kb_sim_set_schedule_seed(-2)
+            lib.kb_sim_set_schedule(-1)
+    assert check_block_reduce(race_lib, rng) == 12    # and no race report

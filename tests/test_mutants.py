@@ -1,7 +1,8 @@
 """Mutation testing of the real kernels, CI subset: a few mutants of scripts/mutants.py (the barrier the row
 kernels' block_sum needs before reusing its scratch, kb_common.h line 72, the GEMM's cp.async wait depth, and
-its scalar-path K mask, which only special values reveal) are built and must be killed by the checks the
-other tests run. The whole list: `make mutants` (about 20 s a
+its scalar-path K mask, which only special values reveal; block_max's entry barrier, which no real kernel needs
+and the helper-level check of tests/sim_helpers.py kills, in a few seconds) are built and must be killed by the
+checks the other tests run. The whole list: `make mutants` (about 20 s a
 mutant here). Each run reuses .cache/mutants (the first one builds a copy of the kernels: about a minute).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import mutants  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("g++") is None,
                                 reason="the mutants need cmake and g++")
-CI_SUBSET = ("cuda-blocksum-bar1", "cuda-gemm-wait", "cuda-gemm-mask-k")
+CI_SUBSET = ("cuda-blocksum-bar1", "cuda-gemm-wait", "cuda-gemm-mask-k", "cuda-blockmax-bar1")
 
 
 def test_mutant_list_is_well_formed():

@@ -204,22 +204,26 @@ int gemm(const kb::GemmArgs& g) {
 
 #else  // entry point
 
-// The arguments every GEMM entry point takes, checked once: 1 when they describe an empty product (nothing to do),
-// 0 when valid, < 0 (the error set) when not.
+// The arguments every GEMM entry point takes, checked once: the error code (> 0, message set) when they are bad,
+// else 0, with `empty` set when they describe an empty product (nothing to do). (It returned the error code where
+// its callers took "> 0" for an empty product, so bad arguments returned 0 with nothing computed:
+// tests/test_kernel_paths.py::test_bad_arguments_are_errors.)
 static int gemm_args(const void* a, const void* b, void* c, int64_t M, int64_t N, int64_t K, int64_t lda,
-                     int64_t ldb, int64_t ldc, int dtype) {
+                     int64_t ldb, int64_t ldc, int dtype, bool* empty) {
   if (((!a || !b) && K > 0) || (!c && M > 0 && N > 0) || M < 0 || N < 0 || K < 0 ||
       (M > 1 && K > 0 && lda < K) || (K > 1 && ldb < N) || (M > 1 && ldc < N))
     return kb::set_error(kb::E_ARG, "gemm: bad arguments (M=%lld N=%lld K=%lld lda=%lld ldb=%lld ldc=%lld)",
                          (long long)M, (long long)N, (long long)K, (long long)lda, (long long)ldb, (long long)ldc);
   if (dtype < 0 || dtype > 2) return kb::set_error(kb::E_DTYPE, "gemm: dtype %d not supported", dtype);
-  return M == 0 || N == 0 ? 1 : 0;
+  *empty = M == 0 || N == 0;
+  return 0;
 }
 
 // C[M,N] = A[M,K] @ B[K,N], row-major, row strides lda, ldb, ldc in elements; A, B, C of one dtype.
 KB_API int kb_cpp_gemm(const void* a, const void* b, void* c, int64_t M, int64_t N, int64_t K, int64_t lda,
                        int64_t ldb, int64_t ldc, int dtype, int threads) {
-  if (const int r = gemm_args(a, b, c, M, N, K, lda, ldb, ldc, dtype)) return r < 0 ? r : 0;
+  bool empty = false;
+  if (const int r = gemm_args(a, b, c, M, N, K, lda, ldb, ldc, dtype, &empty); r || empty) return r;
   kb::GemmArgs g{a, b, c, M, N, K, lda, ldb, ldc, dtype, threads};
   if (dtype == kb::BF16 && kb::isa() >= kb::ISA_AMX) return kb_amx::gemm_bf16(g);   // gemm_amx_bf16.cpp
   if (dtype == kb::BF16 && kb::tile_backend() == kb::TILES_ZMM) return kb_zbf16::gemm_bf16(g);   // gemm_bf16_dp.cpp
@@ -231,7 +235,8 @@ KB_API int kb_cpp_gemm(const void* a, const void* b, void* c, int64_t M, int64_t
 // AVX512-BF16 kernel. Same arguments as kb_cpp_gemm.
 KB_API int kb_cpp_gemm_v1(const void* a, const void* b, void* c, int64_t M, int64_t N, int64_t K, int64_t lda,
                           int64_t ldb, int64_t ldc, int dtype, int threads) {
-  if (const int r = gemm_args(a, b, c, M, N, K, lda, ldb, ldc, dtype)) return r < 0 ? r : 0;
+  bool empty = false;
+  if (const int r = gemm_args(a, b, c, M, N, K, lda, ldb, ldc, dtype, &empty); r || empty) return r;
   kb::GemmArgs g{a, b, c, M, N, K, lda, ldb, ldc, dtype, threads};
   return KB_DISPATCH(gemm, g);
 }
@@ -240,7 +245,8 @@ KB_API int kb_cpp_gemm_v1(const void* a, const void* b, void* c, int64_t M, int6
 // on a CPU whose tile back end is AVX512-BF16.
 KB_API int kb_cpp_gemm_bf16_kc512(const void* a, const void* b, void* c, int64_t M, int64_t N, int64_t K,
                                   int64_t lda, int64_t ldb, int64_t ldc, int dtype, int threads) {
-  if (const int r = gemm_args(a, b, c, M, N, K, lda, ldb, ldc, dtype)) return r < 0 ? r : 0;
+  bool empty = false;
+  if (const int r = gemm_args(a, b, c, M, N, K, lda, ldb, ldc, dtype, &empty); r || empty) return r;
   if (dtype != kb::BF16) return kb::set_error(kb::E_DTYPE, "gemm_bf16_kc512: bf16 only (dtype %d)", dtype);
   if (kb::tile_backend() != kb::TILES_ZMM)
     return kb::set_error(kb::E_ARG, "gemm_bf16_kc512: needs AVX512-BF16 (and no AMX tiles in use)");

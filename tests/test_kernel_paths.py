@@ -1,0 +1,167 @@
+"""Kernel paths the suites' "test" shapes do not take, checked against float64 (not merely executed): what
+`make coverage` found unexecuted (docs/cuda-simulation.md, "Coverage"), issue 13.
+
+- decode: the (q dtype, KV format, head dim) instantiations the test cases leave out (the CUDA kernel is a
+  template on the head dim's elements per lane: native d=32, fp8 d=64 and d=128 were never run);
+- quant_gemm: M values whose last micro-tile has every height the kernels have (MR 1..8: M = 2, 12, 13, 14, 127,
+  16 leave 2, 4, 5, 6, 7, 8 rows; the test shapes' 1, 3, 9, 17, 129 only 1 and 3), at both schemes;
+- the CUDA GEMM's fp32 output (out_dtype 0, the `OutT = float` instantiations) under the simulation, at a
+  scalar-path and a cp.async-path shape, within fp32 accumulation error (16-bit rounding of the output fails);
+- bad arguments: every C entry point of kernels/cpp and kernels/cuda (on the simulation), given a valid call of
+  a test case with one dtype code made unknown or one size made negative, returns a non-zero code with a message
+  (never 0: the C++ GEMMs returned 0, computing nothing, until this test).
+
+The C++ kernels need build/lib/libkb_cpp.so (skipped with the loader's reason otherwise); the CUDA ones run on
+the simulation (built into .cache/sim-build on first use). About 40 s on one core of this machine.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+
+from harness.check import check_variant
+from harness.registry import Case, Skip, all_suites
+from kernels.cpp import lib as cpp_lib
+from kernels.cuda import lib as cuda_lib
+from kernels.cuda.sim.build import SimBuildError, missing_tools, sim_library
+from kernels.native import Ctx
+
+
+@pytest.fixture(scope="module")
+def simlib():
+    if missing_tools():
+        pytest.skip(f"the CUDA simulation cannot be built here: {missing_tools()}")
+    try:
+        return cuda_lib.bind(sim_library("kb_cuda_sim")[0])
+    except SimBuildError as e:
+        pytest.fail(f"the CUDA kernels do not build under the simulation:\n{e}")
+
+
+@pytest.fixture
+def on_sim(simlib, monkeypatch):
+    monkeypatch.setattr(cuda_lib.SIM, "for_case", lambda case: simlib)
+    return simlib
+
+
+def _native_variants(suite):
+    return [v for v in suite.variants.values() if getattr(v.kernel, "backend", None) in ("cpp", "cuda")]
+
+
+def _decode(b, ctx, *, h, hkv, d, sq=1, ragged=True, kv="native", bs=16):
+    return dict(b=b, h=h, hkv=hkv, d=d, ctx=ctx, sq=sq, ragged=ragged, kv=kv, bs=bs)
+
+
+EXTRA = {
+    "decode": [_decode(2, 37, h=4, hkv=2, d=32), _decode(2, 37, h=4, hkv=1, d=64, kv="fp8"),
+               _decode(2, 37, h=4, hkv=2, d=128, sq=2, kv="fp8", bs=5), _decode(3, 20, h=2, hkv=2, d=64, kv="int8")],
+    "quant_gemm": [dict(scheme="w8a8", m=m, n=47, k=67) for m in (2, 12, 13, 14, 127, 16)]
+                  + [dict(scheme="w4", m=m, n=47, k=128, group=64) for m in (2, 12, 13, 14, 127, 16)],
+}
+
+
+def _extra_cases():
+    out = []
+    suites = all_suites()
+    for name, shapes in EXTRA.items():
+        s = suites[name]
+        for v in _native_variants(s):
+            for dtype in s.dtypes:
+                if v.kernel.dtypes is not None and dtype not in v.kernel.dtypes:
+                    continue
+                for p in shapes:
+                    case = Case(name, p, "cpu", dtype)
+                    if s.applies is not None and not s.applies(case, v.name):
+                        continue
+                    out.append(pytest.param(name, v.name, case, id=f"{name}-{v.name}-{dtype}-{case.name}"))
+    return out
+
+
+@pytest.mark.parametrize("suite_name,variant,case", _extra_cases())
+def test_untaken_paths_match_reference(on_sim, suite_name, variant, case):
+    s = all_suites()[suite_name]
+    try:
+        r = check_variant(s, case, s.variants[variant], seed=3)
+    except Skip as e:
+        pytest.skip(f"{suite_name} {variant}: {e}")
+    assert r.ok, f"{suite_name} {variant} {case}: {r.result.message}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m,n,k", [(127, 129, 67), (129, 136, 264)])   # scalar path; cp.async path (K, N % 8 == 0)
+def test_cuda_gemm_fp32_output(simlib, m, n, k, dtype):
+    g = torch.Generator().manual_seed(m * n + k)
+    a = torch.randn(m, k, generator=g).to(dtype)
+    b = torch.randn(k, n, generator=g).to(dtype)
+    out = torch.full((m, n), float("nan"), dtype=torch.float32)        # poisoned
+    cuda_lib.GEMM(lib=simlib, a=a, b=b, out=out)
+    ref = a.double() @ b.double()
+    # products of 16-bit values are exact; fp32 accumulation: |err| <= K eps32 sum|a||b| (rounding the output to
+    # bf16/fp16 would be ~2^-9 / 2^-12 of |ref|, far past this)
+    bound = k * torch.finfo(torch.float32).eps * (a.double().abs() @ b.double().abs())
+    err = (out.double() - ref).abs()
+    assert torch.isfinite(out).all(), "unwritten (NaN) outputs"
+    assert (err <= bound).all(), f"max error {err.max():.3g}, bound {bound.min():.3g}..{bound.max():.3g}"
+    assert err.max() < 2.0 ** -12 * ref.abs().max(), "no better than a 16-bit output"
+
+
+def test_cuda_gemm_out_dtype_errors(simlib):
+    a = torch.randn(9, 16).to(torch.bfloat16)
+    b = torch.randn(16, 8).to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="out_dtype 2 must be 0"):
+        cuda_lib.GEMM(lib=simlib, a=a, b=b, out=torch.empty(9, 8, dtype=torch.float16))
+    with pytest.raises(RuntimeError, match="dtype 0 not supported"):
+        cuda_lib.GEMM(lib=simlib, a=a.float(), b=b.float(), out=torch.empty(9, 8))
+
+
+# ---- bad arguments ------------------------------------------------------------------------------------------
+def _declared():
+    return [pytest.param(k, id=k.symbol) for k in cpp_lib.LIB.kernels + cuda_lib.LIB.kernels]
+
+
+def _kind(arg) -> str:
+    """'dtype', 'size' or other: which kernels.native helper made the argument."""
+    return getattr(arg.get, "__qualname__", "").split(".")[0]
+
+
+def _valid_call(kernel):
+    """(loaded library, argument values, their context) of the first test case the kernel takes, or a skip reason."""
+    why = "no test case of any suite registering it"
+    for s in all_suites().values():
+        for v in s.variants.values():
+            if v.kernel is not kernel:
+                continue
+            for dtype in s.dtypes:
+                for case in s.cases("test", "cpu", dtype):
+                    if s.applies is not None and not s.applies(case, v.name):
+                        continue
+                    inputs = s.make_inputs(case, seed=5)
+                    try:
+                        call = v.setup(case, **inputs)
+                    except Skip as e:
+                        why = str(e)
+                        continue
+                    lib = kernel.lib.for_case(case)
+                    ctx = Ctx(case, call.keep, lib)    # one context, in order, as bind does (the decode's
+                    return lib, [a.get(ctx) for a in kernel.args], ctx   # workspace lives in ctx.tensors)
+    return None, why, None
+
+
+@pytest.mark.parametrize("kernel", _declared())
+def test_bad_arguments_are_errors(on_sim, kernel):
+    lib, vals, keep = _valid_call(kernel)
+    if lib is None:
+        pytest.skip(f"{kernel.symbol}: {vals}")
+    fn = lib.function(kernel)
+    assert fn(*vals) == 0, f"{kernel.symbol}: the valid call fails: {lib.last_error()}"
+    probes = [(i, 9 if _kind(a) == "dtype" else -1) for i, a in enumerate(kernel.args) if _kind(a) in ("dtype", "size")]
+    assert probes, f"{kernel.symbol} declares no dtype or size argument"
+    for i, bad in probes:
+        args = list(vals)
+        args[i] = bad
+        rc = fn(*args)
+        assert rc > 0, f"{kernel.symbol}: argument {i} ({_kind(kernel.args[i])}) = {bad} returned {rc}"
+        assert lib.last_error(), f"{kernel.symbol}: error {rc} without a message"
+        with pytest.raises(RuntimeError):
+            lib.check(rc, kernel.symbol)
