@@ -2,7 +2,8 @@
 `make coverage` found unexecuted (docs/cuda-simulation.md, "Coverage"), issue 13.
 
 - decode: the (q dtype, KV format, head dim) instantiations the test cases leave out (the CUDA kernel is a
-  template on the head dim's elements per lane: native d=32, fp8 d=64 and d=128 were never run);
+  template on the head dim's elements per lane: native d=32, fp8 d=64 and d=128 were never run), and the C++
+  kernel's float caches of another dtype than q (6 pairs the suite's "native" cache never selects);
 - quant_gemm: M values whose last micro-tile has every height the kernels have (MR 1..8: M = 2, 12, 13, 14, 127,
   16 leave 2, 4, 5, 6, 7, 8 rows; the test shapes' 1, 3, 9, 17, 129 only 1 and 3), at both schemes;
 - the CUDA GEMM's fp32 output (out_dtype 0, the `OutT = float` instantiations) under the simulation, at a
@@ -21,7 +22,7 @@ import ctypes
 import pytest
 import torch
 
-from harness.check import check_variant
+from harness.check import check_variant, compare
 from harness.registry import Case, Skip, all_suites
 from kernels.cpp import lib as cpp_lib
 from kernels.cuda import lib as cuda_lib
@@ -86,6 +87,25 @@ def test_untaken_paths_match_reference(on_sim, suite_name, variant, case):
     except Skip as e:
         pytest.skip(f"{suite_name} {variant}: {e}")
     assert r.ok, f"{suite_name} {variant} {case}: {r.result.message}"
+
+
+@pytest.mark.parametrize("q_dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpp_decode_float_cache_of_another_dtype(q_dtype, kv_dtype):
+    """The C++ decode takes a float cache of any float dtype (its run<T, KV> instantiations); the suite's "native"
+    cache has q's dtype, so the 6 mixed pairs run only here. Reference: float64 on the same (rounded) cache."""
+    s = all_suites()["decode"]
+    case = Case("decode", _decode(2, 37, h=4, hkv=2, d=64), "cpu", q_dtype)
+    if kv_dtype == case.dtype:
+        pytest.skip("the suite's own native cache (tests/test_cpp_kernels.py)")
+    inputs = s.make_inputs(case, seed=4)
+    inputs["k_cache"], inputs["v_cache"] = inputs["k_cache"].to(kv_dtype), inputs["v_cache"].to(kv_dtype)
+    try:
+        out = cpp_lib.DECODE_PAGED.setup(case, **inputs)()
+    except Skip as e:
+        pytest.skip(str(e))
+    r = compare(out, s.compute_reference(case, inputs), *s.tolerance(case))
+    assert r.ok, f"q {q_dtype}, cache {kv_dtype}: {r.message}"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
