@@ -3,7 +3,8 @@
 # kernels/cpp/*.cpp) under the tests that run them, with gcov instrumentation and gcovr.
 #   builds:  .cache/cov-build (C++ kernels, --coverage; their own -O3 stays), .cache/cov-sim (the simulation,
 #            Debug: -O0 --coverage), both separate from build/ and .cache/sim-build
-#   runs:    tests/test_cpp_kernels.py tests/test_cuda_sim_kernels.py tests/test_kernel_paths.py tests/test_special_values.py
+#   runs:    tests/test_cpp_kernels.py tests/test_cuda_sim_kernels.py tests/test_kernel_paths.py
+#            tests/test_special_values.py
 #            tests/test_peaks.py
 #            tests/test_long_rows.py tests/test_cuda_build.py -k sim
 #   writes:  .cache/coverage/index.html (per-line), .cache/coverage/summary.txt; prints the summary.
@@ -19,7 +20,8 @@ cmake -S . -B .cache/cov-build -DCMAKE_BUILD_TYPE=Debug -DKB_NO_CUDA=ON >/dev/nu
 cmake --build .cache/cov-build -j "$JOBS" --target kb_cpp >/dev/null
 export KB_SIM_BUILD_DIR=$PWD/.cache/cov-sim KB_SIM_BUILD_TYPE=Debug KB_BUILD_DIR=$PWD/.cache/cov-build
 find .cache/cov-build .cache/cov-sim -name '*.gcda' -delete 2>/dev/null || true
-"$PY" -m pytest -q -p no:cacheprovider tests/test_cpp_kernels.py tests/test_cuda_sim_kernels.py tests/test_kernel_paths.py \
+"$PY" -m pytest -q -p no:cacheprovider tests/test_cpp_kernels.py tests/test_cuda_sim_kernels.py \
+  tests/test_kernel_paths.py \
   tests/test_special_values.py tests/test_long_rows.py tests/test_peaks.py \
   "tests/test_cuda_build.py::test_kernels_match_suite_references" \
   -k "not gpu and not asan and not race_free" || { echo "coverage: the tests failed (coverage not reported)"; exit 1; }
