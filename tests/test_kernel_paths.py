@@ -89,18 +89,38 @@ def test_untaken_paths_match_reference(on_sim, suite_name, variant, case):
     assert r.ok, f"{suite_name} {variant} {case}: {r.result.message}"
 
 
-@pytest.mark.parametrize("q_dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_cpp_decode_float_cache_of_another_dtype(q_dtype, kv_dtype):
+def _cpp_isas() -> list[str]:
+    """The C++ ISA paths this CPU runs (each kernel file is compiled once per ISA), as tests/test_cpp_kernels.py."""
+    lib = cpp_lib.load()
+    best = cpp_lib._isa_code(lib) if lib is not None else 0
+    return [i for i in ("avx512", "avx2") if {"avx2": 1, "avx512": 2}[i] <= best] or ["default"]
+
+
+@pytest.fixture
+def isa():
+    def force(name):
+        if name != "default":
+            cpp_lib.set_isa(name)
+    yield force
+    if cpp_lib.load() is not None:
+        cpp_lib.set_isa(None)
+
+
+_FLOATS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@pytest.mark.parametrize("isa_name", _cpp_isas())
+@pytest.mark.parametrize("q_dtype,kv_dtype", [(q, kv) for q in _FLOATS for kv in _FLOATS.values() if _FLOATS[q] != kv])
+def test_cpp_decode_float_cache_of_another_dtype(isa, isa_name, q_dtype, kv_dtype):
     """The C++ decode takes a float cache of any float dtype (its run<T, KV> instantiations); the suite's "native"
-    cache has q's dtype, so the 6 mixed pairs run only here. Reference: float64 on the same (rounded) cache."""
+    cache has q's dtype, so the 6 mixed pairs run only here, on every ISA path. Reference: float64 on the same
+    (rounded) cache."""
     s = all_suites()["decode"]
     case = Case("decode", _decode(2, 37, h=4, hkv=2, d=64), "cpu", q_dtype)
-    if kv_dtype == case.dtype:
-        pytest.skip("the suite's own native cache (tests/test_cpp_kernels.py)")
     inputs = s.make_inputs(case, seed=4)
     inputs["k_cache"], inputs["v_cache"] = inputs["k_cache"].to(kv_dtype), inputs["v_cache"].to(kv_dtype)
     try:
+        isa(isa_name)
         out = cpp_lib.DECODE_PAGED.setup(case, **inputs)()
     except Skip as e:
         pytest.skip(str(e))
