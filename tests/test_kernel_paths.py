@@ -111,12 +111,14 @@ _FLOATS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @pytest.mark.parametrize("isa_name", _cpp_isas())
 @pytest.mark.parametrize("q_dtype,kv_dtype", [(q, kv) for q in _FLOATS for kv in _FLOATS.values() if _FLOATS[q] != kv])
-def test_cpp_decode_float_cache_of_another_dtype(isa, isa_name, q_dtype, kv_dtype):
+@pytest.mark.parametrize("ctx", [37, 300])
+def test_cpp_decode_float_cache_of_another_dtype(isa, isa_name, q_dtype, kv_dtype, ctx):
     """The C++ decode takes a float cache of any float dtype (its run<T, KV> instantiations); the suite's "native"
     cache has q's dtype, so the 6 mixed pairs run only here, on every ISA path. Reference: float64 on the same
-    (rounded) cache."""
+    (rounded) cache. Both of a unit's write-outs: ctx 37 keeps each (sequence, kv head) in one unit (normalized
+    into out); ctx 300 splits sequences into chunks of 64 tokens (partial m, l, Acc, then the merge)."""
     s = all_suites()["decode"]
-    case = Case("decode", _decode(2, 37, h=4, hkv=2, d=64), "cpu", q_dtype)
+    case = Case("decode", _decode(2, ctx, h=4, hkv=2, d=64), "cpu", q_dtype)
     inputs = s.make_inputs(case, seed=4)
     inputs["k_cache"], inputs["v_cache"] = inputs["k_cache"].to(kv_dtype), inputs["v_cache"].to(kv_dtype)
     try:
