@@ -364,21 +364,7 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
     }
     p0 += n;
   }
-  if (part == nullptr) {               // the whole sequence in one unit: normalize into out
-    for (int r = 0; r < R; ++r) {
-      const int64_t s = r / G, g = r % G;
-      T* dst = O + ((b * SQ + s) * a.H + hk * G + g) * a.D;
-      const vf inv = set1(1.f / bf.l[r]);
-      for (int c = 0; c < D; c += W) store(dst + c, mul(load(bf.Acc + r * D + c), inv));
-    }
-  } else {                             // partial: m, l, Acc[D] per row
-    for (int r = 0; r < R; ++r) {
-      float* pr = part + r * (D + 2);
-      pr[0] = bf.m[r];
-      pr[1] = bf.l[r];
-      std::copy(bf.Acc + r * D, bf.Acc + (r + 1) * D, pr + 2);
-    }
-  }
+  write_unit(a, b, hk, R, G, D, bf, part, O);
 }
 
 template <class T, class F>

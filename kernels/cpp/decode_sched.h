@@ -14,6 +14,28 @@
 #include "decode_paged.h"
 
 namespace KB_NS {
+// A unit's write-out, the same in every rung: a sequence in one unit normalizes its rows into out (R rows of D,
+// out[b, s, hk * G + g]); a chunk of a split sequence leaves m, l, Acc[D] per row at `part` for the merge.
+template <class T, class Bufs>
+inline void write_unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int R, int64_t G, int D, const Bufs& bf,
+                       float* part, T* O) {
+  if (part == nullptr) {
+    for (int r = 0; r < R; ++r) {
+      const int64_t s = r / G, g = r % G;
+      T* dst = O + ((b * a.SQ + s) * a.H + hk * G + g) * a.D;
+      const vf inv = set1(1.f / bf.l[r]);
+      for (int c = 0; c < D; c += W) store(dst + c, mul(load(bf.Acc + r * D + c), inv));
+    }
+  } else {
+    for (int r = 0; r < R; ++r) {
+      float* pr = part + r * (D + 2);
+      pr[0] = bf.m[r];
+      pr[1] = bf.l[r];
+      std::copy(bf.Acc + r * D, bf.Acc + (r + 1) * D, pr + 2);
+    }
+  }
+}
+
 template <class T, class Bufs, class Unit>
 int decode_schedule(const kb::DecodeArgs& a, Unit&& unit) {
   const int64_t B = a.B, HKV = a.HKV, BS = a.BS, D = a.D;
