@@ -207,3 +207,27 @@ def test_bad_arguments_are_errors(on_sim, kernel):
         assert lib.last_error(), f"{kernel.symbol}: error {rc} without a message"
         with pytest.raises(RuntimeError):
             lib.check(rc, kernel.symbol)
+
+
+# The v2 paged decode (kernels/cpp/decode_paged_dp.cpp) is a template on the rows a unit keeps (NR = 1..4 in the QK
+# step, 1..8 in the PV step: R = (h / hkv) x sq rows per kv head, taken 4 at a time) and on the head dim in
+# registers (DC = 2 for d 64, 4 for d 128, 0 = reloaded for other multiples of 32); the suite's test cases take a
+# few of those. Here every R from 1 to 8, at d 64, 96 and 128, for each (q, KV) pair v2 runs: bf16 q with bf16 KV,
+# bf16 and fp16 q with int8 KV. Checked against float64 by the suite's check, as bench.py does.
+_V2_PAIRS = [("bfloat16", "native"), ("bfloat16", "int8"), ("float16", "int8")]
+
+
+@pytest.mark.parametrize("dtype,kv", _V2_PAIRS)
+@pytest.mark.parametrize("d", [64, 96, 128])
+def test_cpp_decode_v2_every_row_count(dtype, kv, d):
+    s = all_suites()["decode"]
+    v = s.variants["cpp"]
+    failed = []
+    for g, sq in [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1), (3, 2)]:
+        case = Case("decode", _decode(2, 37, h=g, hkv=1, d=d, sq=sq, kv=kv), "cpu", dtype)
+        if v.requires.missing(case):
+            pytest.skip(v.requires.missing(case))
+        r = check_variant(s, case, v, seed=5)
+        if not r.ok:
+            failed.append(f"R={g * sq}: {r.result.message}")
+    assert not failed, failed
