@@ -223,8 +223,12 @@ def test_cpp_decode_v2_every_row_count(dtype, kv, d):
     s = all_suites()["decode"]
     v = s.variants["cpp"]
     failed = []
-    for g, sq in [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1), (3, 2)]:
-        case = Case("decode", _decode(2, 37, h=g, hkv=1, d=d, sq=sq, kv=kv), "cpu", dtype)
+    # (g, sq, ctx, ragged); the last: 33 tokens and sq 2, so the second 32-token step holds one token that query
+    # row 0 cannot see (it sees up to len - 2): the step's "no visible key" path
+    for g, sq, ctx, ragged in [(1, 1, 37, True), (2, 1, 37, True), (3, 1, 37, True), (4, 1, 37, True),
+                               (5, 1, 37, True), (6, 1, 37, True), (7, 1, 37, True), (8, 1, 37, True),
+                               (3, 2, 37, True), (2, 2, 33, False)]:
+        case = Case("decode", _decode(2, ctx, h=g, hkv=1, d=d, sq=sq, kv=kv, ragged=ragged), "cpu", dtype)
         if v.requires.missing(case):
             pytest.skip(v.requires.missing(case))
         r = check_variant(s, case, v, seed=5)
