@@ -97,12 +97,11 @@ static void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int
   const int R = int(G * SQ);
   const T* Q = static_cast<const T*>(a.q);
   const float qs = a.scale * LOG2E;
-  for (int s = 0; s < SQ; ++s)
-    for (int g = 0; g < G; ++g) {
-      const T* src = Q + ((b * SQ + s) * a.H + hk * G + g) * a.D;
-      float* dst = bf.Q + (s * G + g) * D;
-      for (int c = 0; c < D; c += W) store(dst + c, mul(load(src + c), set1(qs)));
-    }
+  for (int r = 0; r < R; ++r) {
+    const T* src = Q + kb::dec_row(a, b, hk, r);
+    float* dst = bf.Q + r * D;
+    for (int c = 0; c < D; c += W) store(dst + c, mul(load(src + c), set1(qs)));
+  }
   for (int r = 0; r < R; ++r) { bf.m[r] = -INFINITY; bf.l[r] = 0.f; }
   std::fill(bf.Acc, bf.Acc + R * D, 0.f);
   const KV* Kc = static_cast<const KV*>(a.k);
@@ -184,7 +183,7 @@ static void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int
     }
     p0 += n;
   }
-  write_unit(a, b, hk, R, G, D, bf, part, O);
+  write_unit(a, b, hk, R, D, bf, part, O);
 }
 
 template <class T, class KV>

@@ -18,9 +18,14 @@ struct DecodeArgs {
 constexpr int64_t DEC_MAX_ROWS = 64;    // G * SQ query rows per unit
 constexpr int64_t DEC_MAX_D = 256;
 constexpr int64_t DEC_MAX_BS = 256;
-}  // namespace kb
 
-namespace kb {
+// The element offset, in q and in out ([B, SQ, H, D]), of a unit's query row r = s * G + g: query s of sequence b,
+// head hk * G + g (G = H / HKV query heads per kv head hk).
+inline int64_t dec_row(const DecodeArgs& a, int64_t b, int64_t hk, int64_t r) {
+  const int64_t G = a.H / a.HKV, s = r / G, g = r % G;
+  return ((b * a.SQ + s) * a.H + hk * G + g) * a.D;
+}
+
 // Both entry points (kb_cpp_decode_paged: rung 2, decode_paged_dp.cpp; kb_cpp_decode_paged_v1: rung 1) check every
 // argument here (decode_paged.cpp) and run v2 where rung >= 2 and it applies, else v1.
 int decode_entry(int rung, const void* q, const void* k_cache, const void* v_cache, const void* block_tables,

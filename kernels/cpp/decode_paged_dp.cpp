@@ -222,8 +222,7 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
   const T* Q = static_cast<const T*>(a.q);
   const float qscale = a.scale * LOG2E;
   for (int r = 0; r < R; ++r) {                      // q rows: bf16 bits as they are, or int16 per row
-    const int64_t s = r / G, g = r % G;
-    const T* src = Q + ((b * SQ + s) * a.H + hk * G + g) * a.D;
+    const T* src = Q + kb::dec_row(a, b, hk, r);
     int16_t* dst = bf.Q + r * D;
     if constexpr (!INT) {
       std::memcpy(dst, src, size_t(D) * 2);
@@ -364,7 +363,7 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
     }
     p0 += n;
   }
-  write_unit(a, b, hk, R, G, D, bf, part, O);
+  write_unit(a, b, hk, R, D, bf, part, O);
 }
 
 template <class T, class F>

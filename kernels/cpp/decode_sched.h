@@ -14,20 +14,24 @@
 #include "decode_paged.h"
 
 namespace KB_NS {
-// A unit's write-out, the same in every rung: a sequence in one unit normalizes its rows into out (R rows of D,
-// out[b, s, hk * G + g]); a chunk of a split sequence leaves m, l, Acc[D] per row at `part` for the merge.
+// out row = acc[0, D) / l (the softmax's normalization), at dec_row(a, b, hk, r)
+template <class T>
+inline void store_normalized(const kb::DecodeArgs& a, T* O, int64_t b, int64_t hk, int64_t r, const float* acc,
+                             float l) {
+  T* dst = O + kb::dec_row(a, b, hk, r);
+  const vf inv = set1(1.f / l);
+  for (int64_t c = 0; c < a.D; c += W) store(dst + c, mul(load(acc + c), inv));
+}
+
+// A unit's write-out, the same in every rung: a sequence in one unit normalizes its R rows into out; a chunk of a
+// split sequence leaves m, l, Acc[D] per row at `part` for the merge.
 template <class T, class Bufs>
-inline void write_unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int R, int64_t G, int D, const Bufs& bf,
-                       float* part, T* O) {
-  if (part == nullptr) {
-    for (int r = 0; r < R; ++r) {
-      const int64_t s = r / G, g = r % G;
-      T* dst = O + ((b * a.SQ + s) * a.H + hk * G + g) * a.D;
-      const vf inv = set1(1.f / bf.l[r]);
-      for (int c = 0; c < D; c += W) store(dst + c, mul(load(bf.Acc + r * D + c), inv));
-    }
-  } else {
-    for (int r = 0; r < R; ++r) {
+inline void write_unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int R, int D, const Bufs& bf, float* part,
+                       T* O) {
+  for (int r = 0; r < R; ++r) {
+    if (part == nullptr) {
+      store_normalized(a, O, b, hk, r, bf.Acc + r * D, bf.l[r]);
+    } else {
       float* pr = part + r * (D + 2);
       pr[0] = bf.m[r];
       pr[1] = bf.l[r];
@@ -45,14 +49,15 @@ int decode_schedule(const kb::DecodeArgs& a, Unit&& unit) {
   for (int64_t b = 0; b < B; ++b) total += a.lens[b];
   int64_t chunk = std::clamp<int64_t>(total * HKV / (8 * T_), 64, 2048);
   chunk = std::max<int64_t>(BS, (chunk + BS - 1) / BS * BS);
-  std::vector<int64_t> first(B + 1, 0);               // first unit of sequence b (units of b: nch_b x HKV)
-  for (int64_t b = 0; b < B; ++b) first[b + 1] = first[b] + HKV * ((a.lens[b] + chunk - 1) / chunk);
-  const int64_t units = first[B];
+  const auto chunks = [&a, chunk](int64_t b) { return (a.lens[b] + chunk - 1) / chunk; };   // of sequence b
+  std::vector<int64_t> first(B + 1, 0);               // first unit of sequence b (units of b: chunks(b) x HKV)
   std::vector<int64_t> part_off(B + 1, 0);            // partial results of sequences split into several chunks
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t nch = (a.lens[b] + chunk - 1) / chunk;
+    const int64_t nch = chunks(b);
+    first[b + 1] = first[b] + HKV * nch;
     part_off[b + 1] = part_off[b] + (nch > 1 ? nch * HKV * R * (D + 2) : 0);
   }
+  const int64_t units = first[B];
   kb::Scratch part(size_t(part_off[B]) * sizeof(float));
   if (part_off[B] && !part.p) return kb::set_error(kb::E_NOMEM, "decode_paged: out of memory");
   T* O = static_cast<T*>(a.o);
@@ -69,7 +74,7 @@ int decode_schedule(const kb::DecodeArgs& a, Unit&& unit) {
     for (int64_t u = 0; u < units; ++u) {
       if (!bf) continue;
       const int64_t b = std::upper_bound(first.begin(), first.end(), u) - first.begin() - 1;
-      const int64_t nch = (a.lens[b] + chunk - 1) / chunk;
+      const int64_t nch = chunks(b);
       const int64_t k = u - first[b], hk = k / nch, c = k % nch;
       const int64_t t0 = c * chunk, t1 = std::min<int64_t>(a.lens[b], t0 + chunk);
       float* pp = nch > 1 ? part.as<float>() + part_off[b] + (hk * nch + c) * R * (D + 2) : nullptr;
@@ -79,7 +84,7 @@ int decode_schedule(const kb::DecodeArgs& a, Unit&& unit) {
 #pragma omp for schedule(dynamic, 4)
     for (int64_t w = 0; w < B * HKV * R; ++w) {
       const int64_t b = w / (HKV * R), hk = (w / R) % HKV, r = w % R;
-      const int64_t nch = (a.lens[b] + chunk - 1) / chunk;
+      const int64_t nch = chunks(b);
       if (nch < 2) continue;
       const float* base = part.as<float>() + part_off[b] + hk * nch * R * (D + 2) + r * (D + 2);
       float M = -INFINITY;
@@ -94,10 +99,7 @@ int decode_schedule(const kb::DecodeArgs& a, Unit&& unit) {
         l += f * pc[1];
         for (int64_t i = 0; i < D; i += W) store(o + i, fma(set1(f), load(pc + 2 + i), load(o + i)));
       }
-      const int64_t G = a.H / HKV, s = r / G, g = r % G;
-      T* dst = O + ((b * a.SQ + s) * a.H + hk * G + g) * D;
-      const vf inv = set1(1.f / l);
-      for (int64_t i = 0; i < D; i += W) store(dst + i, mul(load(o + i), inv));
+      store_normalized(a, O, b, hk, r, o, l);
     }
   }
   return err ? kb::set_error(err, "decode_paged: out of memory") : 0;

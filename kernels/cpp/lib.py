@@ -382,8 +382,8 @@ def decode_v2_reason(q, k_cache) -> str | None:
 
 def _decode_v1_unsupported(case, q, k_cache, *args, **kw):
     reason = decode_unsupported(case, q, k_cache, *args, **kw)
-    if reason is None and decode_v2_reason(q, k_cache) is not None:
-        reason = f"v1 is the kernel `cpp` runs here ({decode_v2_reason(q, k_cache)})"
+    if reason is None and (why_v1 := decode_v2_reason(q, k_cache)) is not None:
+        reason = f"v1 is the kernel `cpp` runs here ({why_v1})"
     return reason
 
 
