@@ -55,14 +55,14 @@ def _fraction(s: str) -> float:
     return v
 
 
-def add_decision_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by `gate` and `ab`."""
+def add_decision_options(p: argparse.ArgumentParser, alpha: float = 0.05) -> None:
+    """Options shared by `gate` and `ab` (`alpha`: the default family-wise error rate of the command)."""
     p.add_argument("--threshold", help="smallest slowdown that counts (0.05 or 5%%; default 5%%, or --config's)")
     p.add_argument("--suite-threshold", action="append", default=[], metavar="SUITE=T",
                    help="per-suite threshold, e.g. gemm=8%% (repeatable)")
     p.add_argument("--config", help="JSON file: {\"threshold\": 0.05, \"suites\": {\"gemm\": 0.08}}")
-    p.add_argument("--alpha", type=float, default=0.05,
-                   help="family-wise error rate (or false discovery rate with --correction fdr); default 0.05")
+    p.add_argument("--alpha", type=float, default=alpha,
+                   help=f"family-wise error rate (or false discovery rate with --correction fdr); default {alpha:g}")
     p.add_argument("--correction", choices=("holm", "fdr"), default="holm",
                    help="holm: family-wise error over all rows (default); fdr: Benjamini-Hochberg")
     p.add_argument("--allow-missing", action="store_true",

@@ -107,14 +107,16 @@ RULES = {"old": "moderated t on the mean of the rounds, variance pooled with the
 
 
 def redecide(runs: list[dict], rule: str, copies: dict[str, float], rounds: int,
-             parents: dict[tuple[str, str], str] | None = None) -> list[dict]:
+             parents: dict[tuple[str, str], str] | None = None, alpha: float | None = None) -> list[dict]:
     """Each run's verdicts again from its per-round log-ratios ({KEY tuple: array}, from slots.parquet) under
     `rule` (RULES); the same outcome records as `outcome`. The learned rules learn the untouched rows of the
     other runs; a slowed copy takes the history of the row it copies (`parents`, harness/inject.parents), as
     bench.py ab does: a real regression is judged on its row's A/A history from before it."""
     from harness import gate_noise as N
     from harness import gate_stats as S
+    from harness.ab import AB_ALPHA
     from harness.gate_verdicts import KEY, GateConfig, blank, decide
+    alpha = AB_ALPHA if alpha is None else alpha           # bench.py ab's default family-wise error rate
     dev = "evidence"
     out = []
     for i, lrs in enumerate(runs):
@@ -129,8 +131,8 @@ def redecide(runs: list[dict], rule: str, copies: dict[str, float], rounds: int,
                 if (j != i) if rule == "loo" else (j < i):
                     learned = [blank(dict(zip(KEY, k))) | {"_lr": lr} for k, lr in other.items()]
                     N.learn(learned, noise, dev, rounds, parents)
-            N.apply(rows, noise, dev, rounds, parents=parents)
-        v, _ = decide(rows, GateConfig())
+            N.apply(rows, noise, dev, rounds, alpha, parents=parents)
+        v, _ = decide(rows, GateConfig(alpha=alpha))
         out.append(verdict_outcome(v.to_dict("records"), copies, None))
     return out
 
@@ -237,6 +239,7 @@ def figures(runs: list[dict], copies: dict[str, float]) -> dict:
 
 
 def report(a, results: dict, copies: dict, started: str, load0: float, argv: list[str]) -> str:
+    from harness.ab import AB_ALPHA
     goal = {"ab": "0 of N (0%)", "stored": "<= 5%"}
     label = {"ab": "ab (bench.py's own verdicts" + (": learned noise, prequential)" if a.learn_noise
                                                      else ": no noise file)"),
@@ -247,7 +250,8 @@ def report(a, results: dict, copies: dict, started: str, load0: float, argv: lis
              f"{os.getloadavg()[0]:.1f} at the end (per-run loads in the JSON and log). Suites {a.suites}, quick "
              f"CPU shapes, variants {a.variants}; slowed copies `{a.inject}`; threads {a.threads}; allocator "
              f"{a.allocator}; ab: {a.rounds} "
-             f"rounds of {a.budget:g} s per side; stored: {a.baseline_runs} baseline runs, --budget "
+             f"rounds of {a.budget:g} s per side, family-wise alpha {AB_ALPHA:g} (bench.py ab's default); "
+             f"stored (alpha 0.05, bench.py gate's default): {a.baseline_runs} baseline runs, --budget "
              f"{a.stored_budget:g}" + ("" if a.strict_contention else ", gated with --allow-contended (on this shared "
                                      "machine every row is contended, and the gate would compare none)") + ".", "",
              "| mode | gate runs | rows compared per run | runs with a false alarm (goal) | "

@@ -211,3 +211,13 @@ def test_tree_that_does_not_build_is_bad_input(tmp_path):
                                              "message(FATAL_ERROR \"boom: this tree is broken\")\n")
     with pytest.raises(BadInput, match=r"does not build: .*boom.*full log"):
         T.build(T.Tree("baseline", "old", "0" * 40, tmp_path), [], 1)
+
+
+def test_ab_defaults_to_the_stricter_family_wise_rate():
+    """ab's goal is no false alarm in 20 runs, so its default alpha is 0.01; the stored gate keeps 0.05."""
+    from harness import gate as G
+    ab_args = AB._parser().parse_args(["--baseline-ref", "HEAD"])
+    assert ab_args.alpha == AB.AB_ALPHA == 0.01
+    assert AB._parser().parse_args(["--baseline-ref", "HEAD", "--alpha", "0.05"]).alpha == 0.05
+    gate_args = G._parser().parse_args(["--baseline", "a", "--current", "b"])
+    assert gate_args.alpha == 0.05
