@@ -11,14 +11,14 @@ came out 8.6x slower between two trees of the same commit when the launcher was 
 Drift, thermal state and neighbours hit both sides of a round equally, so the per-round
 log-ratio log(cur_i / base_i) is free of them; its spread across rounds is the noise, measured in the same job.
 
-Decision (harness/gate_verdicts.py): paired moderated t-test per row, Holm's correction over every row of
-the run (family-wise false alarm <= alpha: 0.01 by default here, 0.05 in `bench.py gate`), a row failing
-when it is slower than max(threshold, its noise floor) and significant. With --noise FILE
-(harness/gate_noise.py) each row is tested instead on the 20%-trimmed mean of its rounds, its noise learned
-from its earlier A/A runs on this device (--learn-noise appends this run's estimates to FILE). Broken rows fail: `incorrect`/`error` in the current tree, a worker that crashed on
-the row, NaN or non-positive times; rows the baseline tree has that the current one lacks fail unless
---allow-missing; an interrupted ab run fails (exit 130). Bad input (unknown ref, a tree that does not build,
-no such suite in either tree) is one line and exit 2.
+Decision (harness/gate_verdicts.py): paired moderated t-test per row, Holm's correction over every row of the run
+(family-wise false alarm <= alpha: 0.01 by default here, 0.05 in `bench.py gate`), a row failing when it is slower
+than max(threshold, its noise floor) and significant. With --noise FILE (harness/gate_noise.py) each row is tested
+instead on the 20%-trimmed mean of its rounds, its noise learned from its earlier A/A runs on this device
+(--learn-noise appends this run's estimates to FILE). Broken rows fail: `incorrect`/`error` in the current tree, a
+worker that crashed on the row, NaN or non-positive times; rows the baseline tree has that the current one lacks
+fail unless --allow-missing; an interrupted ab run fails (exit 130). Bad input (unknown ref, a tree that does not
+build, no such suite in either tree) is one line and exit 2.
 
 Writes <out>/ (default results/ab-<time>/): slots.parquet (every slot: row, round, side, order, median, n),
 verdicts.json, gate.md, manifest.json.
