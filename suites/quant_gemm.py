@@ -3,8 +3,9 @@ operands and PyTorch's own int8/int4 paths. Two schemes (case parameter `scheme`
 - `w8a8`: out[M,N] = (a[M,K] @ w[N,K]^T) * sa[m] * sw[n]; a, w int8 (each row reaching +-127, as dynamic
   per-token / per-channel quantization produces), sa, sw fp32 scales; out in the case dtype (fp32 or bf16).
   Variants: `torch_matmul` (the baseline: the dequantized operands a*sa and w*sw in the case dtype),
-  `torch_int_mm` (torch._int_mm, oneDNN's s8s8 GEMM, then the scales), `cpp_vnni` (ours,
-  kernels/cpp/quant_int8_gemm.cpp; its weight packing is done once, outside the timing). torchao's
+  `torch_int_mm` (torch._int_mm, oneDNN's s8s8 GEMM, then the scales), `cpp_vnni` (ours, v3,
+  kernels/cpp/quant_int8_gemm_v3.cpp; its weight packing is done once, outside the timing), `cpp_vnni_v2` (the rung
+  below, kernels/cpp/quant_int8_gemm.cpp: the same packed weights). torchao's
   Int8DynamicActivationInt8Weight is not a variant here: it quantizes the activations itself, on its own grid
   (not absmax/127), so it computes a different product than this reference; it is compared with ours on the
   model (suites/quant.py: `torchao_w8a8` against `w8a8` / `w8a8_cpp`).
@@ -140,7 +141,7 @@ def reference(case, a=None, sa=None, w=None, sw=None, x=None, packed=None, scale
 
 
 # ---- variants -----------------------------------------------------------------------------------------------
-W8, W4 = ("cpp_vnni", "torch_int_mm", "cuda_mma"), ("cpp_w4", "torch_int4pack", "cuda_w4a16", "cupy_w4a16")
+W8, W4 = ("cpp_vnni", "cpp_vnni_v2", "torch_int_mm", "cuda_mma"), ("cpp_w4", "torch_int4pack", "cuda_w4a16", "cupy_w4a16")
 
 
 def applies(case, variant: str) -> bool:
@@ -186,7 +187,8 @@ def torch_int4pack(case, x, packed, scale, zero):
     return lambda: torch._weight_int4pack_mm_for_cpu(x, w4, case.group, sz)
 
 
-SUITE.add("cpp_vnni", cpp.GEMM_W8A8)
+SUITE.add("cpp_vnni", cpp.GEMM_W8A8)              # v3: quant_int8_gemm_v3.cpp (the model path too)
+SUITE.add("cpp_vnni_v2", cpp.GEMM_W8A8_V2)        # the ladder: v2, whose figures v3's header quotes
 SUITE.add("cpp_w4", cpp.GEMM_W4A16)
 SUITE.add("cuda_mma", cuda.GEMM_W8A8)              # int8 tensor cores; under the simulation in the tests
 SUITE.add("cupy_mma", cupy_launch.variant(cuda.GEMM_W8A8))    # the same .cu, NVRTC via CuPy

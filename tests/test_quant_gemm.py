@@ -1,6 +1,8 @@
-"""The quantized GEMM kernels (kernels/cpp/quant_int8_gemm.cpp, quant_int4_gemv.cpp) beyond the suite's test
-cases (tests/test_cpp_kernels.py checks those at every dtype): exact integer results at the extremes of int8 (the
-u8 + compensation trick of vpdpbusd), the quant/ int4 layout end to end, thread counts, bad arguments."""
+"""The quantized GEMM kernels (kernels/cpp/quant_int8_gemm_v3.cpp and its rung below quant_int8_gemm.cpp,
+quant_int4_gemv.cpp) beyond the suite's test cases (tests/test_cpp_kernels.py checks those at every dtype): exact
+integer results at the extremes of int8 (the u8 + compensation trick of vpdpbusd), v3's tile edges (every row count
+of its 6-row tile, partial 64-channel panels, K % 4 tails, several L2 row blocks, row strides), the quant/ int4
+layout end to end, thread counts, bad arguments."""
 from __future__ import annotations
 
 import pytest
@@ -16,7 +18,15 @@ pytestmark = pytest.mark.skipif(LIB is None or cpp.vnni_available() is not None,
                                 reason=cpp.load_error() or "no AVX512-VNNI on this CPU")
 
 
-def _w8a8(a, w, sa=None, sw=None, dtype=torch.float32, threads=None):
+W8_RUNGS = {"v3": cpp.GEMM_W8A8, "v2": cpp.GEMM_W8A8_V2}
+
+
+@pytest.fixture(params=list(W8_RUNGS))
+def rung(request):
+    return W8_RUNGS[request.param]
+
+
+def _w8a8(a, w, sa=None, sw=None, dtype=torch.float32, threads=None, kernel=cpp.GEMM_W8A8):
     m, n = a.shape[0], w.shape[0]
     sa = torch.ones(m) if sa is None else sa
     sw = torch.ones(n) if sw is None else sw
@@ -25,35 +35,77 @@ def _w8a8(a, w, sa=None, sw=None, dtype=torch.float32, threads=None):
         old = torch.get_num_threads()
         torch.set_num_threads(threads)
     try:
-        return cpp.GEMM_W8A8(a=a, sa=sa, w=w, sw=sw, out=out)
+        return kernel(a=a, sa=sa, w=w, sw=sw, out=out)
     finally:
         if threads is not None:
             torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("k", [1, 3, 4, 64, 131, 1027])
-def test_int8_extremes_are_exact(k):
+def test_int8_extremes_are_exact(k, rung):
     """-128 activations and weights, +127, zeros: every product exactly (the u8 offset and its compensation)."""
     m, n = 11, 37
     g = torch.Generator().manual_seed(k)
     a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
     w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
     a[0], a[1], w[0], w[1], a[2] = -128, 127, -128, 127, 0
-    got = _w8a8(a, w)
+    got = _w8a8(a, w, kernel=rung)
     want = (a.long() @ w.long().t()).float()
     assert torch.equal(got, want), (got - want).abs().max()
 
 
-def test_int8_scales_and_bf16_output():
+def test_int8_scales_and_bf16_output(rung):
     g = torch.Generator().manual_seed(1)
     a = torch.randint(-127, 128, (5, 96), generator=g, dtype=torch.int8)
     w = torch.randint(-127, 128, (40, 96), generator=g, dtype=torch.int8)
     sa, sw = torch.rand(5, generator=g) + 0.1, torch.rand(40, generator=g) + 0.1
     ref = (a.double() @ w.double().t()) * sa.double()[:, None] * sw.double()
-    torch.testing.assert_close(_w8a8(a, w, sa, sw).double(), ref, rtol=1e-6, atol=1e-3)
-    got = _w8a8(a, w, sa, sw, dtype=torch.bfloat16)
+    torch.testing.assert_close(_w8a8(a, w, sa, sw, kernel=rung).double(), ref, rtol=1e-6, atol=1e-3)
+    got = _w8a8(a, w, sa, sw, dtype=torch.bfloat16, kernel=rung)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.double(), ref, rtol=8e-3, atol=1e-2)
+    # bf16 output rounded to nearest even from the fp32 result (v3 converts 16 lanes at a time, v2 one by one)
+    assert torch.equal(got, _w8a8(a, w, sa, sw, kernel=rung).bfloat16())
+
+
+# v3's edges: M = 1..7 and 13, 200 (every row count of the 6-row tile; 200 x K=1024 spans two L2 row blocks of
+# 192 rows), N = 1, 16, 47, 50, 64, 65, 130 (1..4 blocks of 16 in a 64-channel panel, ragged blocks),
+# K = 1..9, 67 (every K % 4)
+V3_EDGES = ([(m, 50, 67) for m in range(1, 8)] + [(13, n, 9) for n in (1, 16, 47, 64, 65, 130)]
+            + [(5, 33, k) for k in range(1, 10)] + [(200, 70, 1024)])
+
+
+@pytest.mark.parametrize("m,n,k", V3_EDGES, ids=[f"{m}x{n}x{k}" for m, n, k in V3_EDGES])
+def test_int8_tile_edges_are_exact(m, n, k, rung):
+    g = torch.Generator().manual_seed(m * 10007 + n * 101 + k)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    a[:, -1], w[:, -1] = -128, 127             # the last k (the K % 4 tail's) at the extremes in every row
+    assert torch.equal(_w8a8(a, w, kernel=rung), (a.long() @ w.long().t()).float())
+
+
+def test_int8_row_strides_and_padded_output(rung):
+    """A with a row stride > K (a slice of a wider tensor) and out with one > N: only out's own columns written."""
+    g = torch.Generator().manual_seed(5)
+    wide = torch.randint(-128, 128, (14, 80), generator=g, dtype=torch.int8)
+    a, w = wide[:, 3:70], torch.randint(-128, 128, (37, 67), generator=g, dtype=torch.int8)
+    big = torch.full((14, 50), float("nan"))
+    rung(a=a, sa=torch.ones(14), w=w, sw=torch.ones(37), out=big[:, :37])
+    assert torch.equal(big[:, :37], (a.long() @ w.long().t()).float())
+    assert big[:, 37:].isnan().all()
+
+
+def test_rungs_share_the_packed_weights():
+    """v2 and v3 read the same packed layout (kb_cpp_pack_w8_vnni): one packed tensor, the same exact product."""
+    g = torch.Generator().manual_seed(6)
+    a = torch.randint(-128, 128, (9, 131), generator=g, dtype=torch.int8)
+    w = torch.randint(-128, 128, (40, 131), generator=g, dtype=torch.int8)
+    packed = cpp.pack_w8_vnni(w)
+    assert packed.dtype == torch.uint8 and cpp.pack_w8_vnni(packed) is packed     # packed once, passed as it is
+    outs = [torch.full((9, 40), float("nan")) for _ in W8_RUNGS]
+    for kernel, out in zip(W8_RUNGS.values(), outs):
+        kernel(a=a, sa=torch.ones(9), w=packed, sw=torch.ones(40), out=out)
+        assert torch.equal(out, (a.long() @ w.long().t()).float())
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -61,7 +113,11 @@ def test_thread_counts_give_the_same_answer(threads):
     g = torch.Generator().manual_seed(2)
     a = torch.randint(-128, 128, (130, 200), generator=g, dtype=torch.int8)
     w = torch.randint(-128, 128, (150, 200), generator=g, dtype=torch.int8)
-    assert torch.equal(_w8a8(a, w, threads=threads), (a.long() @ w.long().t()).float())
+    for kernel in W8_RUNGS.values():
+        assert torch.equal(_w8a8(a, w, threads=threads, kernel=kernel), (a.long() @ w.long().t()).float())
+    a = torch.randint(-128, 128, (400, 1024), generator=g, dtype=torch.int8)     # v3: three L2 row blocks
+    assert torch.equal(_w8a8(a, w[:20].repeat(1, 6)[:, :1024], threads=threads),
+                       (a.long() @ w[:20].repeat(1, 6)[:, :1024].long().t()).float())
     x = torch.randn(9, 256, generator=g)
     q = torch.randint(0, 16, (70, 256), generator=g, dtype=torch.uint8)
     s, z = torch.rand(70, 4, generator=g), torch.randint(0, 16, (70, 4), generator=g, dtype=torch.uint8)
@@ -98,7 +154,9 @@ def test_int4_kernel_computes_a_quantized_layer_of_quant(group):
     torch.testing.assert_close(out.double(), x.double() @ layer.dequantize(torch.float64).t(), atol=2e-5, rtol=1e-5)
 
 
-def test_bad_arguments_are_errors_not_crashes():
+@pytest.mark.parametrize("rung_name", list(W8_RUNGS))
+def test_bad_arguments_are_errors_not_crashes(rung_name):
+    kernel = W8_RUNGS[rung_name]
     x, out = torch.randn(2, 96), torch.empty(2, 8)
     packed, s, z = torch.zeros(8, 48, dtype=torch.uint8), torch.ones(8, 2), torch.zeros(8, 2, dtype=torch.uint8)
     with pytest.raises(NativeError, match="group 48 must be a multiple of 32 dividing K=96"):
@@ -107,9 +165,9 @@ def test_bad_arguments_are_errors_not_crashes():
         cpp.GEMM_W4A16(x=x, packed=packed, scale=s, zero=z, out=out, case=_Group(64))
     a, w = torch.zeros(2, 70000, dtype=torch.int8), torch.zeros(3, 70000, dtype=torch.int8)
     with pytest.raises(NativeError, match="overflow"):
-        _w8a8(a, w)
+        _w8a8(a, w, kernel=kernel)
     with pytest.raises(NativeError, match="output dtype"):
-        cpp.GEMM_W8A8(a=a[:, :8], sa=torch.ones(2), w=w[:, :8], sw=torch.ones(3), out=torch.empty(2, 3).half())
+        kernel(a=a[:, :8], sa=torch.ones(2), w=w[:, :8], sw=torch.ones(3), out=torch.empty(2, 3).half())
 
 
 def test_quant_gemm_declares_weights_at_their_bit_width():

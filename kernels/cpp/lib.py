@@ -291,10 +291,16 @@ GEMM_W8A8 = _cpp("kb_cpp_gemm_w8a8_vnni",
                  [ptr("a"), ptr("sa"), ptr("w"), ptr("sw"), ptr("out"), size("a", 0), size("sw", 0), size("a", 1),
                   stride("a", 0), stride("out", 0), dtype("out"), threads()],
                  lambda case, a, w, **_: (a.shape[0], w.shape[0]),
-                 "C++ W8A8 GEMM on AVX512-VNNI (vpdpbusd, int32 accumulation, scales in the epilogue)",
-                 "quant_int8_gemm.cpp", layout={"a": unit_last, "w": pack_w8_vnni, "sa": contiguous,
-                                                "sw": contiguous},
+                 "C++ W8A8 GEMM on AVX512-VNNI, v3 (vpdpbusd, int32 accumulation, 6 x 64 register tile, A packed per "
+                 "call into 6-row panels, L2 row blocks, scales in the epilogue)",
+                 "quant_int8_gemm_v3.cpp", layout={"a": unit_last, "w": pack_w8_vnni, "sa": contiguous,
+                                                   "sw": contiguous},
                  available=vnni_available, unsupported=_needs_avx512, dtypes=("float32", "bfloat16"))
+# The int8 GEMM ladder (issue 15): v2, the rung below (quant_int8_gemm.cpp), same arguments and packed weights.
+GEMM_W8A8_V2 = _cpp("kb_cpp_gemm_w8a8_vnni_v2", GEMM_W8A8.args, GEMM_W8A8.out,
+                    "C++ W8A8 GEMM on AVX512-VNNI, v2 (8 x 48 tile, no row blocking: the rung before v3)",
+                    "quant_int8_gemm.cpp", layout=GEMM_W8A8.layout, available=vnni_available,
+                    unsupported=_needs_avx512, dtypes=GEMM_W8A8.dtypes)
 
 # x, packed (uint8 [N, K/2]), scale, zero, out, M, N, K, group, ldx, ldo, dtype, threads
 GEMM_W4A16 = _cpp("kb_cpp_gemm_w4a16",

@@ -23,22 +23,9 @@
 #include <algorithm>
 #include <cstring>
 
-#include "kb_cpp.h"
+#include "quant_int8_gemm.h"
 
-namespace kb {
-struct W8A8Args {
-  const int8_t* a; const float* sa; const uint8_t* w; const float* sw; void* out;
-  int64_t M, N, K, lda, ldo;
-  int out_dtype, threads;
-};
-inline int64_t w8_kq(int64_t K) { return (K + 3) / 4; }
-inline int64_t w8_np(int64_t N) { return (N + 15) / 16 * 16; }
-inline size_t w8_packed_bytes(int64_t N, int64_t K) {   // weights, then the column sums
-  return size_t(w8_np(N)) * size_t(w8_kq(K)) * 4 + size_t(w8_np(N)) * 4;
-}
-}  // namespace kb
-
-KB_DECLARE(int gemm_w8a8_vnni(const kb::W8A8Args&))
+KB_DECLARE(int gemm_w8a8_vnni_v2(const kb::W8A8Args&))
 
 #if KB_IMPL
 #include <immintrin.h>
@@ -104,12 +91,12 @@ constexpr MicroFn MICRO[MRMAX + 1] = {nullptr, micro<1>, micro<2>, micro<3>, mic
                                       micro<5>, micro<6>, micro<7>, micro<8>};
 }  // namespace
 
-int gemm_w8a8_vnni(const kb::W8A8Args& g) {
+int gemm_w8a8_vnni_v2(const kb::W8A8Args& g) {
   // a as unsigned bytes (a ^ 0x80 = a + 128), rows padded to whole quads with zeros (which meet the packed weights'
   // zero padding): M * K bytes, a pass over a before the product
   const int64_t kq = kb::w8_kq(g.K);
   kb::Scratch ubuf(size_t(g.M * kq * 4));
-  if (!ubuf.p) return kb::set_error(kb::E_NOMEM, "gemm_w8a8_vnni: out of memory");
+  if (!ubuf.p) return kb::set_error(kb::E_NOMEM, "gemm_w8a8_vnni_v2: out of memory");
   uint8_t* au = ubuf.as<uint8_t>();
   for (int64_t m = 0; m < g.M; ++m) {
     const uint8_t* src = reinterpret_cast<const uint8_t*>(g.a + m * g.lda);
@@ -132,8 +119,8 @@ int gemm_w8a8_vnni(const kb::W8A8Args& g) {
 }
 #pragma GCC pop_options
 #else
-int gemm_w8a8_vnni(const kb::W8A8Args&) {
-  return kb::set_error(kb::E_ISA, "gemm_w8a8_vnni: needs AVX-512 with VNNI");
+int gemm_w8a8_vnni_v2(const kb::W8A8Args&) {
+  return kb::set_error(kb::E_ISA, "gemm_w8a8_vnni_v2: needs AVX-512 with VNNI");
 }
 #endif
 }  // namespace KB_NS
@@ -171,22 +158,15 @@ KB_API int kb_cpp_pack_w8_vnni(const void* w, void* packed, int64_t N, int64_t K
   return 0;
 }
 
-// out[M, N] (fp32 or bf16: out_dtype) = (A[M, K] int8 @ W^T) * sa[m] * sw[n], W packed by kb_cpp_pack_w8_vnni.
-KB_API int kb_cpp_gemm_w8a8_vnni(const void* a, const void* sa, const void* packed, const void* sw, void* out,
-                                 int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldo, int out_dtype,
-                                 int threads) {
-  if (!a || !sa || !packed || !sw || !out || M < 0 || N <= 0 || K <= 0 || (M > 1 && lda < K) || (M > 1 && ldo < N))
-    return kb::set_error(kb::E_ARG, "gemm_w8a8_vnni: bad arguments (M=%lld N=%lld K=%lld)", (long long)M,
-                         (long long)N, (long long)K);
-  if (out_dtype != kb::F32 && out_dtype != kb::BF16)
-    return kb::set_error(kb::E_DTYPE, "gemm_w8a8_vnni: output dtype %d (float32 or bfloat16)", out_dtype);
-  if (K >= (int64_t(1) << 16))   // |sum| <= 255 * 128 * K must stay below 2^31
-    return kb::set_error(kb::E_ARG, "gemm_w8a8_vnni: K=%lld could overflow the int32 accumulators", (long long)K);
-  if (kb::isa() < kb::ISA_AVX512 || !has_vnni())
-    return kb::set_error(kb::E_ISA, "gemm_w8a8_vnni: this CPU has no AVX512-VNNI");
-  if (M == 0) return 0;
+// v2 of kb_cpp_gemm_w8a8_vnni (quant_int8_gemm_v3.cpp): the same arguments and packed weights; kept runnable as the
+// rung below v3 (suite variant `cpp_vnni_v2`), so the figures in this header can be re-measured.
+KB_API int kb_cpp_gemm_w8a8_vnni_v2(const void* a, const void* sa, const void* packed, const void* sw, void* out,
+                                    int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldo, int out_dtype,
+                                    int threads) {
   kb::W8A8Args g{static_cast<const int8_t*>(a), static_cast<const float*>(sa), static_cast<const uint8_t*>(packed),
                  static_cast<const float*>(sw), out, M, N, K, lda, ldo, out_dtype, threads};
-  return kb_avx512::gemm_w8a8_vnni(g);
+  if (int e = kb::w8a8_check("gemm_w8a8_vnni_v2", g, has_vnni())) return e;
+  if (M == 0) return 0;
+  return kb_avx512::gemm_w8a8_vnni_v2(g);
 }
 #endif
