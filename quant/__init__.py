@@ -63,7 +63,7 @@ def _ours():
                   lambda m, lm, cal: w8a8_dynamic.apply(m), 8),
            Method("fp8_wo", "float8 e4m3 weight-only, per channel (upcast on the CPU)",
                   lambda m, lm, cal: fp8.apply(m), 8),
-           Method("w8a8_cpp", "W8A8 dynamic on our AVX512-VNNI GEMM (kernels/cpp/quant_int8_gemm.cpp)",
+           Method("w8a8_cpp", "W8A8 dynamic on our AVX512-VNNI GEMM (kernels/cpp/quant_int8_gemm_v3.cpp)",
                   lambda m, lm, cal: cpp_kernels.apply_w8a8(m), 8, missing=lambda d: cpp_kernels.missing(d, True)),
            Method("int4_g64_cpp", "int4 g64 RTN on our AVX-512 int4 GEMV (kernels/cpp/quant_int4_gemv.cpp)",
                   lambda m, lm, cal: cpp_kernels.apply_int4(m, 64), 4, missing=cpp_kernels.missing),

@@ -1,5 +1,5 @@
 """Our C++ kernels inside a quantized model (methods `w8a8_cpp`, `int4_g64_cpp`): the layers of w8a8_dynamic.py and
-int4_weight_only.py with the same grids and storage, computed by kernels/cpp/quant_int8_gemm.cpp (AVX512-VNNI)
+int4_weight_only.py with the same grids and storage, computed by kernels/cpp/quant_int8_gemm_v3.cpp (AVX512-VNNI)
 and quant_int4_gemv.cpp instead of torch. Activations of w8a8_cpp are quantized per token in torch (one pass over
 x), then the integer product and both scales are one C call. CPU only, float32 or bfloat16 activations.
 """

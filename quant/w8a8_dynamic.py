@@ -1,7 +1,7 @@
 """W8A8 dynamic: int8 weights per output channel (symmetric, as int8_weight_only) and int8 activations with a
 scale per token computed at run time (absmax of the row / 127, symmetric): y = (xq @ wq^T) * sx[m] * sw[n],
 the product in int32 (torch._int_mm on the CPU: oneDNN's u8s8/s8s8 GEMM with VNNI; our kernel:
-kernels/cpp/quant_int8_gemm.cpp). SmoothQuant's W8A8 without the smoothing; torchao's
+kernels/cpp/quant_int8_gemm_v3.cpp). SmoothQuant's W8A8 without the smoothing; torchao's
 Int8DynamicActivationInt8WeightConfig.
 
 Storage as int8_weight_only (8 + 32/K bits per weight). Per call: one pass over x for the scales and the

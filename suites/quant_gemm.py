@@ -141,7 +141,8 @@ def reference(case, a=None, sa=None, w=None, sw=None, x=None, packed=None, scale
 
 
 # ---- variants -----------------------------------------------------------------------------------------------
-W8, W4 = ("cpp_vnni", "cpp_vnni_v2", "torch_int_mm", "cuda_mma"), ("cpp_w4", "torch_int4pack", "cuda_w4a16", "cupy_w4a16")
+W8 = ("cpp_vnni", "cpp_vnni_v2", "torch_int_mm", "cuda_mma")
+W4 = ("cpp_w4", "torch_int4pack", "cuda_w4a16", "cupy_w4a16")
 
 
 def applies(case, variant: str) -> bool:

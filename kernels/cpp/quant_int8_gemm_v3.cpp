@@ -25,7 +25,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <utility>
 
 #include "quant_int8_gemm.h"
 
@@ -94,7 +96,9 @@ void micro(const kb::W8A8Args& g, const uint8_t* ap, const uint8_t* b, const int
 }
 
 using MicroFn = void (*)(const kb::W8A8Args&, const uint8_t*, const uint8_t*, const int32_t*, int64_t, int64_t, int);
-constexpr MicroFn MICRO[MR + 1] = {nullptr, micro<1>, micro<2>, micro<3>, micro<4>, micro<5>, micro<6>};
+template <size_t... R>
+constexpr std::array<MicroFn, MR + 1> micro_table(std::index_sequence<R...>) { return {nullptr, micro<int(R) + 1>...}; }
+constexpr std::array<MicroFn, MR + 1> MICRO = micro_table(std::make_index_sequence<MR>());
 
 // rows m0 .. m0+MR-1 of A -> [kq][MR][4] bytes, a ^ 0x80 (= a + 128 as unsigned), zeros past K and past M
 void pack_a(const kb::W8A8Args& g, int64_t m0, uint8_t* ap) {
