@@ -122,10 +122,23 @@ alignas(64) const int16_t PAIR_LO[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 3
 alignas(64) const int16_t PAIR_HI[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
                                          24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
 
+// The rows of the pages PD ahead, one K and one V row per token of the current step (k[j], v[j] for j < n): the
+// step's loads issue their prefetches one 64-byte line at a time, interleaved with the arithmetic (see unit()).
+struct Ahead {
+  const char* const* k;
+  const char* const* v;
+  int n;
+};
+// prefetch into L2 the line at byte offset `off` of row j of the pages ahead, where a 64-byte line starts there
+inline void ahead(const char* const* rows, int n, int j, int off) {
+  if (j < n && off % 64 == 0) _mm_prefetch(rows[j] + off, _MM_HINT_T1);
+}
+
 // S[i][j] = Q[i] . K[j] for NR rows and keys j < nk, key-outer: each key row loaded once for the NR rows; DC = D / 32
-// known at compile time (d 64, 128) keeps the NR x DC slices of q in registers (<= 16 zmm), else DC = 0 (reloaded)
+// known at compile time (d 64, 128) keeps the NR x DC slices of q in registers (<= 16 zmm), else DC = 0 (reloaded).
+// Each 64-byte line of key j loaded also prefetches the same line of key j of the pages ahead (`nx`).
 template <class F, int NR, int DC>
-inline void qk(const typename F::E* const* K, int nk, int D, const int16_t* Q, float* S, int SP) {
+inline void qk(const typename F::E* const* K, int nk, int D, const int16_t* Q, float* S, int SP, const Ahead& nx) {
   constexpr int QC = DC > 0 ? DC : 1;
   __m512i qv[NR][QC];
   if constexpr (DC > 0)
@@ -143,6 +156,7 @@ inline void qk(const typename F::E* const* K, int nk, int D, const int16_t* Q, f
 #pragma GCC unroll 8
         for (int c = 0; c < nc; ++c) {
           const __m512i kv = F::load32(kr + 32 * c);
+          ahead(nx.k, nx.n, jb + jj, int(32 * c * sizeof(typename F::E)));
 #pragma GCC unroll 4
           for (int i = 0; i < NR; ++i)
             acc[i] = F::dp(acc[i], DC > 0 ? qv[i][DC > 0 ? c : 0] : _mm512_loadu_si512(Q + i * D + 32 * c), kv);
@@ -157,19 +171,22 @@ inline void qk(const typename F::E* const* K, int nk, int D, const int16_t* Q, f
 }
 
 template <class F, int DC>
-inline void qk_rows(int nr, const typename F::E* const* K, int nk, int D, const int16_t* Q, float* S, int SP) {
+inline void qk_rows(int nr, const typename F::E* const* K, int nk, int D, const int16_t* Q, float* S, int SP,
+                    const Ahead& nx) {
   switch (nr) {
-    case 1: qk<F, 1, DC>(K, nk, D, Q, S, SP); break;
-    case 2: qk<F, 2, DC>(K, nk, D, Q, S, SP); break;
-    case 3: qk<F, 3, DC>(K, nk, D, Q, S, SP); break;
-    default: qk<F, 4, DC>(K, nk, D, Q, S, SP); break;
+    case 1: qk<F, 1, DC>(K, nk, D, Q, S, SP, nx); break;
+    case 2: qk<F, 2, DC>(K, nk, D, Q, S, SP, nx); break;
+    case 3: qk<F, 3, DC>(K, nk, D, Q, S, SP, nx); break;
+    default: qk<F, 4, DC>(K, nk, D, Q, S, SP, nx); break;
   }
 }
 
 // A[i][:] += sum_j P[i][j] V[j][:] for NR rows over tokens j < nv (pairs; a row past n reads as 0), 32 columns
-// at a time: NR x 2 accumulators, V rows j and j+1 interleaved into pairs (2 vpermt2w per 32 columns)
+// at a time: NR x 2 accumulators, V rows j and j+1 interleaved into pairs (2 vpermt2w per 32 columns); each 64-byte
+// line of V rows j, j+1 loaded prefetches the same lines of the pages ahead (`nx`)
 template <class F, int NR>
-inline void pv(const typename F::E* const* V, int n, int nv, int D, const int16_t* P, int PP, float* A, float vscale) {
+inline void pv(const typename F::E* const* V, int n, int nv, int D, const int16_t* P, int PP, float* A, float vscale,
+               const Ahead& nx) {
   constexpr bool INT = std::is_same_v<F, KvI8>;
   const __m512i ilo = _mm512_load_si512(PAIR_LO), ihi = _mm512_load_si512(PAIR_HI);
   for (int c = 0; c < D; c += 32) {
@@ -187,6 +204,8 @@ inline void pv(const typename F::E* const* V, int n, int nv, int D, const int16_
     for (int j = 0; j < nv; j += 2) {
       const __m512i va = F::load32(V[j] + c);
       const __m512i vb = j + 1 < n ? F::load32(V[j + 1] + c) : _mm512_setzero_si512();
+      ahead(nx.v, nx.n, j, int(c * sizeof(typename F::E)));
+      ahead(nx.v, nx.n, j + 1, int(c * sizeof(typename F::E)));
       const __m512i plo = _mm512_permutex2var_epi16(va, ilo, vb), phi = _mm512_permutex2var_epi16(va, ihi, vb);
 #pragma GCC unroll 8
       for (int i = 0; i < NR; ++i) {
@@ -253,8 +272,10 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
   const E* vrow[kb::DEC_MAX_BS];
   alignas(64) float ksv[kb::DEC_MAX_BS + 16];           // per token: its page's K scale, V scale / the step's max
   alignas(64) float vsv[kb::DEC_MAX_BS + 16];
+  const char* krow_nx[kb::DEC_MAX_BS];                  // the rows of the pages PD ahead, token for token
+  const char* vrow_nx[kb::DEC_MAX_BS];
   for (int64_t p0 = t0; p0 < t1;) {
-    int n = 0;
+    int n = 0, n_nx = 0;
     float vmaxsc = 0.f;
     for (int64_t p = p0; p < t1;) {
       const int64_t page = p / BS, blk = table[page];
@@ -272,17 +293,19 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
         vsv[n + j] = vsc;
       }
       vmaxsc = std::max(vmaxsc, vsc);
-      // the page PD ahead is at a random block the hardware prefetcher cannot guess: prefetch its rows into L2
-      // (T1). One page ahead into L1 (v1's choice, T0) left this kernel at 5.0-5.3 GB/s at b8 ctx8192; L2 at 1-4
-      // pages ahead ran at 8.4-9.5 GB/s (one thread, same run): L1's few miss buffers were the limit, not DRAM.
+      // the page PD ahead is at a random block the hardware prefetcher cannot guess: its rows are prefetched into
+      // L2 (T1), one 64-byte line next to each line this step loads (qk, pv), not in one burst here. A burst of
+      // 128-256 prefetches per step (v2 until 2026-12-01) filled the core's miss buffers and stalled the
+      // arithmetic behind them: at b8 ctx8192 bf16 KV the kernel took longer (8.5 ms) than the page touches alone
+      // (4.8 ms, same order and prefetches, no arithmetic) plus the arithmetic alone on cached rows (2.2 ms);
+      // interleaved: 6.3-7.0 ms (one thread, same runs; README's decode section).
       if (const int64_t pp0 = (page + PD) * BS; pp0 < t1) {
         const int64_t nxt = (int64_t(table[page + PD]) * BS) * rs + hk * a.D;
         const int nn = int(std::min<int64_t>(BS, t1 - pp0));
-        for (int j = 0; j < nn; ++j)
-          for (int64_t c = 0; c < int64_t(D) * int64_t(sizeof(E)); c += 64) {
-            _mm_prefetch(reinterpret_cast<const char*>(Kc + nxt + j * rs) + c, _MM_HINT_T1);
-            _mm_prefetch(reinterpret_cast<const char*>(Vc + nxt + j * rs) + c, _MM_HINT_T1);
-          }
+        for (int j = 0; j < nn && n_nx < kb::DEC_MAX_BS; ++j, ++n_nx) {
+          krow_nx[n_nx] = reinterpret_cast<const char*>(Kc + nxt + j * rs);
+          vrow_nx[n_nx] = reinterpret_cast<const char*>(Vc + nxt + j * rs);
+        }
       }
       n += np;
       p += np;
@@ -298,9 +321,10 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
       float* S = bf.S + r0 * SP;
       const int16_t* Qr = bf.Q + r0 * D;
       const int nr = std::min(RQ, R - r0);
-      if (D == 128) qk_rows<F, 4>(nr, krow, vmax, D, Qr, S, SP);
-      else if (D == 64) qk_rows<F, 2>(nr, krow, vmax, D, Qr, S, SP);
-      else qk_rows<F, 0>(nr, krow, vmax, D, Qr, S, SP);
+      const Ahead nx{krow_nx, vrow_nx, r0 == 0 ? n_nx : 0};     // K lines ahead: with the first row block's keys
+      if (D == 128) qk_rows<F, 4>(nr, krow, vmax, D, Qr, S, SP, nx);
+      else if (D == 64) qk_rows<F, 2>(nr, krow, vmax, D, Qr, S, SP, nx);
+      else qk_rows<F, 0>(nr, krow, vmax, D, Qr, S, SP, nx);
     }
     // online softmax over the step per row; P (bf16 or int16, pairs) replaces S; P is 0 past the row's visible keys
     int vis_blk[kb::DEC_MAX_ROWS];
@@ -346,19 +370,20 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
     const float vscale = INT ? vmaxsc / PQ : 1.f;
     for (int r0 = 0; r0 < R; r0 += RB) {
       const int nr = std::min(RB, R - r0);
+      const Ahead nx{krow_nx, vrow_nx, r0 == 0 ? n_nx : 0};     // V lines ahead: with the first row block's rows
       int vb = 0;                                          // the most keys a row of this block sees
       for (int i = 0; i < nr; ++i) vb = std::max(vb, vis_blk[r0 + i]);
       float* A = bf.Acc + r0 * D;
       const int16_t* P = bf.P + r0 * PP;
       switch (nr) {
-        case 1: pv<F, 1>(vrow, n, vb, D, P, PP, A, vscale); break;
-        case 2: pv<F, 2>(vrow, n, vb, D, P, PP, A, vscale); break;
-        case 3: pv<F, 3>(vrow, n, vb, D, P, PP, A, vscale); break;
-        case 4: pv<F, 4>(vrow, n, vb, D, P, PP, A, vscale); break;
-        case 5: pv<F, 5>(vrow, n, vb, D, P, PP, A, vscale); break;
-        case 6: pv<F, 6>(vrow, n, vb, D, P, PP, A, vscale); break;
-        case 7: pv<F, 7>(vrow, n, vb, D, P, PP, A, vscale); break;
-        default: pv<F, 8>(vrow, n, vb, D, P, PP, A, vscale); break;
+        case 1: pv<F, 1>(vrow, n, vb, D, P, PP, A, vscale, nx); break;
+        case 2: pv<F, 2>(vrow, n, vb, D, P, PP, A, vscale, nx); break;
+        case 3: pv<F, 3>(vrow, n, vb, D, P, PP, A, vscale, nx); break;
+        case 4: pv<F, 4>(vrow, n, vb, D, P, PP, A, vscale, nx); break;
+        case 5: pv<F, 5>(vrow, n, vb, D, P, PP, A, vscale, nx); break;
+        case 6: pv<F, 6>(vrow, n, vb, D, P, PP, A, vscale, nx); break;
+        case 7: pv<F, 7>(vrow, n, vb, D, P, PP, A, vscale, nx); break;
+        default: pv<F, 8>(vrow, n, vb, D, P, PP, A, vscale, nx); break;
       }
     }
     p0 += n;
