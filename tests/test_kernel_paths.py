@@ -212,13 +212,17 @@ def test_bad_arguments_are_errors(on_sim, kernel):
 # The v2 paged decode (kernels/cpp/decode_paged_dp.cpp) is a template on the rows a unit keeps (NR = 1..4 in the QK
 # step, 1..8 in the PV step: R = (h / hkv) x sq rows per kv head, taken 4 at a time) and on the head dim in
 # registers (DC = 2 for d 64, 4 for d 128, 0 = reloaded for other multiples of 32); the suite's test cases take a
-# few of those. Here every R from 1 to 8, at d 64, 96 and 128, for each (q, KV) pair v2 runs: bf16 q with bf16 KV,
-# bf16 and fp16 q with int8 KV. Checked against float64 by the suite's check, as bench.py does.
-_V2_PAIRS = [("bfloat16", "native"), ("bfloat16", "int8"), ("float16", "int8")]
+# few of those. Here every R from 1 to 8, at d 64, 96 and 128, for each (q, KV) pair v2 runs: its dot-product path
+# (bf16 q with bf16 KV, bf16 and fp16 q with int8 KV) and its fp32 path (fp32 and fp16 KV: qk_f32 NR 1..4, pv_f32
+# NR 1..8), and at d 80 (d % 32 == 16: the fp32 path's one-vector last column block; bf16 KV at d 80 takes that path
+# too). Checked against float64 by the suite's check, as bench.py does.
+_V2_PAIRS = [("bfloat16", "native"), ("bfloat16", "int8"), ("float16", "int8"), ("float32", "native"),
+             ("float16", "native")]
+_V2_CASES = ([(dtype, kv, d) for dtype, kv in _V2_PAIRS for d in (64, 96, 128)]
+             + [(dtype, "native", 80) for dtype in ("float32", "float16", "bfloat16")])
 
 
-@pytest.mark.parametrize("dtype,kv", _V2_PAIRS)
-@pytest.mark.parametrize("d", [64, 96, 128])
+@pytest.mark.parametrize("dtype,kv,d", _V2_CASES)
 def test_cpp_decode_v2_every_row_count(dtype, kv, d):
     s = all_suites()["decode"]
     v = s.variants["cpp"]

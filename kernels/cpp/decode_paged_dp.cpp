@@ -64,6 +64,7 @@ constexpr int STEP = 32;       // tokens per online-softmax step (2 pages of 16)
 
 struct BufsDp {                                                 // per thread, 64-byte aligned
   alignas(64) int16_t Q[kb::DEC_MAX_ROWS * kb::DEC_MAX_D];       // bf16 bits (bf16 KV) or int16 q (int8 KV)
+  alignas(64) float Qf[kb::DEC_MAX_ROWS * kb::DEC_MAX_D];        // fp32 q (the fp32 path: fp32 / fp16 KV)
   alignas(64) float Acc[kb::DEC_MAX_ROWS * kb::DEC_MAX_D];
   alignas(64) float S[kb::DEC_MAX_ROWS * (kb::DEC_MAX_BS + 16)];
   alignas(64) int16_t P[kb::DEC_MAX_ROWS * (kb::DEC_MAX_BS + 48)];   // pairs: bf16 (bf16 KV) or int16 (int8 KV)
@@ -129,9 +130,11 @@ struct Ahead {
   const char* const* v;
   int n;
 };
-// prefetch into L2 the line at byte offset `off` of row j of the pages ahead, where a 64-byte line starts there
+// prefetch into L2 the line at byte offset `off` of row j of the pages ahead, where a 64-byte line starts there.
+// In asm: GCC 12 at -O3 deleted every _mm_prefetch / __builtin_prefetch of these addresses (0 prefetcht1 in the
+// object; the kernel ran as slowly as with no prefetch at all), which `objdump -d | grep -c prefetcht1` shows.
 inline void ahead(const char* const* rows, int n, int j, int off) {
-  if (j < n && off % 64 == 0) _mm_prefetch(rows[j] + off, _MM_HINT_T1);
+  if (j < n && off % 64 == 0) asm volatile("prefetcht1 %0" : : "m"(*(rows[j] + off)));
 }
 
 // S[i][j] = Q[i] . K[j] for NR rows and keys j < nk, key-outer: each key row loaded once for the NR rows; DC = D / 32
@@ -391,6 +394,189 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
   write_unit(a, b, hk, R, D, bf, part, O);
 }
 
+// ---- the fp32 path: fp32, fp16 or bf16 KV with any q (bf16 KV with bf16 q and d % 32 == 0 takes vdpbf16ps above) --
+// KV rows widened to fp32 in registers (vcvtph2ps / a shift for bf16 / as they are), fp32 FMAs against fp32 q and P:
+// exact products, no page copied through L1 (v1's cost), the same key-outer QK with 4 rows x 4 keys per shuffle
+// reduction, the same steps of 32 tokens and the same prefetch of the pages ahead as the dot-product path.
+
+// S[i][j] = Q[i] . K[j] (fp32) for NR rows and keys j < nk, 16 columns per FMA
+template <class E, int NR>
+inline void qk_f32(const E* const* K, int nk, int D, const float* Q, float* S, int SP, const Ahead& nx) {
+  for (int jb = 0; jb < nk; jb += 4) {
+    __m512 t[4];
+#pragma GCC unroll 4
+    for (int jj = 0; jj < 4; ++jj) {
+      __m512 acc[4] = {zero(), zero(), zero(), zero()};
+      if (jb + jj < nk) {
+        const E* kr = K[jb + jj];
+        for (int c = 0; c < D; c += W) {
+          const vf kv = load(kr + c);
+          ahead(nx.k, nx.n, jb + jj, int(c * sizeof(E)));
+#pragma GCC unroll 4
+          for (int i = 0; i < NR; ++i) acc[i] = fma(load(Q + i * D + c), kv, acc[i]);
+        }
+      }
+      t[jj] = fold4(acc[0], acc[1], acc[2], acc[3]);
+    }
+    alignas(64) float w[16];
+    _mm512_store_ps(w, transpose_add4(t[0], t[1], t[2], t[3]));
+    for (int i = 0; i < NR; ++i) std::memcpy(S + i * SP + jb, w + 4 * i, 16);
+  }
+}
+
+// A[i][:] += sum_{j < nv} P[i][j] V[j][:] (fp32) for NR rows, 32 columns (16 at a ragged end) per register block
+template <class E, int NR>
+inline void pv_f32(const E* const* V, int nv, int D, const float* P, int PP, float* A, const Ahead& nx) {
+  for (int c = 0; c < D; c += 2 * W) {
+    const bool two = c + 2 * W <= D;                     // d % 32 == 16: the last block is one vector wide
+    vf lo[NR], hi[NR];
+#pragma GCC unroll 8
+    for (int i = 0; i < NR; ++i) {
+      lo[i] = load(A + i * D + c);
+      hi[i] = two ? load(A + i * D + c + W) : zero();
+    }
+    for (int j = 0; j < nv; ++j) {
+      const vf v0 = load(V[j] + c), v1 = two ? load(V[j] + c + W) : zero();
+      ahead(nx.v, nx.n, j, int(c * sizeof(E)));
+      ahead(nx.v, nx.n, j, int((c + W) * sizeof(E)));
+#pragma GCC unroll 8
+      for (int i = 0; i < NR; ++i) {
+        const vf pp = set1(P[i * PP + j]);
+        lo[i] = fma(pp, v0, lo[i]);
+        hi[i] = fma(pp, v1, hi[i]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NR; ++i) {
+      store(A + i * D + c, lo[i]);
+      if (two) store(A + i * D + c + W, hi[i]);
+    }
+  }
+}
+
+template <class T, class E>
+void unit_f32(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1, BufsDp& bf, float* part,
+              T* O) {
+  const int D = int(a.D), BS = int(a.BS);
+  const int64_t G = a.H / a.HKV, SQ = a.SQ, L = a.lens[b];
+  const int R = int(G * SQ);
+  const T* Q = static_cast<const T*>(a.q);
+  for (int r = 0; r < R; ++r) {                      // q rows in fp32, pre-scaled by scale * log2(e)
+    const T* src = Q + kb::dec_row(a, b, hk, r);
+    const vf sc = set1(a.scale * LOG2E);
+    for (int c = 0; c < D; c += W) store(bf.Qf + r * D + c, mul(load(src + c), sc));
+    bf.m[r] = -INFINITY;
+    bf.l[r] = 0.f;
+  }
+  std::fill(bf.Acc, bf.Acc + R * D, 0.f);
+  const E* Kc = static_cast<const E*>(a.k);
+  const E* Vc = static_cast<const E*>(a.v);
+  const int64_t rs = a.HKV * a.D;
+  const int32_t* table = a.tables + b * a.MAXB;
+  const int SMAX = std::max(STEP, BS);
+  const int SP = (SMAX + W - 1) / W * W + W;            // S row pitch (floats): P replaces S in place
+  const E* krow[kb::DEC_MAX_BS];
+  const E* vrow[kb::DEC_MAX_BS];
+  const char* krow_nx[kb::DEC_MAX_BS];
+  const char* vrow_nx[kb::DEC_MAX_BS];
+  for (int64_t p0 = t0; p0 < t1;) {
+    int n = 0, n_nx = 0;
+    for (int64_t p = p0; p < t1;) {                     // the step's pages, and the rows of the pages PD ahead
+      const int64_t page = p / BS, blk = table[page];
+      const int64_t j0 = p - page * BS;
+      const int np = int(std::min<int64_t>(t1, (page + 1) * BS) - p);
+      if (n > 0 && n + np > SMAX) break;
+      for (int j = 0; j < np; ++j) {
+        krow[n + j] = Kc + (blk * BS + j0 + j) * rs + hk * a.D;
+        vrow[n + j] = Vc + (blk * BS + j0 + j) * rs + hk * a.D;
+      }
+      if (const int64_t pp0 = (page + PD) * BS; pp0 < t1) {
+        const int64_t nxt = (int64_t(table[page + PD]) * BS) * rs + hk * a.D;
+        const int nn = int(std::min<int64_t>(BS, t1 - pp0));
+        for (int j = 0; j < nn && n_nx < kb::DEC_MAX_BS; ++j, ++n_nx) {
+          krow_nx[n_nx] = reinterpret_cast<const char*>(Kc + nxt + j * rs);
+          vrow_nx[n_nx] = reinterpret_cast<const char*>(Vc + nxt + j * rs);
+        }
+      }
+      n += np;
+      p += np;
+    }
+    const int vmax = int(std::clamp<int64_t>(L - p0, 0, n));
+    for (int r0 = 0; r0 < R; r0 += RQ) {
+      float* S = bf.S + r0 * SP;
+      const float* Qr = bf.Qf + r0 * D;
+      const Ahead nx{krow_nx, vrow_nx, r0 == 0 ? n_nx : 0};
+      switch (std::min(RQ, R - r0)) {
+        case 1: qk_f32<E, 1>(krow, vmax, D, Qr, S, SP, nx); break;
+        case 2: qk_f32<E, 2>(krow, vmax, D, Qr, S, SP, nx); break;
+        case 3: qk_f32<E, 3>(krow, vmax, D, Qr, S, SP, nx); break;
+        default: qk_f32<E, 4>(krow, vmax, D, Qr, S, SP, nx); break;
+      }
+    }
+    // online softmax over the step per row, P = 2^(s - m) in place of S; 0 past the row's visible keys
+    int vis_blk[kb::DEC_MAX_ROWS];
+    for (int r = 0; r < R; ++r) {
+      const int64_t s = r / G;
+      const int vis = int(std::clamp<int64_t>(L - SQ + s + 1 - p0, 0, n));
+      vis_blk[r] = vis;
+      float* Sr = bf.S + r * SP;
+      if (vis == 0) {
+        for (int j = 0; j < n; j += W) store(Sr + j, zero());
+        continue;
+      }
+      vf mxv = set1(-INFINITY);
+      for (int j = 0; j < vis; j += W) mxv = _mm512_mask_max_ps(mxv, tail(vis - j), mxv, load(Sr + j));
+      const float mx = std::max(bf.m[r], hmax(mxv));
+      const float alpha = std::exp2(bf.m[r] - mx);
+      vf sumv = zero();
+      for (int j = 0; j < n; j += W) {
+        const vf pv = j < vis ? keep(exp2(sub(load(Sr + j), set1(mx))), vis - j) : zero();
+        sumv = add(sumv, pv);
+        store(Sr + j, pv);
+      }
+      bf.m[r] = mx;
+      bf.l[r] = bf.l[r] * alpha + hsum(sumv);
+      if (alpha != 1.f) {
+        float* acc = bf.Acc + r * D;
+        for (int c = 0; c < D; c += W) store(acc + c, mul(load(acc + c), set1(alpha)));
+      }
+    }
+    for (int r0 = 0; r0 < R; r0 += RB) {
+      const int nr = std::min(RB, R - r0);
+      const Ahead nx{krow_nx, vrow_nx, r0 == 0 ? n_nx : 0};
+      int vb = 0;                                          // the most keys a row of this block sees
+      for (int i = 0; i < nr; ++i) vb = std::max(vb, vis_blk[r0 + i]);
+      float* A = bf.Acc + r0 * D;
+      const float* P = bf.S + r0 * SP;
+      switch (nr) {
+        case 1: pv_f32<E, 1>(vrow, vb, D, P, SP, A, nx); break;
+        case 2: pv_f32<E, 2>(vrow, vb, D, P, SP, A, nx); break;
+        case 3: pv_f32<E, 3>(vrow, vb, D, P, SP, A, nx); break;
+        case 4: pv_f32<E, 4>(vrow, vb, D, P, SP, A, nx); break;
+        case 5: pv_f32<E, 5>(vrow, vb, D, P, SP, A, nx); break;
+        case 6: pv_f32<E, 6>(vrow, vb, D, P, SP, A, nx); break;
+        case 7: pv_f32<E, 7>(vrow, vb, D, P, SP, A, nx); break;
+        default: pv_f32<E, 8>(vrow, vb, D, P, SP, A, nx); break;
+      }
+    }
+    p0 += n;
+  }
+  write_unit(a, b, hk, R, D, bf, part, O);
+}
+
+template <class T, class E>
+int run_f32(const kb::DecodeArgs& a) {
+  return decode_schedule<T, BufsDp>(a, [&a](int64_t b, int64_t hk, int64_t t0, int64_t t1, BufsDp& bf, float* part,
+                                            T* O) { unit_f32<T, E>(a, b, hk, t0, t1, bf, part, O); });
+}
+
+template <class T>
+int run_f32_kv(const kb::DecodeArgs& a) {
+  if (a.kv_dtype == kb::KV_F32) return run_f32<T, float>(a);
+  if (a.kv_dtype == kb::KV_F16) return run_f32<T, f16>(a);
+  return run_f32<T, bf16>(a);
+}
+
 template <class T, class F>
 int run(const kb::DecodeArgs& a) {
   return decode_schedule<T, BufsDp>(a, [&a](int64_t b, int64_t hk, int64_t t0, int64_t t1, BufsDp& bf, float* part,
@@ -398,16 +584,31 @@ int run(const kb::DecodeArgs& a) {
 }
 }  // namespace
 
-bool decode_paged_dp_applies(const kb::DecodeArgs& a) {
+// the dot-product path: bf16 q with bf16 KV, bf16 / fp16 q with int8 KV (AVX512-VNNI), d % 32 == 0
+static bool dp_path(const kb::DecodeArgs& a) {
   static const bool vnni = __builtin_cpu_supports("avx512vnni");
-  if (kb::tile_backend() == kb::TILES_NONE || a.D % 32 != 0) return false;
+  if (a.D % 32 != 0) return false;
   if (a.kv_dtype == kb::KV_BF16) return a.q_dtype == kb::BF16;
   return a.kv_dtype == kb::KV_I8 && vnni && (a.q_dtype == kb::BF16 || a.q_dtype == kb::F16);
 }
 
+// the fp32 path: every other float KV (fp32, fp16, bf16) with any q; d % 16 == 0 (the entry point's limit)
+static bool f32_path(const kb::DecodeArgs& a) {
+  return a.D % 16 == 0 && (a.kv_dtype == kb::KV_F32 || a.kv_dtype == kb::KV_F16 || a.kv_dtype == kb::KV_BF16);
+}
+
+bool decode_paged_dp_applies(const kb::DecodeArgs& a) {
+  return kb::tile_backend() != kb::TILES_NONE && (dp_path(a) || f32_path(a));
+}
+
 int decode_paged_dp(const kb::DecodeArgs& a) {
-  if (a.kv_dtype == kb::KV_BF16) return run<bf16, KvBf16>(a);
-  return a.q_dtype == kb::BF16 ? run<bf16, KvI8>(a) : run<f16, KvI8>(a);
+  if (dp_path(a)) {
+    if (a.kv_dtype == kb::KV_BF16) return run<bf16, KvBf16>(a);
+    return a.q_dtype == kb::BF16 ? run<bf16, KvI8>(a) : run<f16, KvI8>(a);
+  }
+  if (a.q_dtype == kb::BF16) return run_f32_kv<bf16>(a);
+  if (a.q_dtype == kb::F16) return run_f32_kv<f16>(a);
+  return run_f32_kv<float>(a);
 }
 }  // namespace kb_zbf16
 #pragma GCC pop_options

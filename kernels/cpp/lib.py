@@ -364,7 +364,8 @@ DECODE_PAGED = _cpp("kb_cpp_decode_paged",
                      dtype("q"), Arg(ctypes.c_int, kv_code), threads()],
                     lambda case, q, **_: q.shape,
                     "C++ paged decode: split-K over pages (flash-decoding), each KV row read once per GQA group; "
-                    "AVX512-BF16/VNNI dot products (v2) for bf16 q with bf16/int8 KV, fp16 q with int8 KV",
+                    "AVX512-BF16/VNNI dot products (v2) for bf16 q with bf16/int8 KV, fp16 q with int8 KV, fp32 "
+                    "FMAs on fp32/fp16/bf16 KV rows widened in registers (v2) for the other float pairs",
                     "decode_paged_dp.cpp",
                     layout={"q": contiguous, "k_cache": contiguous, "v_cache": contiguous,
                             "block_tables": contiguous, "seq_lens": contiguous},
@@ -377,12 +378,10 @@ def decode_v2_reason(q, k_cache) -> str | None:
     code = _tile_code(LIB.require())      # asked at every setup: tests force the ISA (kb_cpp_set_isa) per case
     if code not in (1, 2):
         return f"no AVX512-BF16 here (tile back end {TILE_BACKENDS.get(code, '?')})"
-    if q.shape[-1] % 32:
-        return f"head dim {q.shape[-1]} is not a multiple of 32"
-    if k_cache.dtype == torch.bfloat16 and q.dtype == torch.bfloat16:
-        return None
+    if k_cache.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        return None                       # bf16 q + bf16 KV, d % 32 == 0: vdpbf16ps; every other pair: fp32 FMAs
     if k_cache.dtype == torch.int8 and q.dtype in (torch.bfloat16, torch.float16):
-        return None
+        return None if q.shape[-1] % 32 == 0 else f"head dim {q.shape[-1]} is not a multiple of 32 (int8 KV)"
     return f"{q.dtype} q with {k_cache.dtype} KV"
 
 
