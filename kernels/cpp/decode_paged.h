@@ -1,6 +1,7 @@
 // decode_paged.h -- what the paged decode kernels share: their arguments (checked once by the entry point in
 // decode_paged.cpp) and the rungs of the ladder: v1 (decode_paged.cpp, fp32 FMAs, every dtype, both ISAs) and v2
-// (decode_paged_dp.cpp, AVX512-BF16 / AVX512-VNNI dot products, bf16 q with bf16 or int8 KV, fp16 q with int8 KV).
+// (decode_paged_dp.cpp, AVX512-BF16 CPUs: AVX512-BF16 / AVX512-VNNI dot products for bf16 q with bf16 or int8 KV and
+// fp16 q with int8 KV; fp32 FMAs on rows widened in registers for every other float cache).
 #pragma once
 #include <cstdint>
 

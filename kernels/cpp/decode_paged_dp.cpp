@@ -2,8 +2,10 @@
 // and holds the argument checks): the same units (sequence, kv head, chunk of pages), split-K merge and online
 // softmax (decode_sched.h), with the arithmetic on dot-product instructions that take the cache's 16-bit (or 8-bit,
 // widened) values as they are, so no page is ever converted to an fp32 copy. For AVX512-BF16 CPUs (AMD Zen 4,
-// Intel Cooper Lake and later); it takes bf16 q with bf16 KV, and bf16 or fp16 q with int8 KV, head dims that are
-// multiples of 32 (v1 the rest: fp32 q or KV, fp16 KV, fp8 KV).
+// Intel Cooper Lake and later). Two paths: the dot-product path takes bf16 q with bf16 KV, and bf16 or fp16 q with
+// int8 KV, head dims that are multiples of 32; the fp32 path (2026-12-01) takes every other float cache (fp32, fp16,
+// or bf16 with an fp32/fp16 q or d % 32 == 16) with any q: KV rows widened to fp32 in registers (vcvtph2ps, a shift,
+// or as they are) into fp32 FMAs, the same steps, reductions and prefetch (v1 the rest: fp8 KV, int8 KV with fp32 q).
 //
 // Why (README's decode section): v1 converted each page's K and V rows to fp32 through L1 (load, widen, store,
 // reload), took one horizontal sum per (query row, key) and one FMA per element and row: ~3,000 instructions per
@@ -23,8 +25,22 @@
 //     step's scattered row pointers: the per-step costs (max and sum reductions, the accumulators' loads and stores,
 //     int32 -> fp32) are paid once per 32 tokens. 16-token steps: int8/bf16 KV 1.41-1.60x; 32: 1.55-2.02x.
 //   The page PD = 2 ahead is prefetched into L2 (T1): one page ahead into L1 (v1's T0) left v2 at 5.0-5.3 GB/s at b8
-//     ctx8192, L2 at 1-4 pages ahead 8.4-9.5 GB/s (one thread, same run). DRAM gives 24 GB/s to one core here
-//     (sequential); the random 8 KiB pages and L1's few miss buffers were the limit.
+//     ctx8192, L2 at 1-4 pages ahead 8.4-9.5 GB/s (one thread, same run). DRAM gives 22-24 GB/s to one core here
+//     (a sequential read of as many bytes, scripts/decode_ratio.py's `read` row).
+//   What bounds it (2026-12-01, b8 ctx8192 bf16 KV, one thread, CPU time, temporary builds of this file; the
+//     figures are the same run's): the arithmetic alone (every step's rows pointed at the unit's first page, so
+//     in cache) 2.2 ms = 30 GB/s; the page touches alone (the same rows in the same order, the same prefetches,
+//     one load per 64-byte line, no arithmetic) 4.8 ms = 14 GB/s, against 22-24 GB/s for a sequential read: the
+//     random pages cost 40% of the bandwidth by themselves (a standalone model of the same access order gave the
+//     same; walking all kv heads of a page together, 8 KiB contiguous per page, was slower: 11 against 15 GB/s;
+//     prefetching every other line for the adjacent-line prefetcher to fill in: 2x slower). The whole kernel took
+//     8.5 ms, more than the sum of the two: its burst of 128-256 prefetches per step (the page two ahead, all at
+//     once) filled the core's miss buffers and stalled the arithmetic behind them. Now each line the step loads
+//     (a K row's line in QK, a V row's in PV) issues the prefetch of the same line of the page two ahead:
+//     6.3-7.1 ms, the sum of the two (1.16x at ctx8192, 1.37x at ctx2048 in the run of record; int8 KV 1.06x and
+//     1.19x: its arithmetic, ~the same instructions on half the bytes, is the larger half). The two do not overlap
+//     (the miss buffers bound both), so one core's ceiling for this access pattern is ~14 GB/s, 60% of its read.
+//     Prefetch distances 2-6 pages, T0 / T2 hints, a second T0 prefetch one page ahead: no better.
 // Tried and dropped: int8 q on vpdpbusd (u8 x s8, k + 128, twice vpdpwssd's rate) for bf16 q with int8 KV cut the
 // cached-data time by 12% but failed the bf16 tolerance by 2x at contexts of 2-33 keys (ragged b8, 6 seeds): q's
 // int8 step (max|q| / 127) moves the scores by ~1e-2; the suite's test cases now include such a short context.
@@ -32,9 +48,9 @@
 // bf16, <= 2^-9 relative per weight), int8 KV with bf16 q 0.15 and fp16 q 0.13 (v1 0.15 / 0.13).
 // Non-finite q is not handled on the int8 path (its int16 quantization): decode q comes from a finite projection.
 //
-// Bytes and FLOPs as v1 (suites/decode.py). Measured (AMD EPYC Zen 4, one thread, CPU time, min of 10-15 round-robin
-// calls, scripts/decode_ratio.py, b8 h8/2 d128 bf16 q, 2026-12-01, load average ~6 on 2 cores shared with other
-// engineers; v1 in the same runs):
+// Bytes and FLOPs as v1 (suites/decode.py). Measured with the burst prefetch (AMD EPYC Zen 4, one thread, CPU time,
+// min of 10-15 round-robin calls, scripts/decode_ratio.py, b8 h8/2 d128 bf16 q, 2026-12-01, load average ~6 on 2
+// cores shared with other engineers; v1 in the same runs; the interleaved prefetch's run of record is README's):
 //   bf16 KV  ctx2048 2.0 ms (8.4 GB/s; v1 3.0 ms)    ctx8192 6.8-8.3 ms (8.1-9.9 GB/s; v1 14.8-16.3 ms)
 //   int8 KV  ctx2048 1.06-1.08 ms (7.8-8.0 GB/s)      ctx8192 4.0-4.4 ms (7.7-8.4 GB/s)
 //   int8 / bf16 KV: 1.83-1.87x at ctx2048, 1.55-2.02x at ctx8192 (v1 1.05-1.63x, 1.11-1.19x); cached data (b1
