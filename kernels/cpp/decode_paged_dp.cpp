@@ -40,7 +40,8 @@
 //     6.3-7.1 ms, the sum of the two (1.16x at ctx8192, 1.37x at ctx2048 in the run of record; int8 KV 1.06x and
 //     1.19x: its arithmetic, ~the same instructions on half the bytes, is the larger half). The two do not overlap
 //     (the miss buffers bound both), so one core's ceiling for this access pattern is ~14 GB/s, 60% of its read.
-//     Prefetch distances 2-6 pages, T0 / T2 hints, a second T0 prefetch one page ahead: no better.
+//     Prefetch distances 2-6 pages, T0 / T2 hints, a second T0 prefetch one page ahead: no better. Blocks of 32 or
+//     64 tokens instead of 16: bf16 KV the same (8.7-9.0 GB/s), int8 KV 1.1-1.2x (its longer softmax steps).
 // Tried and dropped: int8 q on vpdpbusd (u8 x s8, k + 128, twice vpdpwssd's rate) for bf16 q with int8 KV cut the
 // cached-data time by 12% but failed the bf16 tolerance by 2x at contexts of 2-33 keys (ragged b8, 6 seeds): q's
 // int8 step (max|q| / 127) moves the scores by ~1e-2; the suite's test cases now include such a short context.
