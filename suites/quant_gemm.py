@@ -12,7 +12,8 @@ operands and PyTorch's own int8/int4 paths. Two schemes (case parameter `scheme`
 - `w4`: out = x[M,K] @ W^T with W int4 in quant/int4_weight_only.py's layout (packed[N, K/2], groups of G with
   fp32 scales and uint8 zero points); x and out in the case dtype. Variants: `torch_matmul` (baseline: x @ the
   dequantized W in the case dtype), `torch_int4pack` (aten's _weight_int4pack_mm_for_cpu with the same grid, in
-  its own packing), `cpp_w4` (ours, kernels/cpp/quant_int4_gemv.cpp).
+  its own packing), `cpp_w4` (ours, v3: kernels/cpp/quant_int4_dp.cpp, AVX512-BF16 on its own channel-block
+  packing, done once outside the timing), `cpp_w4_v2` (ours, v2: kernels/cpp/quant_int4_gemv.cpp, quant/'s layout).
 - `cuda_mma` (w8a8, kernels/cuda/quant_int8_gemm.cu): mma.sync.m16n8k32 s8 with int32 accumulators; on the CPU
   the tests run it under the CUDA simulation, which computes the s8 fragment layouts of the PTX ISA.
 - `cuda_w4a16` (w4, kernels/cuda/quant_w4a16_gemm.cu): bf16/fp16 x against the int4 weights dequantized in
@@ -142,7 +143,7 @@ def reference(case, a=None, sa=None, w=None, sw=None, x=None, packed=None, scale
 
 # ---- variants -----------------------------------------------------------------------------------------------
 W8 = ("cpp_vnni", "cpp_vnni_v2", "torch_int_mm", "cuda_mma")
-W4 = ("cpp_w4", "torch_int4pack", "cuda_w4a16", "cupy_w4a16")
+W4 = ("cpp_w4", "cpp_w4_v2", "torch_int4pack", "cuda_w4a16", "cupy_w4a16")
 
 
 def applies(case, variant: str) -> bool:
@@ -190,7 +191,8 @@ def torch_int4pack(case, x, packed, scale, zero):
 
 SUITE.add("cpp_vnni", cpp.GEMM_W8A8)              # v3: quant_int8_gemm_v3.cpp (the model path too)
 SUITE.add("cpp_vnni_v2", cpp.GEMM_W8A8_V2)        # the ladder: v2, whose figures v3's header quotes
-SUITE.add("cpp_w4", cpp.GEMM_W4A16)
+SUITE.add("cpp_w4", cpp.GEMM_W4A16_DP)             # v3: vdpbf16ps on 1 + q/16, channel-block packing (once)
+SUITE.add("cpp_w4_v2", cpp.GEMM_W4A16)            # v2: vpermps table lookups on quant/'s layout
 SUITE.add("cuda_mma", cuda.GEMM_W8A8)              # int8 tensor cores; under the simulation in the tests
 SUITE.add("cupy_mma", cupy_launch.variant(cuda.GEMM_W8A8))    # the same .cu, NVRTC via CuPy
 SUITE.add("cuda_w4a16", cuda.GEMM_W4A16)          # int4 nibbles dequantized into mma.m16n8k16 fragments; simulated

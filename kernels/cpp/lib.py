@@ -312,6 +312,62 @@ GEMM_W4A16 = _cpp("kb_cpp_gemm_w4a16",
                   available=avx512_available, unsupported=_needs_avx512, dtypes=("float32", "bfloat16"))
 
 
+# The int4 ladder (issue 15): quant_int4_dp.cpp (v3, variant `cpp_w4`) on AVX512-BF16 in its own packed layout;
+# quant_int4_gemv.cpp (v2, `GEMM_W4A16`, variant `cpp_w4_v2`) on quant/'s layout as it is.
+def pack_w4_dp(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
+    """quant/'s int4 storage (packed [N, K/2], scale fp32 [N, K/G], zero u8 [N, K/G]) -> the channel-block layout
+    of kb_cpp_gemm_w4a16_dp (a uint8 tensor, 8G + 80 bytes per 16 channels and group); once per weight, outside
+    the timing, as aten pre-packs for _weight_int4pack_mm_for_cpu."""
+    lib = LIB.require()
+    nbytes, pack = lib.dll.kb_cpp_w4_dp_packed_bytes, lib.dll.kb_cpp_pack_w4_dp
+    nbytes.restype, nbytes.argtypes = ctypes.c_int64, [ctypes.c_int64] * 3
+    pack.restype, pack.argtypes = ctypes.c_int, [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
+    packed, zero = packed.contiguous(), zero.contiguous()
+    scale = scale.float().contiguous()
+    n, k = packed.shape[0], packed.shape[1] * 2
+    size = nbytes(n, k, group)
+    if size < 0 or scale.shape != zero.shape or scale.shape[0] != n or scale.shape[1] * group != k:
+        raise ValueError(f"pack_w4_dp: N={n} K={k} group={group}, scale {tuple(scale.shape)}, zero "
+                         f"{tuple(zero.shape)} (the group: a multiple of 32 dividing K, one scale per group)")
+    out = torch.empty(size, dtype=torch.uint8)
+    lib.check(pack(packed.data_ptr(), scale.data_ptr(), zero.data_ptr(), out.data_ptr(), n, k, group),
+              "kb_cpp_pack_w4_dp")
+    return out
+
+
+def _w4_dp_unsupported(case, **inputs) -> str | None:
+    """The AVX512-BF16 kernel: AVX-512 in use (kb_cpp_set_isa may force AVX2) and vdpbf16ps (the tile back end
+    is AMX or the AVX512-BF16 model exactly where the CPU has AVX512-BF16)."""
+    why = _needs_avx512(case)
+    if why:
+        return why
+    code = _tile_code(LIB.require())      # asked at every setup: tests force the ISA per case
+    return None if code in (1, 2) else "needs AVX512-BF16 (vdpbf16ps); this CPU has none"
+
+
+class _PrepackedW4(Kernel):
+    """GEMM_W4A16_DP: `bind` packs (packed, scale, zero) into the kernel's layout once, at setup (outside the
+    launcher's timing), unless the caller passes the packed blob as `w4p` (quant/cpp_kernels.py keeps it)."""
+
+    def bind(self, lib, case, tensors, out):
+        t = dict(tensors)
+        if t.get("w4p") is None:
+            t["w4p"] = pack_w4_dp(t["packed"], t["scale"], t["zero"], int(case.get("group")))
+        return super().bind(lib, case, t, out)
+
+
+# x, w4p (packed by pack_w4_dp), out, M, N, K, group, ldx, ldo, dtype, threads
+GEMM_W4A16_DP = _PrepackedW4(
+    LIB, "kb_cpp_gemm_w4a16_dp",
+    [ptr("x"), ptr("w4p"), ptr("out"), size("x", 0), size("packed", 0), size("x", 1), _i64(lambda c: c["group"]),
+     stride("x", 0), stride("out", 0), dtype("x"), threads()],
+    lambda case, x, packed, **_: (x.shape[0], packed.shape[0]),
+    "C++ int4 weight-only GEMV/GEMM v3: nibbles into bf16 1 + q/16 on vdpbf16ps, zero point and scale per group, "
+    "channel-block packing", backend="cpp", source="kernels/cpp/quant_int4_dp.cpp",
+    layout={"x": unit_last}, available=avx512_available, unsupported=_w4_dp_unsupported,
+    dtypes=("float32", "bfloat16"))
+
+
 # ---- paged decode (suites/decode.py; the cache layout of inference/paged.py) ---------------------------------
 KV_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int8: 3, torch.float8_e4m3fn: 4}
 
