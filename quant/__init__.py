@@ -65,7 +65,8 @@ def _ours():
                   lambda m, lm, cal: fp8.apply(m), 8),
            Method("w8a8_cpp", "W8A8 dynamic on our AVX512-VNNI GEMM (kernels/cpp/quant_int8_gemm_v3.cpp)",
                   lambda m, lm, cal: cpp_kernels.apply_w8a8(m), 8, missing=lambda d: cpp_kernels.missing(d, True)),
-           Method("int4_g64_cpp", "int4 g64 RTN on our AVX-512 int4 GEMV (kernels/cpp/quant_int4_gemv.cpp)",
+           Method("int4_g64_cpp",
+                  "int4 g64 RTN on our int4 GEMV (kernels/cpp/quant_int4_dp.cpp, else quant_int4_gemv.cpp)",
                   lambda m, lm, cal: cpp_kernels.apply_int4(m, 64), 4, missing=cpp_kernels.missing),
            Method("fp8_dynamic", "float8 e4m3 weights and per-token activations (torch._scaled_mm on sm_89+)",
                   lambda m, lm, cal: fp8.apply(m, dynamic=True), 8)]

@@ -1,7 +1,8 @@
 """Our C++ kernels inside a quantized model (methods `w8a8_cpp`, `int4_g64_cpp`): the layers of w8a8_dynamic.py and
 int4_weight_only.py with the same grids and storage, computed by kernels/cpp/quant_int8_gemm_v3.cpp (AVX512-VNNI)
-and quant_int4_gemv.cpp instead of torch. Activations of w8a8_cpp are quantized per token in torch (one pass over
-x), then the integer product and both scales are one C call. CPU only, float32 or bfloat16 activations.
+and quant_int4_dp.cpp (v3, AVX512-BF16; quant_int4_gemv.cpp, v2, on CPUs without it) instead of torch.
+Activations of w8a8_cpp are quantized per token in torch (one pass over x), then the integer product and both
+scales are one C call. CPU only, float32 or bfloat16 activations.
 """
 from __future__ import annotations
 
@@ -52,7 +53,18 @@ class W8A8CppLinear(W8A8DynamicLinear):
 
 
 class Int4CppLinear(Int4WeightOnlyLinear):
+    """The int4 layer on our kernel: v3 (quant_int4_dp.cpp, its channel-block copy `w4p` packed once here) where the
+    CPU has AVX512-BF16, else v2 (quant_int4_gemv.cpp) on the layer's own storage."""
     method = "int4_cpp"
+
+    def __init__(self, lin: nn.Linear, group: int):
+        from kernels.cpp import lib as cpp
+        super().__init__(lin, group)
+        w4p = None if cpp.w4_dp_reason() else cpp.pack_w4_dp(self.packed, self.scale, self.zero, group)
+        self.register_buffer("w4p", w4p, persistent=False)
+
+    def storage_bytes(self) -> int:      # v3's copy replaces packed/scale/zero in a deployment: count one of them
+        return super().storage_bytes() if self.w4p is None else self.w4p.numel()
 
     def forward(self, x):
         from kernels.cpp import lib as cpp
@@ -61,7 +73,12 @@ class Int4CppLinear(Int4WeightOnlyLinear):
         if x2.dtype not in (torch.float32, torch.bfloat16):
             x2 = x2.float()
         out = torch.empty(x2.shape[0], self.out_features, dtype=x2.dtype)
-        cpp.GEMM_W4A16(x=x2, packed=self.packed, scale=self.scale.float(), zero=self.zero, out=out, case=_Group(self.group))
+        args = dict(x=x2, packed=self.packed, scale=self.scale.float(), zero=self.zero, out=out,
+                    case=_Group(self.group))
+        if self.w4p is None:
+            cpp.GEMM_W4A16(**args)
+        else:
+            cpp.GEMM_W4A16_DP(w4p=self.w4p, **args)
         y = out.to(x.dtype).reshape(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 

@@ -335,10 +335,10 @@ def pack_w4_dp(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gr
     return out
 
 
-def _w4_dp_unsupported(case, **inputs) -> str | None:
-    """The AVX512-BF16 kernel: AVX-512 in use (kb_cpp_set_isa may force AVX2) and vdpbf16ps (the tile back end
-    is AMX or the AVX512-BF16 model exactly where the CPU has AVX512-BF16)."""
-    why = _needs_avx512(case)
+def w4_dp_reason(case=None, **_) -> str | None:
+    """None where GEMM_W4A16_DP runs: AVX-512 in use (kb_cpp_set_isa may force AVX2) and vdpbf16ps (the tile back
+    end is AMX or the AVX512-BF16 model exactly where the CPU has AVX512-BF16); else why not."""
+    why = LIB.reason() or avx512_available(case) or _needs_avx512(case)
     if why:
         return why
     code = _tile_code(LIB.require())      # asked at every setup: tests force the ISA per case
@@ -364,7 +364,7 @@ GEMM_W4A16_DP = _PrepackedW4(
     lambda case, x, packed, **_: (x.shape[0], packed.shape[0]),
     "C++ int4 weight-only GEMV/GEMM v3: nibbles into bf16 1 + q/16 on vdpbf16ps, zero point and scale per group, "
     "channel-block packing", backend="cpp", source="kernels/cpp/quant_int4_dp.cpp",
-    layout={"x": unit_last}, available=avx512_available, unsupported=_w4_dp_unsupported,
+    layout={"x": unit_last}, available=avx512_available, unsupported=w4_dp_reason,
     dtypes=("float32", "bfloat16"))
 
 
