@@ -178,3 +178,160 @@ def test_quant_gemm_declares_weights_at_their_bit_width():
     # int4: half a byte per weight + 5 bytes per group of 64; int8: one byte per weight
     assert suite.work(w4)[1] < 0.6 * suite.work(w8)[1]
     assert suite.work(w8)[1] >= w8.n * w8.k
+
+
+# ---- the int4 v3 kernel (kernels/cpp/quant_int4_dp.cpp: AVX512-BF16, its own channel-block packing) -----------
+def _w4_dp_skip():
+    return cpp.w4_dp_reason()
+
+
+def _int4_operands(n, k, group, g):
+    q = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
+    s = 0.05 + 0.1 * torch.rand(n, k // group, generator=g)
+    z = torch.randint(0, 16, (n, k // group), generator=g, dtype=torch.uint8)
+    w = s.double().repeat_interleave(group, 1) * (q.double() - z.double().repeat_interleave(group, 1))
+    return i4.pack(q), s, z, w
+
+
+def _w4_dp(x, packed, s, z, group, out=None):
+    out = torch.full((x.shape[0], packed.shape[0]), float("nan"), dtype=x.dtype) if out is None else out
+    cpp.GEMM_W4A16_DP(x=x, packed=packed, scale=s, zero=z, out=out, case=_Group(group))
+    return out
+
+
+def _dp_bound(x, w, dtype):
+    """What v3 may be off by, per output. bf16 x: exact products, fp32 accumulation, the output rounded to bf16
+    (2^-9 relative) -- the bf16 bound is that rounding plus 2^-20 of sum |x w|. fp32 x: split into bf16 hi + lo,
+    |x - hi - lo| <= 2^-18 |x|, so 2^-17 of sum |x w| covers the split and the fp32 sums (1e-6 of it is typical)."""
+    mag = x.double().abs() @ w.abs().t()
+    if dtype == torch.float32:
+        return 2.0 ** -17 * mag + 1e-30
+    return 2.0 ** -8 * (x.double() @ w.t()).abs() + 2.0 ** -20 * mag + 1e-30
+
+
+@pytest.mark.skipif(_w4_dp_skip() is not None, reason=str(_w4_dp_skip()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_dp_every_row_tile_and_channel_tail(group, dtype):
+    """Every row count 1..17 (the 1-8 row tiles with 4, 2 and 1 partial sums each; 9-16 as two tiles, 17 as three)
+    at N = 129 (one channel in the last block of 16), then N = 1, 15, 16, 17, 127, 1000 at M = 1, 5 and 9; K of one
+    group and of 3 (the group loop): against float64 within the bound of _dp_bound, every output written (NaN
+    poison)."""
+    g = torch.Generator().manual_seed(group)
+    shapes = [(m, 129, 3 * group) for m in range(1, 18)]
+    shapes += [(m, n, k) for n in (1, 15, 16, 17, 127, 1000) for m in (1, 5, 9) for k in (group, 3 * group)]
+    for m, n, k in shapes:
+        packed, s, z, w = _int4_operands(n, k, group, g)
+        x = torch.randn(m, k, generator=g).to(dtype)
+        got = _w4_dp(x, packed, s, z, group).double()
+        err = (got - x.double() @ w.t()).abs()
+        bound = _dp_bound(x, w, dtype)
+        assert not got.isnan().any(), (m, n, k)
+        assert (err <= bound).all(), (m, n, k, (err / bound).max().item())
+
+
+@pytest.mark.skipif(_w4_dp_skip() is not None, reason=str(_w4_dp_skip()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_dp_strided_rows_and_no_write_past_n(dtype):
+    """x a column slice of a wider tensor (odd row stride for bf16: the pairs are re-copied per call), out a slice
+    of a wider buffer whose other columns must keep their sentinel (the masked store of the last block)."""
+    g = torch.Generator().manual_seed(7)
+    m, n, k, group = 11, 37, 192, 64
+    packed, s, z, w = _int4_operands(n, k, group, g)
+    x = torch.randn(m, k + 5, generator=g).to(dtype)[:, 3:3 + k]
+    wide = torch.full((m, n + 13), 1234.0, dtype=dtype)
+    _w4_dp(x, packed, s, z, group, out=wide[:, :n])
+    err = (wide[:, :n].double() - x.double() @ w.t()).abs()
+    assert (err <= _dp_bound(x, w, dtype)).all()
+    assert (wide[:, n:] == 1234.0).all()
+
+
+def _unpack_dp(blob, n, k, group):
+    """The documented layout read back in Python: per 16-channel block and group, G/8 slabs of 64 bytes (lane i =
+    channel i; k = 8j + 2p in bits 4p.., k + 1 in bits 16 + 4p..), then 16 fp32 16 s, then 16 u8 z."""
+    nb, ng = (n + 15) // 16, k // group
+    per_group = 8 * group + 80
+    b = blob.reshape(nb, ng, per_group)
+    lanes = b[:, :, :8 * group].contiguous().view(torch.int32).reshape(nb, ng, group // 8, 16).long() & 0xFFFFFFFF
+    q = torch.empty(nb, 16, ng, group // 8, 8, dtype=torch.long)
+    for p in range(4):
+        q[..., 2 * p] = ((lanes >> (4 * p)) & 0xF).permute(0, 3, 1, 2)
+        q[..., 2 * p + 1] = ((lanes >> (16 + 4 * p)) & 0xF).permute(0, 3, 1, 2)
+    s16 = b[:, :, 8 * group:8 * group + 64].contiguous().view(torch.float32).reshape(nb, ng, 16)
+    z = b[:, :, 8 * group + 64:].reshape(nb, ng, 16)
+    return (q.reshape(nb * 16, k)[:n], (s16 / 16).permute(0, 2, 1).reshape(nb * 16, ng)[:n],
+            z.permute(0, 2, 1).reshape(nb * 16, ng)[:n], q.reshape(nb * 16, k)[n:], s16.permute(0, 2, 1)
+            .reshape(nb * 16, ng)[n:])
+
+
+@pytest.mark.skipif(cpp.load() is None, reason=str(cpp.load_error()))
+@pytest.mark.parametrize("n,k,group", [(1, 32, 32), (33, 128, 64), (40, 256, 128)])
+def test_int4_dp_packing_is_the_documented_layout(n, k, group):
+    """pack_w4_dp against the header's layout decoded independently: every nibble, scale and zero point in place,
+    the padding channels of the last block zero (weight and scale), the size 8G + 80 bytes per block and group."""
+    g = torch.Generator().manual_seed(n)
+    q = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
+    s = torch.rand(n, k // group, generator=g)
+    z = torch.randint(0, 16, (n, k // group), generator=g, dtype=torch.uint8)
+    blob = cpp.pack_w4_dp(i4.pack(q), s, z, group)
+    assert blob.numel() == (n + 15) // 16 * (k // group) * (8 * group + 80)
+    q2, s2, z2, q_pad, s_pad = _unpack_dp(blob, n, k, group)
+    assert torch.equal(q2, q.long()) and torch.equal(s2, s) and torch.equal(z2, z)
+    assert (q_pad == 0).all() and (s_pad == 0).all()
+
+
+@pytest.mark.skipif(_w4_dp_skip() is not None, reason=str(_w4_dp_skip()))
+def test_int4_dp_threads_and_bad_arguments():
+    g = torch.Generator().manual_seed(3)
+    packed, s, z, _ = _int4_operands(70, 256, 64, g)
+    x = torch.randn(9, 256, generator=g)
+    out1 = _w4_dp(x, packed, s, z, 64)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out2 = _w4_dp(x, packed, s, z, 64)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(out1, out2)
+    x96, p96, s96, z96 = torch.randn(2, 96), torch.zeros(8, 48, dtype=torch.uint8), torch.ones(8, 2), \
+        torch.zeros(8, 2, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="group=48"):
+        _w4_dp(x96, p96, s96, z96, 48)
+    with pytest.raises(ValueError, match="group=64"):
+        _w4_dp(x96, p96, s96, z96, 64)
+    with pytest.raises(NativeError, match="group 64 must be a multiple of 32 dividing K=96"):
+        blob = cpp.pack_w4_dp(p96, torch.ones(8, 3), torch.zeros(8, 3, dtype=torch.uint8), 32)
+        cpp.GEMM_W4A16_DP(x=x96, packed=p96, w4p=blob, out=torch.empty(2, 8), case=_Group(64))
+    with pytest.raises(NativeError, match="dtype 2"):
+        cpp.GEMM_W4A16_DP(x=x96.half(), packed=p96, w4p=blob, out=torch.empty(2, 8).half(), case=_Group(32))
+
+
+@pytest.mark.skipif(_w4_dp_skip() is not None, reason=str(_w4_dp_skip()))
+def test_int4_dp_is_skipped_on_the_avx2_path():
+    """kb_cpp_set_isa('avx2'): the suite's cpp_w4 row is skipped with the reason, never run on the wrong ISA."""
+    from harness.registry import Case, Skip
+    suite = all_suites()["quant_gemm"]
+    case = Case("quant_gemm", dict(scheme="w4", m=1, n=16, k=64, group=32), "cpu", "float32")
+    inputs = suite.make_inputs(case, 0)
+    cpp.set_isa("avx2")
+    try:
+        with pytest.raises(Skip, match="AVX-512"):
+            suite.variants["cpp_w4"].setup(case, **inputs)
+    finally:
+        cpp.set_isa(None)
+
+
+@pytest.mark.skipif(_w4_dp_skip() is not None, reason=str(_w4_dp_skip()))
+def test_int4_model_layers_run_v3_on_their_packed_copy():
+    """quant/cpp_kernels.py's int4 layer keeps v3's copy (packed once, counted as its storage) and computes the
+    product of its dequantized weight."""
+    from torch import nn
+
+    from quant.cpp_kernels import Int4CppLinear
+    torch.manual_seed(5)
+    layer = Int4CppLinear(nn.Linear(384, 72, bias=False), 64)
+    assert layer.w4p is not None and layer.storage_bytes() == layer.w4p.numel() == 5 * 6 * (8 * 64 + 80)
+    x = torch.randn(3, 384)
+    want = x.double() @ layer.dequantize(torch.float64).t()
+    got = layer(x).double()
+    assert ((got - want).abs() <= _dp_bound(x, layer.dequantize(torch.float64), torch.float32)).all()
