@@ -61,6 +61,7 @@ namespace KB_NS {
 #pragma GCC target("avx512bf16")
 namespace {
 constexpr int MRMAX = 8;
+constexpr int64_t MCHUNK = 64; // rows per pass of the blocks (prefill sizes)
 constexpr int PF = 512;        // prefetch distance in bytes (8 slabs)
 
 inline __m512 dp(__m512 acc, __m512i w, uint32_t xpair) {
@@ -169,15 +170,18 @@ int gemm_w4a16_dp(const kb::W4DpArgs& g) {
   for (int64_t m = 0; m < g.M; ++m) prepare_row(g, m, hi + m * g.K, lo + m * g.K, xs + m * ng);
   const auto* xh = reinterpret_cast<const uint32_t*>(hi);
   const auto* xl = reinterpret_cast<const uint32_t*>(lo);
-  const int64_t nblocks = (g.N + kb::W4DP_NB - 1) / kb::W4DP_NB, mtiles = (g.M + MRMAX - 1) / MRMAX;
+  // rows in chunks of MCHUNK (x's chunk, 128 KiB of bf16 at K = 1024, stays in L2 while every block passes over it),
+  // blocks of 16 channels inside a chunk, row tiles of 8 inside a block (the block's stream re-read from L1)
+  const int64_t nblocks = (g.N + kb::W4DP_NB - 1) / kb::W4DP_NB, mchunks = (g.M + MCHUNK - 1) / MCHUNK;
   const int nthreads = kb::threads_for(g.threads, g.M * g.N * g.K, int64_t(1) << 20);
 #pragma omp parallel for num_threads(nthreads) schedule(static)
-  for (int64_t b = 0; b < nblocks; ++b)
-    for (int64_t t = 0; t < mtiles; ++t) {
-      const int64_t m0 = t * MRMAX;
+  for (int64_t cb = 0; cb < mchunks * nblocks; ++cb) {
+    const int64_t c = cb / nblocks, b = cb % nblocks;
+    for (int64_t m0 = c * MCHUNK; m0 < std::min(g.M, (c + 1) * MCHUNK); m0 += MRMAX) {
       const int mr = int(std::min<int64_t>(MRMAX, g.M - m0));
       (split ? TILES<true> : TILES<false>)[mr](g, xh, xl, xs, m0, b);
     }
+  }
   return 0;
 }
 #pragma GCC pop_options
