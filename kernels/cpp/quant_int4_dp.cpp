@@ -24,15 +24,32 @@
 //   the result instead of ~3e-5.
 //   x: bf16 x is used as it is (copied once per call into pairs with the group sums X). fp32 x is split once per call
 //   into bf16 hi = rn(x) and lo = rn(x - hi) and both are multiplied (2 vdpbf16ps per pair): x is represented to
-//   |x - hi - lo| <= 2^-18 |x| (not fp32's 2^-24); the error of a K-deep product is ~2^-18 sum |x w| / sqrt(K)-ish,
-//   e.g. 5e-6 at K = 1024 with the suite's inputs, against the float32 tolerance 2e-5 * 2 sqrt(K) = 1.3e-3 + 1e-4
-//   relative (measured: tests/test_quant_gemm.py). The products are exact in fp32 (8-bit x 8-bit mantissas).
+//   |x - hi - lo| <= 2^-18 |x| (not fp32's 2^-24), so the product is off by up to 2^-18 sum_k |x_k w_k| plus the fp32
+//   sums: worst error 0.06-0.18 of the suite's float32 tolerance (2e-5 * 2 sqrt(K) + 1e-4 relative) over its test
+//   and quick M = 1 shapes, 3 seeds each (1.6e-4 at 1024 x 1024; v2, fp32 FMAs: 0.002-0.013); tests/test_quant_gemm.py
+//   holds it to 2^-17 sum |x w| per output. bf16 x is exact: the products are exact in fp32 (8-bit x 8-bit
+//   mantissas), and the bf16 rows' worst error equals v2's (0.06-0.14 of the bf16 tolerance: the output's rounding).
 //   Tiling: rows in tiles of up to 8 over each 16-channel block (M = 9..16: two tiles, the block's stream re-read
 //   from L1/L2); per row P = 4 (1-2 rows), 2 (3-4) or 1 (5-8) partial sums D so that >= 4 vdpbf16ps chains are in
-//   flight (latency ~6 cycles). Blocks over the OpenMP threads. Software prefetch 8 slabs (512 B) ahead in the
-//   stream (into L1); the next block follows the current one in memory, so the prefetch runs across blocks.
+//   flight (latency ~6 cycles). Blocks over the OpenMP threads; at prefill sizes rows in chunks of 64 outside the
+//   blocks (x's chunk stays in L2). Software prefetch 8 slabs (512 B) ahead in the stream (into L1); the next block
+//   follows the current one in memory, so the prefetch runs across blocks. It measured within the noise of none
+//   (and of 2 KiB ahead): 0.097-0.107 / 0.143-0.179 / 0.175-0.194 ms cold at the three shapes below, the hardware
+//   prefetcher follows one sequential stream by itself.
 // Work: 2MNK FLOPs; bytes: N K / 2 + 5 N K / G (weights at their width, as v2) + x + out.
-// Measured: see README (quant_gemm) and the figures below.
+// Measured (AMD EPYC Zen 4, one thread, `bench.py --suite quant_gemm --dtype bfloat16 --threads 1 --filter
+// "w4-g64-1x*" --variant torch_matmul,torch_int4pack,cpp_w4,cpp_w4_v2` [--cold], CPU 1 of 2 shared with other
+// engineers, 2026-12-01 04:15 UTC, load average 2.3-2.8), median ms, N x K at M = 1, group 64:
+//            torch bf16   aten int4   v3 (ours)   v2      v3 vs bf16 / aten / v2
+//   warm  1024x1024  0.132   0.0596   0.0223   0.0553     5.9x / 2.67x / 2.5x   (27 GB/s of int4 bytes)
+//         2752x1024  0.330   0.155    0.0599   0.180      5.5x / 2.59x / 3.0x
+//         1024x2752  1.438   0.158    0.0575   0.157     25.0x / 2.75x / 2.7x
+//   cold  1024x1024  0.561   0.190    0.0963   0.224      5.8x / 1.98x / 2.3x   (6.3 GB/s; aten 3.2)
+//         2752x1024  1.542   0.311    0.171    0.498      9.0x / 1.82x / 2.9x   (9.6 GB/s; aten 5.3)
+//         1024x2752  1.210   0.279    0.156    0.336      7.8x / 1.79x / 2.2x   (10.5 GB/s; aten 5.9)
+// A re-run after the row chunks (04:41, load 5.2-6.1): v3 against aten 2.65-2.74x warm, 1.87-2.13x cold; against bf16
+// cold 5.9x, 9.6x, 9.4x. At M = 16 (04:37, load 4.4-5.1): 1.9x, 2.8x, 11.4x the bf16 matmul (0.2 TFLOP/s, ~88% of the
+// stored cpp_fma bf16 ceiling); M = 128: 1.02-1.18x; M = 2048 x 1024 x 1024: 0.95-0.99x (both under contention).
 #include <omp.h>
 
 #include <algorithm>
