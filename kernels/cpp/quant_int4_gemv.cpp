@@ -2,6 +2,8 @@
 // quant/int4_weight_only.py holds it: packed[N, K/2] (k even in the low nibble, k odd in the high one), groups of G
 // consecutive k with an fp32 scale s and a uint8 zero point z each: W[n,k] = s * (q - z). x and out fp32 or bf16.
 // v1 for AVX-512; the reference point is aten's _weight_int4pack_mm_for_cpu, which needs its own packing.
+// This file is v2 (variant `cpp_w4_v2`; quant/cpp_kernels.py's fallback on CPUs without AVX512-BF16); v3 is
+// quant_int4_dp.cpp (`cpp_w4`: vdpbf16ps on its own packing, 2.2-3.0x v2 at M = 1, warm and cold).
 //
 // Why it is fast at M = 1: decode reads every weight once per token, so the time is the weight bytes over the
 // memory bandwidth; int4 moves 0.5 byte per weight (+ 5 bytes of scale and zero per group: 0.58 B at G = 64)
