@@ -214,11 +214,11 @@ def _dp_bound(x, w, dtype):
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_int4_dp_every_row_tile_and_channel_tail(group, dtype):
     """Every row count 1..17 (the 1-8 row tiles with 4, 2 and 1 partial sums each; 9-16 as two tiles, 17 as three)
-    at N = 129 (one channel in the last block of 16), then N = 1, 15, 16, 17, 127, 1000 at M = 1, 5 and 9; K of one
-    group and of 3 (the group loop): against float64 within the bound of _dp_bound, every output written (NaN
-    poison)."""
+    and 64, 65, 129 (chunks of 64 rows) at N = 129 / 33 (one channel in the last block of 16), then N = 1, 15, 16,
+    17, 127, 1000 at M = 1, 5 and 9; K of one group and of 3 (the group loop): against float64 within the bound of
+    _dp_bound, every output written (NaN poison)."""
     g = torch.Generator().manual_seed(group)
-    shapes = [(m, 129, 3 * group) for m in range(1, 18)]
+    shapes = [(m, 129, 3 * group) for m in range(1, 18)] + [(m, 33, group) for m in (64, 65, 129)]   # row chunks
     shapes += [(m, n, k) for n in (1, 15, 16, 17, 127, 1000) for m in (1, 5, 9) for k in (group, 3 * group)]
     for m, n, k in shapes:
         packed, s, z, w = _int4_operands(n, k, group, g)
