@@ -30,9 +30,11 @@ import asyncio
 import ipaddress
 import json
 import math
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
@@ -172,9 +174,18 @@ async def served_model(ep: Endpoint, timeout_s: float = 10.0) -> str | None:
 
 
 # ---- the workload ---------------------------------------------------------------------------------------------
+LEN_DISTS = ("uniform", "corpus")
+
+
 @dataclass
 class Workload:
-    """What to send: `num_prompts` requests; lengths fixed or drawn uniformly in [len, len_max]; seeded."""
+    """What to send: `num_prompts` requests; seeded. Lengths per `*_len_dist`:
+    - "uniform" (the default, as before): fixed `*_len`, or drawn uniformly in [len, len_max] when len_max is given;
+    - "corpus": the length of a real text unit of the held-out corpus (a paragraph, `corpus_units`) drawn at
+      random, times `len_scale`, clipped to [len, len_max] (the floor and the cap; len_max required); corpus
+      prompts are then the drawn paragraph itself (from its start, cut or extended to the clipped length).
+    `context_len` (prompt + max_tokens, the model's context) caps each request's max_tokens at
+    context_len - its prompt length, whatever the distribution."""
     num_prompts: int = 50
     input_len: int = 32
     input_len_max: int | None = None
@@ -182,23 +193,41 @@ class Workload:
     output_len_max: int | None = None
     prompts: str = "corpus"                  # "corpus": held-out text of models.data; "fixed": one repeated text
     seed: int = 0
+    input_len_dist: str = "uniform"
+    output_len_dist: str = "uniform"
+    len_scale: float = 1.0                   # corpus lengths: unit length x this, then clipped
+    context_len: int | None = None
 
     def check(self) -> None:
         if not 1 <= self.num_prompts <= 1_000_000:
             raise LoadgenError(f"--num-prompts must be between 1 and 1000000, not {self.num_prompts}")
-        for name, lo, hi in (("input", self.input_len, self.input_len_max),
-                             ("output", self.output_len, self.output_len_max)):
+        for name, lo, hi, dist in (("input", self.input_len, self.input_len_max, self.input_len_dist),
+                                   ("output", self.output_len, self.output_len_max, self.output_len_dist)):
+            if dist not in LEN_DISTS:
+                raise LoadgenError(f"--{name}-len-dist must be one of {', '.join(LEN_DISTS)}, not {dist!r}")
             if not 1 <= lo <= 100_000:
                 raise LoadgenError(f"--{name}-len must be between 1 and 100000, not {lo}")
             if hi is not None and not lo <= hi <= 100_000:
                 raise LoadgenError(f"--{name}-len-max must be between --{name}-len ({lo}) and 100000, not {hi}")
+            if dist == "corpus" and hi is None:
+                raise LoadgenError(f"--{name}-len-dist corpus needs --{name}-len-max (the cap: corpus paragraphs "
+                                   "run to 1,739 characters)")
+        if not (isinstance(self.len_scale, (int, float)) and math.isfinite(self.len_scale)
+                and 0 < self.len_scale <= 1000):
+            raise LoadgenError(f"--len-scale must be a number in (0, 1000], not {self.len_scale!r}")
+        if self.context_len is not None:
+            longest = self.input_len_max or self.input_len
+            if not 2 <= self.context_len <= 10_000_000 or longest + self.output_len > self.context_len:
+                raise LoadgenError(f"--context-len {self.context_len} leaves no room for the longest prompt "
+                                   f"({longest}) plus --output-len ({self.output_len}), the floor of max_tokens")
         if self.prompts not in ("corpus", "fixed"):
             raise LoadgenError(f"--prompts must be corpus or fixed, not {self.prompts!r}")
 
     def describe(self) -> dict[str, Any]:
         return dict(num_prompts=self.num_prompts, input_len=self.input_len, input_len_max=self.input_len_max,
                     output_len=self.output_len, output_len_max=self.output_len_max, prompts=self.prompts,
-                    seed=self.seed)
+                    seed=self.seed, input_len_dist=self.input_len_dist, output_len_dist=self.output_len_dist,
+                    len_scale=self.len_scale, context_len=self.context_len)
 
 
 @dataclass(frozen=True)
@@ -211,6 +240,7 @@ class RequestSpec:
 FIXED_TEXT = "The quick brown fox jumps over the lazy dog. "
 
 
+@lru_cache(maxsize=2)
 def _source_text(kind: str) -> str:
     if kind == "fixed":
         return FIXED_TEXT * 64
@@ -220,22 +250,104 @@ def _source_text(kind: str) -> str:
     return "".join(c if 32 <= ord(c) < 127 or c == "\n" else " " for c in held)
 
 
+@lru_cache(maxsize=1)
+def corpus_units() -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of the text units the corpus distribution draws from: the paragraphs of the held-out
+    text (runs between blank lines, whitespace stripped at both ends; 271 of them, 5-1,739 characters, mean 166,
+    median 94: heavy-tailed, as answers are). Offsets and lengths in characters of `_source_text("corpus")`."""
+    text = _source_text("corpus")
+    starts, lengths, pos = [], [], 0
+    for m in [*re.finditer(r"\n[ \t]*\n", text), None]:
+        end = m.start() if m else len(text)
+        chunk = text[pos:end]
+        body = chunk.strip()
+        if body:
+            starts.append(pos + len(chunk) - len(chunk.lstrip()))
+            lengths.append(len(body))
+        pos = m.end() if m else len(text)
+    return np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+
+
+def _corpus_lengths(rng: np.random.Generator, n: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """n units drawn with replacement: (their indices, their lengths x scale, rounded, at least 1)."""
+    starts, lengths = corpus_units()
+    idx = rng.integers(0, len(lengths), size=n)
+    return idx, np.maximum(1, np.rint(lengths[idx] * scale)).astype(np.int64)
+
+
 def make_requests(w: Workload) -> list[RequestSpec]:
-    """The requests of a workload: prompts are slices of the text at seeded offsets, of the drawn lengths."""
+    """The requests of a workload: prompts are slices of the text at seeded offsets (or, with input_len_dist
+    corpus, the drawn paragraphs), of the drawn lengths. The uniform draws and the offsets come from the same
+    stream whatever the distributions (the corpus draws have their own streams), so a corpus-output workload
+    sends exactly the prompts of the uniform one with the same seed."""
     w.check()
     rng = np.random.default_rng([w.seed, 1])
     text = _source_text(w.prompts)
     n = w.num_prompts
     ins = rng.integers(w.input_len, (w.input_len_max or w.input_len) + 1, size=n)
     outs = rng.integers(w.output_len, (w.output_len_max or w.output_len) + 1, size=n)
+    unit_start = None
+    if w.input_len_dist == "corpus":
+        idx, raw = _corpus_lengths(np.random.default_rng([w.seed, 4]), n, w.len_scale)
+        ins = np.clip(raw, w.input_len, w.input_len_max)
+        unit_start = corpus_units()[0][idx] if w.prompts == "corpus" else None
+    if w.output_len_dist == "corpus":
+        _, raw = _corpus_lengths(np.random.default_rng([w.seed, 3]), n, w.len_scale)
+        outs = np.clip(raw, w.output_len, w.output_len_max)
+    if w.context_len is not None:
+        outs = np.minimum(outs, w.context_len - ins)          # check(): never below the floor output_len
     specs = []
     for i in range(n):
         k = int(ins[i])
         while len(text) < k + 1:
             text = text + text
         start = 0 if w.prompts == "fixed" else int(rng.integers(0, len(text) - k))
+        if unit_start is not None:
+            start = min(int(unit_start[i]), len(text) - k)
         specs.append(RequestSpec(i, text[start:start + k], int(outs[i])))
     return specs
+
+
+def length_stats(values: Iterable[int]) -> dict[str, float]:
+    """mean, p50, p90, p99, min, max of a list of lengths (numpy's linear percentiles)."""
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size == 0:
+        return {k: math.nan for k in ("mean", "p50", "p90", "p99", "min", "max")}
+    return dict(mean=float(x.mean()), p50=float(np.percentile(x, 50)), p90=float(np.percentile(x, 90)),
+                p99=float(np.percentile(x, 99)), min=float(x.min()), max=float(x.max()))
+
+
+def workload_stats(w: Workload, specs: list[RequestSpec]) -> dict[str, Any]:
+    """What the run sends, to print and to keep in the manifest: the prompt and max_tokens lengths drawn (mean,
+    p50, p90, p99, min, max), how many max_tokens sit at their cap, the tokens a static batch of 32 would compute
+    over those it generates (mean over max per batch of 32 in send order), and for a corpus distribution the
+    source's own statistics (the paragraphs' lengths x len_scale, before clipping)."""
+    outs = [s.max_tokens for s in specs]
+    caps = [min(w.output_len_max or w.output_len, (w.context_len or 10**9) - len(s.prompt)) for s in specs]
+    batches = [outs[i:i + 32] for i in range(0, len(outs), 32)]
+    st: dict[str, Any] = dict(input=length_stats(len(s.prompt) for s in specs), output=length_stats(outs),
+                              output_at_cap=float(np.mean([o >= c for o, c in zip(outs, caps)])),
+                              static32_row_util=float(sum(sum(b) for b in batches)
+                                                      / sum(len(b) * max(b) for b in batches)))
+    if "corpus" in (w.input_len_dist, w.output_len_dist):
+        units = np.maximum(1, np.rint(corpus_units()[1] * w.len_scale))
+        st["corpus_units"] = dict(kind="paragraphs of the held-out text", count=int(units.size),
+                                  scale=w.len_scale, **length_stats(units))
+    return st
+
+
+def describe_lengths(w: Workload, st: dict[str, Any]) -> str:
+    """One line for the console: what the lengths are and their statistics."""
+    def one(name: str, dist: str, lo: int, hi: int | None) -> str:
+        s = st[name]
+        how = (f"corpus paragraphs x{w.len_scale:g} clipped to [{lo}, {hi}]" if dist == "corpus"
+               else f"uniform [{lo}, {hi}]" if hi else f"fixed {lo}")
+        return f"{name} {how}: mean {s['mean']:.0f}, p50 {s['p50']:.0f}, p90 {s['p90']:.0f}, max {s['max']:.0f}"
+    cap = f", context {w.context_len}" if w.context_len else ""
+    return (one("input", w.input_len_dist, w.input_len, w.input_len_max) + "; "
+            + one("output", w.output_len_dist, w.output_len, w.output_len_max)
+            + f" ({st['output_at_cap']:.0%} at the cap{cap}; a static batch of 32 would generate in "
+            f"{st['static32_row_util']:.0%} of its row-steps)")
 
 
 def arrival_offsets(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) -> np.ndarray:

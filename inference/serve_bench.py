@@ -63,6 +63,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input-len-max", type=int, default=None, help="draw prompt lengths in [input-len, this]")
     p.add_argument("--output-len", type=int, default=32, help="max_tokens, with ignore_eos (default 32)")
     p.add_argument("--output-len-max", type=int, default=None, help="draw output lengths in [output-len, this]")
+    p.add_argument("--input-len-dist", default="uniform", choices=L.LEN_DISTS,
+                   help="uniform: --input-len, or uniform up to --input-len-max (default); corpus: the lengths of "
+                   "held-out paragraphs x --len-scale, clipped to [--input-len, --input-len-max], the prompt the "
+                   "paragraph itself")
+    p.add_argument("--output-len-dist", default="uniform", choices=L.LEN_DISTS,
+                   help="uniform: --output-len, or uniform up to --output-len-max (default); corpus: max_tokens = "
+                   "the length of a held-out paragraph x --len-scale, clipped to [--output-len, --output-len-max] "
+                   "(heavy-tailed: mean 166, p50 94, p90 356, max 1739 characters before clipping)")
+    p.add_argument("--len-scale", type=float, default=1.0, help="corpus lengths: paragraph length x this "
+                   "(default 1)")
+    p.add_argument("--context-len", type=int, default=None, help="cap every max_tokens at this minus its prompt "
+                   "length (the model's context: 256 for tiny); not sent to the server")
     p.add_argument("--prompts", default="corpus", choices=("corpus", "fixed"),
                    help="corpus: slices of the held-out text of models.data (default); fixed: one repeated text")
     p.add_argument("--slo", default=None, help="goodput SLOs in ms, e.g. ttft_ms=1000,tpot_ms=100,e2el_ms=5000")
@@ -114,7 +126,9 @@ def validate(a: argparse.Namespace) -> Plan:
     if not 0 <= a.seed < 2**63:
         raise L.LoadgenError(f"--seed must be between 0 and 2**63-1, not {a.seed}")
     w = L.Workload(num_prompts=a.num_prompts, input_len=a.input_len, input_len_max=a.input_len_max,
-                   output_len=a.output_len, output_len_max=a.output_len_max, prompts=a.prompts, seed=a.seed)
+                   output_len=a.output_len, output_len_max=a.output_len_max, prompts=a.prompts, seed=a.seed,
+                   input_len_dist=a.input_len_dist, output_len_dist=a.output_len_dist, len_scale=a.len_scale,
+                   context_len=a.context_len)
     w.check()
     extra: list[str] = []
     for opt in SERVER_OPTIONS:
@@ -214,6 +228,8 @@ class Sweep:
         from harness import env, rundir, telemetry
         from harness.results import ResultWriter
         self.plan, self.suite, self.mode = plan, suite, mode
+        self.specs = L.make_requests(plan.workload)
+        self.lengths = L.workload_stats(plan.workload, self.specs)
         self.rd = rundir.claim(Path(plan.args.out) if plan.args.out else None, "cpu")
         try:
             manifest = env.manifest("cpu", argv)
@@ -221,6 +237,7 @@ class Sweep:
             manifest.update(run_id=self.run_id, mode=mode, suites=[suite], seed=plan.args.seed,
                             serve=dict(targets=plan.targets, endpoint=plan.endpoint.base if plan.endpoint else None,
                                        rates=[_rate_str(r) for r in plan.rates], workload=plan.workload.describe(),
+                                       lengths=self.lengths,
                                        slo=plan.slo, burstiness=plan.args.burstiness,
                                        concurrency=plan.args.concurrency, api=plan.args.api, model=plan.model,
                                        server_args=plan.extra, threads=plan.args.threads))
@@ -233,7 +250,6 @@ class Sweep:
         self.keys = env.row_keys(manifest)
         self.telemetry_entries: list = []
         self.server_samples: list[dict] = []
-        self.specs = L.make_requests(plan.workload)
 
     @property
     def dir(self) -> Path:
@@ -244,7 +260,7 @@ class Sweep:
         case = f"rate={_rate_str(rate)}" + (f",concurrency={a.concurrency}" if a.concurrency else "") + \
             (f",burstiness={a.burstiness:g}" if a.burstiness != 1.0 else "")
         variant = target if target != "endpoint" else f"endpoint:{self.plan.endpoint.host}:{self.plan.endpoint.port}"
-        cfg = dict(workload=self.plan.workload.describe(), api=a.api, burstiness=a.burstiness,
+        cfg = dict(workload=self.plan.workload.describe(), lengths=self.lengths, api=a.api, burstiness=a.burstiness,
                    concurrency=a.concurrency, duration_s=a.duration, slo=self.plan.slo, server_args=self.plan.extra,
                    server_threads=a.threads if target != "endpoint" else None,
                    endpoint=self.plan.endpoint.base if self.plan.endpoint else None)
@@ -383,6 +399,7 @@ def sweep(plan: Plan, argv: list[str], mode: str = "serve") -> int:
         console.print(f"[bold]run {sw.run_id}[/]: streaming sweep of {', '.join(plan.targets)} at rates "
                       f"{', '.join(_rate_str(r) for r in plan.rates)} ({plan.workload.num_prompts} requests each) "
                       f"-> {sw.dir}")
+        console.print("  lengths: " + escape(L.describe_lengths(plan.workload, sw.lengths)))
         with _signals_as_interrupts():
             try:
                 for target in plan.targets:
