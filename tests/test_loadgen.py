@@ -222,3 +222,154 @@ def test_parse_endpoint_is_loopback_only_by_default():
         with pytest.raises(L.LoadgenError):
             L.parse_endpoint(bad)
     assert L.parse_endpoint("http://10.0.0.5:8000", allow_remote=True).host == "10.0.0.5"
+
+
+# ---- lengths drawn from the corpus (--output-len-dist / --input-len-dist corpus) ------------------------------------
+def _corpus_workload(**kw):
+    base = dict(num_prompts=3000, input_len=32, input_len_max=128, output_len=10, output_len_max=200,
+                output_len_dist="corpus", context_len=256, seed=11)
+    return L.Workload(**{**base, **kw})
+
+
+def test_corpus_units_are_the_held_out_paragraphs():
+    starts, lengths = L.corpus_units()
+    text = L._source_text("corpus")
+    assert len(starts) == len(lengths) == 271
+    assert lengths.min() == 5 and lengths.max() == 1739 and 160 < lengths.mean() < 170     # heavy-tailed
+    for s, n in zip(starts, lengths):
+        unit = text[s:s + n]
+        assert unit == unit.strip() and unit and "\n\n" not in unit            # one paragraph, whole
+        assert text[s + n:s + n + 2].strip() == "" or s + n == len(text)         # it ends at a blank line
+    # together they are the whole text but the blank lines between them
+    assert sum(lengths) == len("".join(p.strip() for p in __import__("re").split(r"\n[ \t]*\n", text)))
+
+
+def test_corpus_output_lengths_are_seeded_clipped_and_drawn_from_the_paragraphs():
+    w = _corpus_workload()
+    specs = L.make_requests(w)
+    outs = np.array([s.max_tokens for s in specs])
+    assert [s.max_tokens for s in L.make_requests(w)] == list(outs)                    # seeded
+    assert list(outs) != [s.max_tokens for s in L.make_requests(_corpus_workload(seed=12))]
+    caps = np.array([min(200, 256 - len(s.prompt)) for s in specs])
+    assert (outs >= 10).all() and (outs <= caps).all()                                 # floor, cap, context
+    assert all(len(s.prompt) + s.max_tokens <= 256 for s in specs)
+    assert (outs == 10).any() and (outs == caps).any() and (outs == 200).any()          # all three bind somewhere
+    units = L.corpus_units()[1]
+    inside = outs[(outs > 10) & (outs < caps)]
+    assert set(inside) <= set(units) and len(set(inside)) > 50                          # real paragraph lengths
+    # the draw follows the paragraphs' distribution (3,000 draws: CDF within 0.04 where nothing clips)
+    for x in (20, 50, 94, 120):
+        assert abs((outs <= x).mean() - (units <= x).mean()) < 0.04, x
+    # the prompts are those of the uniform workload with the same seed: only the output lengths differ
+    uni = L.make_requests(L.Workload(**{**w.describe(), "output_len_dist": "uniform", "context_len": None}))
+    assert [s.prompt for s in uni] == [s.prompt for s in specs]
+    # --len-scale multiplies the paragraph length before the clip
+    half = np.array([s.max_tokens for s in L.make_requests(_corpus_workload(len_scale=0.5, output_len=1))])
+    full = np.array([s.max_tokens for s in L.make_requests(_corpus_workload(output_len=1, output_len_max=2000,
+                                                                            context_len=None))])
+    assert np.array_equal(half, np.clip(np.maximum(1, np.rint(full * 0.5)), 1,
+                                        [min(200, 256 - len(s.prompt)) for s in specs]))
+
+
+def test_the_uniform_default_is_unchanged():
+    """The default draw (no --*-len-dist) is the one before the corpus distribution: same stream, same values."""
+    w = L.Workload(num_prompts=50, input_len=32, input_len_max=128, output_len=32, output_len_max=64, seed=4)
+    rng = np.random.default_rng([4, 1])
+    ins, outs = rng.integers(32, 129, size=50), rng.integers(32, 65, size=50)
+    specs = L.make_requests(w)
+    assert [len(s.prompt) for s in specs] == list(ins) and [s.max_tokens for s in specs] == list(outs)
+    text = L._source_text("corpus")
+    assert [s.prompt for s in specs] == [text[(st := int(rng.integers(0, len(text) - k))):st + k] for k in ins]
+
+
+def test_corpus_input_lengths_send_the_paragraphs_themselves():
+    w = _corpus_workload(num_prompts=400, input_len=20, input_len_max=150, input_len_dist="corpus",
+                         output_len_dist="uniform", output_len=16, output_len_max=None, context_len=None)
+    specs = L.make_requests(w)
+    assert [s.prompt for s in specs] == [s.prompt for s in L.make_requests(w)]
+    lens = np.array([len(s.prompt) for s in specs])
+    assert lens.min() == 20 and lens.max() == 150 and len(set(lens)) > 50
+    text = L._source_text("corpus")
+    starts, units = L.corpus_units()
+    paragraphs = {text[s:s + n] for s, n in zip(starts, units)}
+    whole = [s.prompt for s in specs if 20 < len(s.prompt) < 150]
+    assert whole and all(p in paragraphs for p in whole)                  # unclipped: exactly a paragraph
+    assert all(s.prompt in text for s in specs)
+    assert {s.max_tokens for s in specs} == {16}
+
+
+def test_workload_stats_report_what_is_sent():
+    w = _corpus_workload(num_prompts=70)
+    specs = L.make_requests(w)
+    st = L.workload_stats(w, specs)
+    outs = [s.max_tokens for s in specs]
+    assert st["output"]["mean"] == pytest.approx(np.mean(outs)) and st["output"]["max"] == max(outs)
+    assert st["output"]["p50"] == pytest.approx(np.percentile(outs, 50))
+    assert st["output"]["p90"] == pytest.approx(np.percentile(outs, 90)) and st["output"]["min"] == min(outs)
+    assert st["input"]["mean"] == pytest.approx(np.mean([len(s.prompt) for s in specs]))
+    caps = [min(200, 256 - len(s.prompt)) for s in specs]
+    assert st["output_at_cap"] == pytest.approx(np.mean([o == c for o, c in zip(outs, caps)]))
+    # batches of 32, 32, 6 in send order: generating row-steps over computed ones
+    b = [outs[:32], outs[32:64], outs[64:]]
+    assert st["static32_row_util"] == pytest.approx(sum(map(sum, b)) / sum(len(x) * max(x) for x in b))
+    u = st["corpus_units"]
+    assert (u["count"], u["min"], u["max"], u["p50"]) == (271, 5, 1739, float(np.median(L.corpus_units()[1])))
+    line = L.describe_lengths(w, st)
+    assert "corpus paragraphs x1 clipped to [10, 200]" in line and f"mean {np.mean(outs):.0f}" in line
+    assert f"p90 {np.percentile(outs, 90):.0f}" in line and f"max {max(outs)}" in line
+    small = [L.RequestSpec(i, "x", n) for i, n in enumerate([1, 2, 3, 6])]
+    assert L.workload_stats(L.Workload(output_len=1, output_len_max=6), small)["static32_row_util"] == 0.5
+    assert "corpus_units" not in L.workload_stats(L.Workload(), L.make_requests(L.Workload(num_prompts=3)))
+
+
+@pytest.mark.parametrize("kw,says", [
+    (dict(output_len_dist="zipf"), "--output-len-dist must be one of uniform, corpus"),
+    (dict(input_len_dist="corpus"), "--input-len-dist corpus needs --input-len-max"),
+    (dict(output_len_dist="corpus"), "--output-len-dist corpus needs --output-len-max"),
+    (dict(output_len_dist="corpus", output_len=50, output_len_max=20), "--output-len-max must be between"),
+    (dict(output_len_dist="corpus", output_len_max=64, len_scale=0.0), "--len-scale"),
+    (dict(output_len_dist="corpus", output_len_max=64, len_scale=float("nan")), "--len-scale"),
+    (dict(input_len_max=128, context_len=150), "--context-len 150 leaves no room"),
+])
+def test_bad_length_options_are_one_line(kw, says):
+    with pytest.raises(L.LoadgenError, match=says.replace("(", r"\(")):
+        L.make_requests(L.Workload(num_prompts=4, **kw))
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--output-len-dist", "zipf"], "invalid choice"),
+    (["--output-len-dist", "corpus"], "needs --output-len-max"),
+    (["--output-len-dist", "corpus", "--output-len", "64", "--output-len-max", "8"], "--output-len-max must be"),
+    (["--context-len", "100", "--input-len-max", "128"], "leaves no room"),
+    (["--len-scale", "-1", "--output-len-dist", "corpus", "--output-len-max", "90"], "--len-scale"),
+])
+def test_bad_length_options_on_the_command_line_exit_2(args, says, capsys, tmp_path):
+    from inference import serve_bench
+    try:
+        code = serve_bench.main(args + ["--out", str(tmp_path / "run")])
+    except SystemExit as exc:                  # argparse's own errors (an unknown choice): _Parser.error, exit 2
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and says in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_corpus_length_sweep_records_its_lengths(tmp_path, capsys):
+    import json
+    from harness.results import load
+    from inference import serve_bench
+    out = tmp_path / "run"
+    argv = ["--rates", "inf", "--num-prompts", "8", "--output-len", "2", "--output-len-max", "40",
+            "--output-len-dist", "corpus", "--len-scale", "0.2", "--seed", "5", "--out", str(out)]
+    with StubServer(ttft_s=0.0, itl_s=0.0) as url:
+        assert serve_bench.main(["--endpoint", url] + argv) == 0
+    w = L.Workload(num_prompts=8, output_len=2, output_len_max=40, output_len_dist="corpus", len_scale=0.2, seed=5)
+    specs = L.make_requests(w)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["serve"]["lengths"] == json.loads(json.dumps(L.workload_stats(w, specs)))
+    assert m["serve"]["workload"]["output_len_dist"] == "corpus" and m["serve"]["workload"]["len_scale"] == 0.2
+    df = load(out)
+    assert df["total_output_tokens"].iloc[0] == sum(s.max_tokens for s in specs)      # the stub honours max_tokens
+    assert json.loads(df["config"].iloc[0])["lengths"]["output"]["max"] == max(s.max_tokens for s in specs)
+    said = capsys.readouterr()
+    assert "output corpus paragraphs x0.2 clipped to [2, 40]" in " ".join((said.out + said.err).split())
