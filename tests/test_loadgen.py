@@ -249,7 +249,9 @@ def test_corpus_output_lengths_are_seeded_clipped_and_drawn_from_the_paragraphs(
     specs = L.make_requests(w)
     outs = np.array([s.max_tokens for s in specs])
     assert [s.max_tokens for s in L.make_requests(w)] == list(outs)                    # seeded
-    assert list(outs) != [s.max_tokens for s in L.make_requests(_corpus_workload(seed=12))]
+    raw = dict(output_len=1, output_len_max=2000, context_len=None, input_len_max=None)     # nothing clips
+    assert [s.max_tokens for s in L.make_requests(_corpus_workload(**raw))] != \
+        [s.max_tokens for s in L.make_requests(_corpus_workload(**raw, seed=12))]           # the seed draws
     caps = np.array([min(200, 256 - len(s.prompt)) for s in specs])
     assert (outs >= 10).all() and (outs <= caps).all()                                 # floor, cap, context
     assert all(len(s.prompt) + s.max_tokens <= 256 for s in specs)
