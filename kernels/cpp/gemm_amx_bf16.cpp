@@ -15,8 +15,8 @@
 // columns) are independent tasks shared out dynamically; each 32x32 block of C stays in tiles tmm0-3 for the
 // whole K loop, is stored once to a 4 KiB fp32 buffer and rounded into C. Edges of M, N, K are zero-padded by
 // packing, and only the valid part of an edge block is written.
-// v2a (kept as history in git: K-slices of 256 accumulated in an fp32 copy of C) re-read and re-wrote that
-// 64 MiB copy 4 times at 4096x4096x1024 and ran at 0.27x torch there; this version keeps C in the tiles.
+// An abandoned attempt before this version, which kept an fp32 copy of C, is described in docs/cpp-kernels.md
+// ("history"), with the commit that holds it. It is not a rung of the ladder: nothing built on it.
 //
 // Measured (bench.py --suite gemm --full, bf16, shared 2-core Xeon at a quiet moment; medians):
 //   2 threads: 2048^3 8.57 ms = 2.01 TFLOP/s vs torch.matmul (oneDNN, AMX) 6.68 ms = 2.57: 0.78x;
