@@ -147,6 +147,21 @@ struct Ahead {
   const char* const* v;
   int n;
 };
+// Append to krow/vrow (n_nx rows so far) the rows of the page PD ahead of `page`, when that page starts before
+// t1 (the end of the unit's range): its block from the table, up to BS rows at a stride of rs elements, from column
+// `col` (the kv head's offset). Both step loops (the dp path and the fp32 path) collect them here.
+template <class E>
+static inline void collect_ahead(const int32_t* table, int64_t page, int BS, int64_t t1, int64_t rs, int64_t col,
+                                 const E* Kc, const E* Vc, const char** krow, const char** vrow, int& n_nx) {
+  const int64_t pp0 = (page + PD) * BS;
+  if (pp0 >= t1) return;
+  const int64_t nxt = (int64_t(table[page + PD]) * BS) * rs + col;
+  const int nn = int(std::min<int64_t>(BS, t1 - pp0));
+  for (int j = 0; j < nn && n_nx < kb::DEC_MAX_BS; ++j, ++n_nx) {
+    krow[n_nx] = reinterpret_cast<const char*>(Kc + nxt + j * rs);
+    vrow[n_nx] = reinterpret_cast<const char*>(Vc + nxt + j * rs);
+  }
+}
 // prefetch into L2 the line at byte offset `off` of row j of the pages ahead, where a 64-byte line starts there.
 // In asm: GCC 12 at -O3 deleted every _mm_prefetch / __builtin_prefetch of these addresses (0 prefetcht1 in the
 // object; the kernel ran as slowly as with no prefetch at all), which `objdump -d | grep -c prefetcht1` shows.
@@ -319,14 +334,7 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
       // arithmetic behind them: at b8 ctx8192 bf16 KV the kernel took longer (8.5 ms) than the page touches alone
       // (4.8 ms, same order and prefetches, no arithmetic) plus the arithmetic alone on cached rows (2.2 ms);
       // interleaved: 6.3-7.0 ms (one thread, same runs; README's decode section).
-      if (const int64_t pp0 = (page + PD) * BS; pp0 < t1) {
-        const int64_t nxt = (int64_t(table[page + PD]) * BS) * rs + hk * a.D;
-        const int nn = int(std::min<int64_t>(BS, t1 - pp0));
-        for (int j = 0; j < nn && n_nx < kb::DEC_MAX_BS; ++j, ++n_nx) {
-          krow_nx[n_nx] = reinterpret_cast<const char*>(Kc + nxt + j * rs);
-          vrow_nx[n_nx] = reinterpret_cast<const char*>(Vc + nxt + j * rs);
-        }
-      }
+      collect_ahead(table, page, BS, t1, rs, hk * a.D, Kc, Vc, krow_nx, vrow_nx, n_nx);
       n += np;
       p += np;
     }
@@ -507,14 +515,7 @@ void unit_f32(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_
         krow[n + j] = Kc + (blk * BS + j0 + j) * rs + hk * a.D;
         vrow[n + j] = Vc + (blk * BS + j0 + j) * rs + hk * a.D;
       }
-      if (const int64_t pp0 = (page + PD) * BS; pp0 < t1) {
-        const int64_t nxt = (int64_t(table[page + PD]) * BS) * rs + hk * a.D;
-        const int nn = int(std::min<int64_t>(BS, t1 - pp0));
-        for (int j = 0; j < nn && n_nx < kb::DEC_MAX_BS; ++j, ++n_nx) {
-          krow_nx[n_nx] = reinterpret_cast<const char*>(Kc + nxt + j * rs);
-          vrow_nx[n_nx] = reinterpret_cast<const char*>(Vc + nxt + j * rs);
-        }
-      }
+      collect_ahead(table, page, BS, t1, rs, hk * a.D, Kc, Vc, krow_nx, vrow_nx, n_nx);
       n += np;
       p += np;
     }

@@ -130,10 +130,6 @@ int gemm_w8a8_vnni_v2(const kb::W8A8Args&) {
 
 #else  // entry points
 
-namespace {
-bool has_vnni() { return __builtin_cpu_supports("avx512vnni"); }
-}
-
 // bytes of the packed weights of an [N, K] int8 weight (kb_cpp_pack_w8_vnni's output)
 KB_API int64_t kb_cpp_w8_vnni_packed_bytes(int64_t N, int64_t K) { return int64_t(kb::w8_packed_bytes(N, K)); }
 
@@ -166,10 +162,7 @@ KB_API int kb_cpp_pack_w8_vnni(const void* w, void* packed, int64_t N, int64_t K
 KB_API int kb_cpp_gemm_w8a8_vnni_v2(const void* a, const void* sa, const void* packed, const void* sw, void* out,
                                     int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldo, int out_dtype,
                                     int threads) {
-  kb::W8A8Args g{static_cast<const int8_t*>(a), static_cast<const float*>(sa), static_cast<const uint8_t*>(packed),
-                 static_cast<const float*>(sw), out, M, N, K, lda, ldo, out_dtype, threads};
-  if (int e = kb::w8a8_check("gemm_w8a8_vnni_v2", g, has_vnni())) return e;
-  if (M == 0) return 0;
-  return kb_avx512::gemm_w8a8_vnni_v2(g);
+  return kb::w8a8_entry("gemm_w8a8_vnni_v2", kb_avx512::gemm_w8a8_vnni_v2, a, sa, packed, sw, out, M, N, K, lda,
+                        ldo, out_dtype, threads);
 }
 #endif

@@ -37,4 +37,16 @@ inline int w8a8_check(const char* name, const W8A8Args& g, bool cpu_ok) {
   if (isa() < ISA_AVX512 || !cpu_ok) return set_error(E_ISA, "%s: this CPU has no AVX512-VNNI", name);
   return OK;
 }
+
+// The body both rungs' C entry points share (a C ABI cannot share the argument list itself): the arguments into
+// W8A8Args, the checks, the empty product, then `kernel` (the rung).
+inline int w8a8_entry(const char* name, int (*kernel)(const W8A8Args&), const void* a, const void* sa,
+                      const void* packed, const void* sw, void* out, int64_t M, int64_t N, int64_t K, int64_t lda,
+                      int64_t ldo, int out_dtype, int threads) {
+  W8A8Args g{static_cast<const int8_t*>(a), static_cast<const float*>(sa), static_cast<const uint8_t*>(packed),
+             static_cast<const float*>(sw), out, M, N, K, lda, ldo, out_dtype, threads};
+  if (int e = w8a8_check(name, g, __builtin_cpu_supports("avx512vnni"))) return e;
+  if (M == 0) return 0;
+  return kernel(g);
+}
 }  // namespace kb

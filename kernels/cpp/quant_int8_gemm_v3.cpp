@@ -171,10 +171,7 @@ int gemm_w8a8_vnni_v3(const kb::W8A8Args&) {
 KB_API int kb_cpp_gemm_w8a8_vnni(const void* a, const void* sa, const void* packed, const void* sw, void* out,
                                  int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldo, int out_dtype,
                                  int threads) {
-  kb::W8A8Args g{static_cast<const int8_t*>(a), static_cast<const float*>(sa), static_cast<const uint8_t*>(packed),
-                 static_cast<const float*>(sw), out, M, N, K, lda, ldo, out_dtype, threads};
-  if (int e = kb::w8a8_check("gemm_w8a8_vnni", g, __builtin_cpu_supports("avx512vnni"))) return e;
-  if (M == 0) return 0;
-  return kb_avx512::gemm_w8a8_vnni_v3(g);
+  return kb::w8a8_entry("gemm_w8a8_vnni", kb_avx512::gemm_w8a8_vnni_v3, a, sa, packed, sw, out, M, N, K, lda, ldo,
+                        out_dtype, threads);
 }
 #endif
