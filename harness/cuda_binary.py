@@ -104,12 +104,15 @@ def parse_ptxas_log(text: str) -> dict[tuple[str, str], dict]:
 
 
 # SASS opcodes that say what a kernel really uses on an architecture: HMMA (mma.sync tensor cores, sm_80 and
-# later), HGMMA (wgmma, warpgroup MMA, sm_90a), UTMALDG (TMA bulk tensor loads, sm_90), LDGSTS (cp.async).
-SASS_COUNTS = {"hmma": r"\bHMMA\.", "hgmma": r"\bHGMMA\.", "tma_loads": r"\bUTMALDG\b", "ldgsts": r"\bLDGSTS\b"}
+# later), HGMMA (wgmma, warpgroup MMA, sm_90a), their integer forms IMMA (mma.sync s8/u8) and IGMMA (wgmma s8/u8),
+# UTMALDG (TMA bulk tensor loads, sm_90), LDGSTS (cp.async).
+SASS_COUNTS = {"hmma": r"\bHMMA\.", "hgmma": r"\bHGMMA\.", "imma": r"\bIMMA\.", "igmma": r"\bIGMMA\.",
+               "tma_loads": r"\bUTMALDG\b", "ldgsts": r"\bLDGSTS\b"}
+TENSOR_CORE = ("hmma", "hgmma", "imma", "igmma")      # the counts that are tensor-core instructions
 
 
 def count_sass_instrs(sass: str) -> dict[tuple[str, str], dict[str, int]]:
-    """`cuobjdump -sass` -> {(mangled, arch): {"hmma", "hgmma", "tma_loads", "ldgsts": count}}."""
+    """`cuobjdump -sass` -> {(mangled, arch): {each key of SASS_COUNTS: count}}."""
     counts, arch, func = {}, None, None
     pats = {k: re.compile(v) for k, v in SASS_COUNTS.items()}
     for line in sass.splitlines():
@@ -126,8 +129,8 @@ def count_sass_instrs(sass: str) -> dict[tuple[str, str], dict[str, int]]:
 
 
 def count_tensor_core_instrs(sass: str) -> dict[tuple[str, str], int]:
-    """`cuobjdump -sass` -> {(mangled, arch): number of HMMA/HGMMA instructions}."""
-    return {k: c["hmma"] + c["hgmma"] for k, c in count_sass_instrs(sass).items()}
+    """`cuobjdump -sass` -> {(mangled, arch): number of tensor-core instructions (HMMA, HGMMA, IMMA, IGMMA)}."""
+    return {k: sum(c[t] for t in TENSOR_CORE) for k, c in count_sass_instrs(sass).items()}
 
 
 def parse_annotations(src_dir: Path) -> dict[str, dict]:

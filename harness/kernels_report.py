@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.cuda_binary import (SASS_COUNTS, base_name, count_sass_instrs, count_tensor_core_instrs,  # noqa: F401
+from harness.cuda_binary import (SASS_COUNTS, TENSOR_CORE, base_name, count_sass_instrs, count_tensor_core_instrs,  # noqa: F401
                                  demangle, find_tool,
                                  parse_annotations, parse_ptxas_log, parse_resource_usage, ptxas_logs, short_name)
 from harness.cuda_binary import _run
@@ -35,7 +35,7 @@ from harness.result_sets import results_root
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["backend", "kernel", "arch", "registers", "spill_stores_bytes", "spill_loads_bytes",
            "smem_static_bytes", "smem_dynamic_bytes", "threads_per_block", "occupancy",
-           "tensor_core_instrs", "hmma", "hgmma", "tma_loads", "ldgsts", "source"]
+           "tensor_core_instrs", "hmma", "hgmma", "imma", "igmma", "tma_loads", "ldgsts", "source"]
 
 
 # -- collection ----------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def collect_cuda(build_dir: str | os.PathLike | None = None, src_dir: str | os.P
             spill_stores_bytes=spill_st, spill_loads_bytes=spill_ld,
             smem_static_bytes=smem_static, smem_dynamic_bytes=smem_dyn, threads_per_block=threads,
             occupancy=occupancy(regs, smem_static + smem_dyn, threads, arch) if threads else float("nan"),
-            tensor_core_instrs=(c["hmma"] + c["hgmma"]) if (c := tc.get((mangled, arch))) else float("nan"),
+            tensor_core_instrs=sum(c[t] for t in TENSOR_CORE) if (c := tc.get((mangled, arch))) else float("nan"),
             **{k: c[k] if c else float("nan") for k in SASS_COUNTS},
             source=note.get("source", "")))
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -31,7 +31,7 @@ EXPECTED_KERNELS = (
 )
 # kernels that must use tensor cores (HMMA; mma.sp shows as HMMA.SP), the others must not
 TENSOR_CORE_KERNELS = ("kb_gemm_tc_kernel", "kb_attn_fwd_mma_kernel", "kb_sparse24_mma_sp_kernel", "kb_bsr_mma_kernel",
-                       "kb_gemm_w4a16_kernel")
+                       "kb_gemm_w4a16_kernel", "kb_gemm_w8a8_kernel")     # the last on IMMA (mma.sync s8)
 
 
 def _cuda_archs(build: Path) -> list[str]:
@@ -106,7 +106,7 @@ def test_tensor_core_kernels_use_hmma(report):
     tc = by.tensor_core_instrs
     for (kernel, arch), n in tc.items():
         if kernel.startswith(TENSOR_CORE_KERNELS):
-            assert n > 0, f"{kernel} on {arch} has no HMMA instruction"
+            assert n > 0, f"{kernel} on {arch} has no tensor-core (HMMA/IMMA) instruction"
         else:
             assert n == 0, f"{kernel} on {arch} was not expected to use tensor cores"
     # The attention step does S = Q K^T and O += P V: (d/16)(BN/8) + (BN/16)(d/8) mma per warp per step.
@@ -171,8 +171,13 @@ arch = sm_90a
         /*0020*/                   UTMALDG.2D [UR8], [UR4] ;
         /*0030*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8], R24 ;
         /*0040*/                   HMMA.16816.F32.BF16 R4, R4, R8, RZ ;
+        /*0050*/                   IMMA.16832.S8.S8.SAT R4, R4, R8, RZ ;
+        /*0060*/                   IGMMA.64x128x32.S32.S8.S8 R24, gdesc[UR8], R24 ;
+        /*0070*/                   IGMMA.64x128x32.S32.S8.S8 R24, gdesc[UR8], R24 ;
 """
-    assert kr.count_sass_instrs(sass90) == {("_Z3bazv", "sm_90a"): dict(hmma=1, hgmma=1, tma_loads=1, ldgsts=1)}
+    assert kr.count_sass_instrs(sass90) == {("_Z3bazv", "sm_90a"): dict(hmma=1, hgmma=1, imma=1, igmma=2, tma_loads=1,
+                                                                        ldgsts=1)}
+    assert kr.count_tensor_core_instrs(sass90) == {("_Z3bazv", "sm_90a"): 5}      # int8 MMAs are tensor-core ones
     assert kr.base_name("_Z17kb_gemm_tc_kernelI6__halffLb1EEvPKT_") == "kb_gemm_tc_kernel"
     assert kr.short_name("void kb_f<float, 64>(float const*, int)") == "kb_f<float, 64>"
 

@@ -235,3 +235,16 @@ def test_attention_grid_puts_heads_and_batch_on_their_own_axes(monkeypatch):
     q = torch.empty(sq * d).as_strided((b, h, sq, d), (0, 0, d, 1))   # one head of memory: shapes matter
     A.attention_fwd(q, q[:, :1], q[:, :1], q, causal=True)
     assert seen["grid"] == (3, h, b)
+
+
+def test_quant_kernels_use_tensor_cores(report):
+    """The W8A8 GEMM's int8 tl.dot is IMMA on sm_80 and IGMMA (int8 wgmma) on sm_90a; the W4A16 GEMM's bf16 dots
+    are HMMA / HGMMA. An int8 kernel reported with 0 tensor-core instructions is what the report said before it
+    counted the integer forms."""
+    rows = report[report["kernel"].map(_module) == "quant_gemm"].set_index(["kernel", "arch"])
+    w8 = rows[rows.index.get_level_values(0).str.contains("w8a8")]
+    w4 = rows[rows.index.get_level_values(0).str.contains("w4a16")]
+    assert len(w8) == 2 and len(w4) == 2
+    assert (w8.xs("sm_80", level="arch")["imma"] > 0).all() and (w8.xs("sm_90a", level="arch")["igmma"] > 0).all()
+    assert (w4.xs("sm_80", level="arch")["hmma"] > 0).all() and (w4.xs("sm_90a", level="arch")["hgmma"] > 0).all()
+    assert (rows["tensor_core_instrs"] == rows[["hmma", "hgmma", "imma", "igmma"]].sum(axis=1)).all()

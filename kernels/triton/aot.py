@@ -46,11 +46,12 @@ MODULES = tuple(sorted(p.stem for p in Path(__file__).parent.glob("*.py")
 ARCHS = ("sm_80", "sm_90a")
 COLUMNS = ["backend", "kernel", "arch", "registers", "spill_stores_bytes", "spill_loads_bytes",
            "smem_static_bytes", "smem_dynamic_bytes", "threads_per_block", "occupancy",
-           "tensor_core_instrs", "hmma", "hgmma", "tma_loads", "ldgsts", "source"]
-_AOT_VERSION = "4"  # bump when the row format or the analysis changes: invalidates the cache
+           "tensor_core_instrs", "hmma", "hgmma", "imma", "igmma", "tma_loads", "ldgsts", "source"]
+_AOT_VERSION = "5"  # bump when the row format or the analysis changes: invalidates the cache
 
 # occupancy and architecture numbers: one formula for the CUDA and Triton rows of the kernels report
 from harness.occupancy import arch_number as _cc, occupancy  # noqa: E402
+from harness.cuda_binary import SASS_COUNTS, TENSOR_CORE  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # one compile
@@ -137,9 +138,8 @@ def compile_one(mod: str, index: int, arch: str) -> dict:
     sass = subprocess.run([str(cuobjdump), "-sass", str(d / f"{name}.cubin")],
                           capture_output=True, text=True, check=True).stdout
     (d / f"{name}.sass").write_text(sass)
-    hmma = len(re.findall(r"\bHMMA\.", sass))     # mma.sync (sm_80 style, also legal on sm_90)
-    hgmma = len(re.findall(r"\bHGMMA\.", sass))   # wgmma, warpgroup MMA (sm_90a only)
-    tma, ldgsts = len(re.findall(r"\bUTMALDG\b", sass)), len(re.findall(r"\bLDGSTS\b", sass))  # TMA, cp.async
+    # mma.sync (HMMA; IMMA for int8), wgmma (HGMMA; IGMMA for int8: sm_90a only), TMA loads, cp.async
+    n = {k: len(re.findall(pat, sass)) for k, pat in SASS_COUNTS.items()}
 
     info = _ptxas_info(log, name)
     threads = cfg.num_warps * 32
@@ -155,8 +155,8 @@ def compile_one(mod: str, index: int, arch: str) -> dict:
         "smem_dynamic_bytes": dyn,
         "threads_per_block": threads,
         "occupancy": occupancy(info.get("registers") or 0, info["smem_static_bytes"] + dyn, threads, arch),
-        "tensor_core_instrs": hmma + hgmma,
-        "hmma": hmma, "hgmma": hgmma, "tma_loads": tma, "ldgsts": ldgsts,
+        "tensor_core_instrs": sum(n[t] for t in TENSOR_CORE),
+        **n,
         "source": source,
         # detail, not in the report's columns (collect_triton(detail=True) keeps them)
         "compile_s": round(compile_s, 3), "cache_dir": str(d.relative_to(ROOT)),

@@ -120,3 +120,17 @@ def setup(case, a=None, sa=None, w=None, sw=None, x=None, packed=None, scale=Non
 
 
 VARIANT = declare(setup, __file__)   # SUITE.add("triton", VARIANT) in suites/quant_gemm.py
+
+
+def aot_specs():
+    """What kernels/triton/aot.py compiles for the kernels report (registers, spills, occupancy, tensor-core
+    instructions per arch): the W8A8 GEMM at the prefill tile (int8 `tl.dot`: IMMA on sm_80, IGMMA on sm_90a) and
+    the W4A16 GEMM at its prefill tile, both with bf16 out (the suite's 16-bit path)."""
+    w8_types = {"a_ptr": "*i8", "w_ptr": "*i8", "sa_ptr": "*fp32", "sw_ptr": "*fp32", "out_ptr": "*bf16"}
+    w8 = {n: w8_types.get(n, "constexpr" if n.startswith("BLOCK") else "i32") for n in w8a8_kernel.arg_names}
+    cfg = W8_CONFIGS[2]
+    yield "w8a8-bf16", w8a8_kernel, w8, dict(cfg.kwargs), cfg
+    w4_types = {"x_ptr": "*bf16", "p_ptr": "*u8", "s_ptr": "*fp32", "z_ptr": "*u8", "out_ptr": "*bf16"}
+    w4 = {n: w4_types.get(n, "constexpr" if n.startswith(("BLOCK", "DOT")) else "i32") for n in w4a16_kernel.arg_names}
+    cfg = W4_CONFIGS[3]
+    yield "w4a16-bf16", w4a16_kernel, w4, {**cfg.kwargs, "DOT_PRECISION": "tf32"}, cfg
