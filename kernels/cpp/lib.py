@@ -158,6 +158,14 @@ def _tile_code(lib) -> int:
     return f()
 
 
+def bf16_dot_reason() -> str | None:
+    """None where vdpbf16ps runs (the tile back end is AMX or the AVX512-BF16 model: exactly where the CPU has
+    AVX512-BF16 and kb_cpp_set_isa has not forced AVX2), else why not. Asked at every setup: tests force the ISA
+    per case."""
+    code = _tile_code(LIB.require())
+    return None if code in (1, 2) else f"no AVX512-BF16 here (tile back end {TILE_BACKENDS.get(code, '?')})"
+
+
 def tile_backend() -> str:
     return TILE_BACKENDS.get(_tile_code(LIB.require()), "?")
 
@@ -338,11 +346,7 @@ def pack_w4_dp(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gr
 def w4_dp_reason(case=None, **_) -> str | None:
     """None where GEMM_W4A16_DP runs: AVX-512 in use (kb_cpp_set_isa may force AVX2) and vdpbf16ps (the tile back
     end is AMX or the AVX512-BF16 model exactly where the CPU has AVX512-BF16); else why not."""
-    why = LIB.reason() or avx512_available(case) or _needs_avx512(case)
-    if why:
-        return why
-    code = _tile_code(LIB.require())      # asked at every setup: tests force the ISA per case
-    return None if code in (1, 2) else "needs AVX512-BF16 (vdpbf16ps); this CPU has none"
+    return LIB.reason() or avx512_available(case) or _needs_avx512(case) or bf16_dot_reason()
 
 
 class _PrepackedW4(Kernel):
@@ -431,9 +435,8 @@ DECODE_PAGED = _cpp("kb_cpp_decode_paged",
 # The decode ladder (issue 18): decode_paged_dp.cpp (v2, what `cpp` runs where it applies) quotes v1's figures.
 def decode_v2_reason(q, k_cache) -> str | None:
     """None where kb_cpp_decode_paged runs v2 (decode_paged_dp.cpp), else why it runs v1 (decode_paged.cpp)."""
-    code = _tile_code(LIB.require())      # asked at every setup: tests force the ISA (kb_cpp_set_isa) per case
-    if code not in (1, 2):
-        return f"no AVX512-BF16 here (tile back end {TILE_BACKENDS.get(code, '?')})"
+    if why := bf16_dot_reason():
+        return why
     if k_cache.dtype in (torch.float32, torch.bfloat16, torch.float16):
         return None                       # bf16 q + bf16 KV, d % 32 == 0: vdpbf16ps; every other pair: fp32 FMAs
     if k_cache.dtype == torch.int8 and q.dtype in (torch.bfloat16, torch.float16):
