@@ -38,6 +38,7 @@ from inference.requests import (Detokenizer, Event, Handle, QueueFull, RequestEr
 from inference.scheduler import Request, Scheduled, Scheduler
 
 DECODE_KERNELS = ("auto", "cpp", "torch")
+PHASES = ("drain", "schedule", "forward_decode", "forward_mixed", "sample", "emit", "handoff")
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +121,7 @@ class PagedLlama:
         self._tbuf = torch.empty(0, dtype=torch.int32)
         self._lbuf = torch.empty(0, dtype=torch.int32)
         self._qbuf = self._obuf = torch.empty(0, dtype=self.dtype)
+        self.prefill_attn_s = 0.0          # seconds in the prefill chunks' attention (gather + SDPA), cumulative
 
     def _norm(self, mod) -> Callable[[torch.Tensor], torch.Tensor]:
         """An RMSNorm module as one fused op (`F.rms_norm`, the same formula as LlamaRMSNorm's five ops; the
@@ -200,12 +202,15 @@ class PagedLlama:
                 o = torch.empty(T, H, D, dtype=q.dtype)
             if dec and pre:
                 o[dec_rows] = self._decode(li, q[dec_rows], dec_tables, dec_lens)
+            tp = time.perf_counter() if pre else 0.0
             for i in pre:                                                     # chunk + earlier pages, causal
                 a, b = offs[i], offs[i + 1]
                 kk, vv = self.cache.gather(li, seqs[i], dtype=q.dtype)       # [L, Hk, D], L = start + n
                 L = kk.shape[0]
                 o[a:b] = sdpa_gathered(q[None, a:b], kk.transpose(0, 1)[None], vv.transpose(0, 1)[None],
                                        torch.tensor([L]))[0]
+            if pre:
+                self.prefill_attn_s += time.perf_counter() - tp
             att = layer.self_attn
             x = x + F.linear(o.reshape(T, H * D), att.o_proj.weight, att.o_proj.bias)
             h = self.post_norm[li](x)
@@ -281,7 +286,7 @@ class Engine:
         eos = getattr(lm.model.config, "eos_token_id", None)
         if eos is not None:
             self.eos = {eos} if isinstance(eos, int) else set(eos)
-        self.metrics = EngineMetrics(self.stats)
+        self.metrics = EngineMetrics(self.stats, self.phases)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._ids = itertools.count()
         self._reqs: dict[int, Request] = {}
@@ -296,6 +301,14 @@ class Engine:
         # loop has written them to the sockets, so that a step's tokens leave before the next step's compute)
         self.step_done: Callable[[], None] | None = None
         self._emitted = False
+        # where the engine thread's time goes (docs/streaming.md, "Where ours' time goes"), cumulative seconds per
+        # phase: ~8 perf_counter calls a step (~1 us). forward_mixed: steps carrying a prefill chunk; handoff: the
+        # engine waiting for the server's event loop to write the step's tokens; kind: "decode" (every chunk one
+        # token) or "mixed". `trace`: a list to get one (kind, seconds, tokens, sequences) tuple per step.
+        self.phase_s = dict.fromkeys(PHASES, 0.0)
+        self.kind_steps = {"decode": 0, "mixed": 0}
+        self.kind_s = {"decode": 0.0, "mixed": 0.0}
+        self.trace: list[tuple[str, float, int, int]] | None = None
 
     # ---- the submitter's side (any thread) --------------------------------------------------------------------
     def describe(self) -> dict:
@@ -327,6 +340,11 @@ class Engine:
         self._inbox.put(("cancel", handle, None))
         self._wake.set()
 
+    def phases(self) -> dict:
+        """Cumulative seconds per phase of the engine thread and steps by kind (the metrics' `_Phases`)."""
+        return {"phase_s": {**self.phase_s, "prefill_attention": self.model.prefill_attn_s},
+                "kind_steps": dict(self.kind_steps), "kind_s": dict(self.kind_s)}
+
     def stats(self) -> dict:
         return {"requests_running": len(self.scheduler.running), "requests_waiting": self._waiting_n,
                 "kv_blocks_used": self.scheduler.blocks_used, "kv_blocks_total": self.cache.num_blocks}
@@ -355,7 +373,9 @@ class Engine:
             self._emitted = False
             self.step()
             if self._emitted and self.step_done is not None:
+                t = time.perf_counter()
                 self.step_done()
+                self.phase_s["handoff"] += time.perf_counter() - t
         self._drain()
         for req in list(self._reqs.values()):                     # shutting down: end every request
             self._finish(req, "cancelled", status="cancelled")
@@ -386,6 +406,8 @@ class Engine:
 
     def step(self) -> bool:
         """One iteration: take in submissions and cancellations, plan, compute, sample, emit. False if idle."""
+        ph = self.phase_s
+        tq = time.perf_counter()
         self._drain()
         t0 = time.perf_counter()
         plan = self.scheduler.schedule()
@@ -393,8 +415,13 @@ class Engine:
             self.metrics.preemptions.inc(self.scheduler.preempted_total - self._preempted_seen)
             self._preempted_seen = self.scheduler.preempted_total
         self._waiting_n = len(self.scheduler.waiting)
+        t1 = time.perf_counter()
+        ph["drain"] += t0 - tq
+        ph["schedule"] += t1 - t0
         if not plan:
             return False
+        ntok = sum(len(s.ids) for s in plan)
+        kind = "decode" if ntok == len(plan) else "mixed"
         try:
             logits = self.model.forward(plan)
         except Exception as exc:                                   # a failing step ends its requests, not us
@@ -402,9 +429,13 @@ class Engine:
             for s in plan:
                 self._finish(s.req, "error", status="error", error=self.error)
             return True
+        t2 = time.perf_counter()
+        ph["forward_" + kind] += t2 - t1
         row = 0
         greedy = logits.argmax(-1).tolist() if len(logits) else []     # one argmax for the batch
         self.metrics.generated.inc(len(greedy))                         # one increment per step, not per token
+        t3 = time.perf_counter()
+        ph["sample"] += t3 - t2
         prompt_tokens = 0
         for s in plan:
             req = s.req
@@ -416,8 +447,14 @@ class Engine:
             self._emit(req, tok)
         self.metrics.prompt.inc(prompt_tokens)
         self.steps += 1
-        self.metrics.step.observe(time.perf_counter() - t0)
-        self.metrics.step_tokens.observe(sum(len(s.ids) for s in plan))
+        t4 = time.perf_counter()
+        ph["emit"] += t4 - t3
+        self.kind_steps[kind] += 1
+        self.kind_s[kind] += t4 - t0
+        if self.trace is not None:
+            self.trace.append((kind, t4 - t0, ntok, len(plan)))
+        self.metrics.step.observe(t4 - t0)
+        self.metrics.step_tokens.observe(ntok)
         return True
 
     def _sample(self, logits: torch.Tensor, req: Request) -> int:

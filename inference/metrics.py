@@ -7,14 +7,18 @@ Counters and the histogram are updated by the engine's thread:
     kbench_requests_total{status="finished|cancelled|rejected|error"}, kbench_preemptions_total,
     kbench_generated_tokens_total, kbench_prompt_tokens_total, kbench_step_seconds (one engine step: schedule,
     forward, sample), kbench_step_tokens (tokens computed per step)
-plus the library's process metrics (process_resident_memory_bytes, ...) for the soak test's "memory flat".
+plus the library's process metrics (process_resident_memory_bytes, ...) for the soak test's "memory flat",
+and, for an engine that keeps them (ours: `Engine.phase_s`), where its thread's time goes, read when scraped:
+    kbench_engine_phase_seconds_total{phase="drain|schedule|forward_decode|forward_mixed|sample|emit|handoff|
+    prefill_attention"} (prefill_attention is part of forward_mixed), kbench_engine_steps_total{kind="decode|mixed"},
+    kbench_engine_kind_seconds_total{kind} (a step from schedule to emit, by whether it carried a prefill chunk)
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 disable_created_metrics()          # no *_created series: the soak test reads totals, not creation times
 
@@ -40,11 +44,34 @@ class _Gauges:
             yield g
 
 
+class _Phases:
+    """The engine thread's cumulative time per phase and its steps by kind, read from the engine when scraped."""
+
+    def __init__(self, read: Callable[[], dict]):
+        self.read = read
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        s = self.read()
+        for name, doc, label, values in (
+                ("engine_phase_seconds", "engine thread seconds per phase", "phase", s.get("phase_s", {})),
+                ("engine_steps", "engine steps by kind (mixed: a prefill chunk in it)", "kind", s.get("kind_steps", {})),
+                ("engine_kind_seconds", "engine step seconds by kind", "kind", s.get("kind_s", {}))):
+            c = CounterMetricFamily(f"kbench_{name}", doc, labels=[label])
+            for k, v in values.items():
+                c.add_metric([k], float(v))
+            yield c
+
+
 class EngineMetrics:
-    def __init__(self, read_gauges: Callable[[], dict]):
+    def __init__(self, read_gauges: Callable[[], dict], read_phases: Callable[[], dict] | None = None):
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.registry.register(_Gauges(read_gauges))
+        if read_phases is not None:
+            self.registry.register(_Phases(read_phases))
         r = self.registry
         self.requests = Counter("kbench_requests", "requests by outcome", ["status"], registry=r)
         for s in STATUSES:
