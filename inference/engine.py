@@ -121,7 +121,7 @@ class PagedLlama:
         self._tbuf = torch.empty(0, dtype=torch.int32)
         self._lbuf = torch.empty(0, dtype=torch.int32)
         self._qbuf = self._obuf = torch.empty(0, dtype=self.dtype)
-        self.prefill_attn_s = 0.0          # seconds in the prefill chunks' attention (gather + SDPA), cumulative
+        self.prefill_attn_s = 0.0          # CPU seconds in the prefill chunks' attention (gather + SDPA), cumulative
 
     def _norm(self, mod) -> Callable[[torch.Tensor], torch.Tensor]:
         """An RMSNorm module as one fused op (`F.rms_norm`, the same formula as LlamaRMSNorm's five ops; the
@@ -202,7 +202,7 @@ class PagedLlama:
                 o = torch.empty(T, H, D, dtype=q.dtype)
             if dec and pre:
                 o[dec_rows] = self._decode(li, q[dec_rows], dec_tables, dec_lens)
-            tp = time.perf_counter() if pre else 0.0
+            tp = time.thread_time() if pre else 0.0
             for i in pre:                                                     # chunk + earlier pages, causal
                 a, b = offs[i], offs[i + 1]
                 kk, vv = self.cache.gather(li, seqs[i], dtype=q.dtype)       # [L, Hk, D], L = start + n
@@ -210,7 +210,7 @@ class PagedLlama:
                 o[a:b] = sdpa_gathered(q[None, a:b], kk.transpose(0, 1)[None], vv.transpose(0, 1)[None],
                                        torch.tensor([L]))[0]
             if pre:
-                self.prefill_attn_s += time.perf_counter() - tp
+                self.prefill_attn_s += time.thread_time() - tp
             att = layer.self_attn
             x = x + F.linear(o.reshape(T, H * D), att.o_proj.weight, att.o_proj.bias)
             h = self.post_norm[li](x)
@@ -301,16 +301,28 @@ class Engine:
         # loop has written them to the sockets, so that a step's tokens leave before the next step's compute)
         self.step_done: Callable[[], None] | None = None
         self._emitted = False
-        # where the engine thread's time goes (docs/streaming.md, "Where ours' time goes"), cumulative seconds per
-        # phase: ~8 perf_counter calls a step (~1 us). forward_mixed: steps carrying a prefill chunk; handoff: the
-        # engine waiting for the server's event loop to write the step's tokens; kind: "decode" (every chunk one
-        # token) or "mixed". `trace`: a list to get one (kind, seconds, tokens, sequences) tuple per step.
+        # where the engine thread's time goes (docs/streaming.md, "Where ours' time goes"): its CPU seconds per
+        # phase (time.thread_time: neither other processes on the core nor the GIL held by the server's thread
+        # count; ~8 clock reads a step, ~3 us). forward_mixed: steps carrying a prefill chunk; handoff (wall
+        # seconds): the engine waiting for the server's event loop to write the step's tokens. kind_s: wall
+        # seconds of steps by kind, "decode" (every chunk one token) or "mixed". `trace`: a list to get one
+        # (kind, wall seconds, tokens, sequences) tuple per step.
         self.phase_s = dict.fromkeys(PHASES, 0.0)
         self.kind_steps = {"decode": 0, "mixed": 0}
         self.kind_s = {"decode": 0.0, "mixed": 0.0}
         self.trace: list[tuple[str, float, int, int]] | None = None
 
     # ---- the submitter's side (any thread) --------------------------------------------------------------------
+    @property
+    def warning(self) -> str | None:
+        """One line when `decode="auto"` fell back to torch decode (no native build, an unsupported head dim...):
+        the server prints it at start and `bench.py serve` puts it in every row's `note` (its figures are not
+        those of the C++ kernel's engine)."""
+        if self.model.decode_kernel == "torch" and self.model.decode_reason:
+            return (f"{self.name} decodes with torch, not the C++ paged decode kernel ({self.model.decode_reason}): "
+                    "its figures are not the native engine's")
+        return None
+
     def describe(self) -> dict:
         return {"engine": self.name, "decode_kernel": self.model.decode_kernel,
                 "decode_reason": self.model.decode_reason,
@@ -406,18 +418,18 @@ class Engine:
 
     def step(self) -> bool:
         """One iteration: take in submissions and cancellations, plan, compute, sample, emit. False if idle."""
-        ph = self.phase_s
-        tq = time.perf_counter()
+        ph, cpu = self.phase_s, time.thread_time
+        tq = cpu()
         self._drain()
-        t0 = time.perf_counter()
+        c0, t0 = cpu(), time.perf_counter()
         plan = self.scheduler.schedule()
         if self.scheduler.preempted_total > self._preempted_seen:
             self.metrics.preemptions.inc(self.scheduler.preempted_total - self._preempted_seen)
             self._preempted_seen = self.scheduler.preempted_total
         self._waiting_n = len(self.scheduler.waiting)
-        t1 = time.perf_counter()
-        ph["drain"] += t0 - tq
-        ph["schedule"] += t1 - t0
+        c1 = cpu()
+        ph["drain"] += c0 - tq
+        ph["schedule"] += c1 - c0
         if not plan:
             return False
         ntok = sum(len(s.ids) for s in plan)
@@ -429,13 +441,13 @@ class Engine:
             for s in plan:
                 self._finish(s.req, "error", status="error", error=self.error)
             return True
-        t2 = time.perf_counter()
-        ph["forward_" + kind] += t2 - t1
+        c2 = cpu()
+        ph["forward_" + kind] += c2 - c1
         row = 0
         greedy = logits.argmax(-1).tolist() if len(logits) else []     # one argmax for the batch
         self.metrics.generated.inc(len(greedy))                         # one increment per step, not per token
-        t3 = time.perf_counter()
-        ph["sample"] += t3 - t2
+        c3 = cpu()
+        ph["sample"] += c3 - c2
         prompt_tokens = 0
         for s in plan:
             req = s.req
@@ -448,7 +460,7 @@ class Engine:
         self.metrics.prompt.inc(prompt_tokens)
         self.steps += 1
         t4 = time.perf_counter()
-        ph["emit"] += t4 - t3
+        ph["emit"] += cpu() - c3
         self.kind_steps[kind] += 1
         self.kind_s[kind] += t4 - t0
         if self.trace is not None:

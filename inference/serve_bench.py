@@ -243,7 +243,8 @@ class Sweep:
                                        server_args=plan.extra, threads=plan.args.threads))
             self.sampler = telemetry.make_sampler("cpu")
             manifest["telemetry"] = self.sampler.info()
-            self.writer = ResultWriter(self.rd.path, manifest, list(telemetry.TELEMETRY_COLUMNS) + L.METRIC_COLUMNS)
+            self.writer = ResultWriter(self.rd.path, manifest, list(telemetry.TELEMETRY_COLUMNS) + L.METRIC_COLUMNS +
+                                       ["note"])
         except BaseException:
             self.rd.release()
             raise
@@ -283,7 +284,8 @@ class Sweep:
         o = r.outcomes[0]
         return None if o.ok else (o.error or "failed")
 
-    def measure(self, target: str, ep: L.Endpoint, model: str, progress=print) -> None:
+    def measure(self, target: str, ep: L.Endpoint, model: str, progress=print, note: str | None = None) -> None:
+        """Every rate of one target; `note` (the server's start-up warnings) goes into each of its rows."""
         a = self.plan.args
         if not a.no_warmup:
             why = self.warmup(ep, model)
@@ -292,6 +294,7 @@ class Sweep:
                 return
         for rate in self.plan.rates:
             row = self.base_row(target, rate)
+            row["note"] = note
             with self.sampler.measure() as m, MetricsSampler(ep.base) as ms:
                 r = L.run_sync(ep, self.specs, rate, model, burstiness=a.burstiness, concurrency=a.concurrency,
                                seed=a.seed, duration_s=a.duration, request_timeout_s=a.request_timeout,
@@ -375,6 +378,8 @@ def table(rows: list[dict], title: str = ""):
     for r in rows:
         st = r["status"]
         shown = st if st == "ok" and not r.get("reason") else f"{st} [dim]{escape(str(r.get('reason') or '')[:60])}[/]"
+        if r.get("note"):
+            shown += f" [yellow]{escape(str(r['note'])[:60])}[/]"
         gp = r.get("goodput_frac")
         t.add_row(r["variant"], r["case"], shown,
                   f"{r.get('completed', '')}/{r.get('requests', '')}" if st == "ok" else "",
@@ -419,9 +424,15 @@ def sweep(plan: Plan, argv: list[str], mode: str = "serve") -> int:
                         sw.skip_all(target, "skipped" if exc.exit_code == 2 else "error", str(exc))
                         console.print(f"  [yellow]{target}: {escape(str(exc))}[/]")
                         continue
+                    note = "; ".join(srv.warnings) or None
+                    if note:                         # loud: the figures are not those of the engine asked for
+                        print(f"bench.py serve: warning: {target}: {note}", file=sys.stderr, flush=True)
+                        sw.writer.write_manifest(servers={**sw.writer.manifest.get("servers", {}),
+                                                          target: {**sw.writer.manifest["servers"][target],
+                                                                   "warnings": srv.warnings}})
                     try:
                         sw.measure(target, L.Endpoint(srv.base, srv.host, srv.port, plan.args.api), plan.model,
-                                   console.print)
+                                   console.print, note=note)
                     finally:
                         srv.stop()
             except KeyboardInterrupt as exc:

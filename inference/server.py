@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from inference.requests import Event, QueueFull, RequestError, SamplingParams
 
 READY = "kbench server ready on http://{host}:{port}"
+WARNING = "warning: "       # a line the server prints at start about what it serves (e.g. torch decode fallback)
 DISCONNECT_POLL_S = 0.25
 HANDOFF_S = 0.05            # the longest an engine step waits for the event loop to send its tokens
 HANDOFF_HOPS = 8            # at most this many loop iterations per wait
@@ -394,6 +395,9 @@ def build_engine(a):
     except (ValueError, RuntimeError) as exc:
         print(f"inference.server: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    warning = getattr(engine, "warning", None)
+    if warning:                                   # one line, before the ready line (bench.py serve: the rows' note)
+        print(f"{WARNING}{warning}", file=sys.stderr, flush=True)
     cap = getattr(engine, "cache", None)
     if cap is not None and cap.num_blocks * cap.block_size < engine.max_model_len:
         print(f"note: the KV pool ({cap.num_blocks} x {cap.block_size} tokens) is smaller than the context "

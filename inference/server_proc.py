@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "kbench server ready on "
+WARNING = "warning: "               # inference/server.py's start-up warnings (ours on torch decode)
 
 
 class ServerStartError(RuntimeError):
@@ -78,6 +79,7 @@ class BuiltinServer:
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self._lines: list[str] = []
+        self.warnings: list[str] = []      # the server's `warning: ...` lines before it was ready
         self._ready = threading.Event()
 
     @property
@@ -102,6 +104,8 @@ class BuiltinServer:
                 log.flush()
             if line.startswith(READY):
                 self._ready.set()
+            elif line.startswith(WARNING) and not self._ready.is_set():
+                self.warnings.append(line[len(WARNING):].strip())
 
     def start(self) -> "BuiltinServer":
         self.port = free_port(self.host)

@@ -14,7 +14,8 @@ As a process, taking the built-in server's command line (the serve CLI's tests l
 `python -m tests.openai_stub --model tiny --host 127.0.0.1 --port P --engine ours [--ttft-s S --itl-s S]`;
 it prints `kbench server ready on http://HOST:PORT` and exits on SIGTERM; an engine named in
 $KB_STUB_UNAVAILABLE (comma-separated) exits 2 at start, as an engine that cannot run here; KB_STUB_LEAK=1
-makes it leak (pretend) KV blocks of disconnected requests. /metrics has the real server's gauges (pretend ones).
+makes it leak (pretend) KV blocks of disconnected requests; $KB_STUB_WARNING is printed as a start-up
+`warning: ` line, as the real server's when ours falls back to torch decode. /metrics has the real server's gauges (pretend ones).
 """
 from __future__ import annotations
 
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.engine in os.environ.get("KB_STUB_UNAVAILABLE", "").split(","):
         print(f"tests.openai_stub: error: engine {a.engine!r} cannot run here (on purpose)", file=sys.stderr)
         return 2
+    if os.environ.get("KB_STUB_WARNING"):           # as the real server's start-up warning (ours on torch decode)
+        print(f"warning: {os.environ['KB_STUB_WARNING']}", file=sys.stderr, flush=True)
     import uvicorn
     leak = os.environ.get("KB_STUB_LEAK") == "1"
     server = uvicorn.Server(uvicorn.Config(make_app(a.ttft_s, a.itl_s, leak=leak), host=a.host, port=a.port,

@@ -371,3 +371,27 @@ def test_hf_static_counts_how_full_its_batches_stay(lm):
     assert c["server_static_row_util"] == 14 / 32
     s.first, s.last = {}, {}                                   # ours: no such counters, no figures
     assert all(c != c for c in (s.columns()[k] for k in ("server_static_steps_under_half", "server_static_row_util")))
+
+
+def test_a_fallback_to_torch_decode_is_a_warning(lm, monkeypatch):
+    """decode="auto" without the C++ kernel (no native build): the engine says so in one line (the server prints
+    it, bench.py serve puts it in the rows' note); asked for torch, or on the C++ kernel: no warning."""
+    import inference.engine as E
+    monkeypatch.setattr(E, "cpp_decode_reason", lambda *a: "C++ kernels not built: run 'make build' (test)")
+    eng = Engine(lm, num_blocks=8, decode="auto")
+    assert eng.model.decode_kernel == "torch"
+    assert eng.warning and "torch" in eng.warning and "not built" in eng.warning and "\n" not in eng.warning
+    assert Engine(lm, num_blocks=8, decode="torch").warning is None
+    monkeypatch.undo()
+    if not cpp_decode_reason(64, 2, 1):
+        assert Engine(lm, num_blocks=8, decode="auto").warning is None
+
+
+def test_the_server_prints_the_fallback_warning_once(lm, monkeypatch, capsys):
+    import inference.engine as E
+    from inference import server
+    monkeypatch.setattr(E, "cpp_decode_reason", lambda *a: "C++ kernels not built (test)")
+    monkeypatch.setattr("models.zoo.load", lambda *a, **k: lm)
+    server.build_engine(server.parse_args(["--engine", "ours", "--num-blocks", "16"]))
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: ")]
+    assert len(err) == 1 and "torch" in err[0] and "not built (test)" in err[0], err

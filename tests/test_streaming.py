@@ -105,6 +105,27 @@ def test_builtin_server_is_started_and_stopped_and_an_unavailable_engine_skipped
     assert "kbench server ready on http://127.0.0.1:" in (out / "server-ours.log").read_text()
 
 
+def test_a_server_warning_is_a_note_in_its_rows_and_one_stderr_line(tmp_path, monkeypatch, capsys):
+    """ours on torch decode (no native build): the server's start-up warning reaches every row of that engine
+    (`note`), the manifest, and stderr once; an engine without a warning has no note."""
+    monkeypatch.setenv("KB_STUB_WARNING", "ours decodes with torch, not the C++ paged decode kernel (test)")
+    out = tmp_path / "run"
+    code = serve_bench.main(["--engine", "ours", "--server-module", "tests.openai_stub", "--rates", "inf,64",
+                             "--num-prompts", "3", "--output-len", "3", "--out", str(out), "--no-warmup"])
+    assert code == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "warning:" in ln]
+    assert len(err) == 1 and err[0].startswith("bench.py serve: warning: ours: ours decodes with torch"), err
+    df = load(out)
+    assert len(df) == 2 and list(df["note"]) == ["ours decodes with torch, not the C++ paged decode kernel (test)"] * 2
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["servers"]["ours"]["warnings"] == ["ours decodes with torch, not the C++ paged decode kernel (test)"]
+    monkeypatch.delenv("KB_STUB_WARNING")
+    out2 = tmp_path / "run2"
+    assert serve_bench.main(["--engine", "ours", "--server-module", "tests.openai_stub", "--rates", "inf",
+                             "--num-prompts", "2", "--output-len", "2", "--out", str(out2), "--no-warmup"]) == 0
+    assert load(out2)["note"].isna().all() and "warning:" not in capsys.readouterr().err
+
+
 def test_sigterm_mid_sweep_stops_the_server_and_keeps_the_rows(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "KB_STUB_ITL_S": "0.2"}
