@@ -175,6 +175,14 @@ async def served_model(ep: Endpoint, timeout_s: float = 10.0) -> str | None:
 
 # ---- the workload ---------------------------------------------------------------------------------------------
 LEN_DISTS = ("uniform", "corpus")
+# Named length workloads (`bench.py serve --lengths`, suite `streaming`): the README tables' two. narrow: 32-64
+# output tokens, uniform (a static batch of 32 keeps ~77% of its row-steps generating); corpus: max_tokens = a
+# held-out paragraph's length, capped by the tiny model's 256-token context (mean 92, p90 200; ~43%).
+LENGTH_PRESETS: dict[str, dict[str, Any]] = {
+    "narrow": dict(input_len=32, input_len_max=128, output_len=32, output_len_max=64),
+    "corpus": dict(input_len=32, input_len_max=128, output_len=1, output_len_max=224, output_len_dist="corpus",
+                   context_len=256),
+}
 
 
 @dataclass

@@ -75,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
                    "(default 1)")
     p.add_argument("--context-len", type=int, default=None, help="cap every max_tokens at this minus its prompt "
                    "length (the model's context: 256 for tiny); not sent to the server")
+    p.add_argument("--lengths", default=None, help="named length workloads, comma-separated, run one after the "
+                   f"other against each engine ({', '.join(L.LENGTH_PRESETS)}; they replace the --*-len options; "
+                   "rows' case lengths=NAME,rate=R)")
     p.add_argument("--prompts", default="corpus", choices=("corpus", "fixed"),
                    help="corpus: slices of the held-out text of models.data (default); fixed: one repeated text")
     p.add_argument("--slo", default=None, help="goodput SLOs in ms, e.g. ttft_ms=1000,tpot_ms=100,e2el_ms=5000")
@@ -102,6 +105,7 @@ class Plan:
     args: argparse.Namespace
     model: str = "tiny"
     extra: list[str] = field(default_factory=list)
+    workloads: list[tuple[str, L.Workload]] = field(default_factory=list)   # (name, workload); name "" if one
 
 
 def _positive(name: str, x: float | None, integer: bool = False, hi: float = 1e7) -> None:
@@ -130,6 +134,20 @@ def validate(a: argparse.Namespace) -> Plan:
                    input_len_dist=a.input_len_dist, output_len_dist=a.output_len_dist, len_scale=a.len_scale,
                    context_len=a.context_len)
     w.check()
+    workloads = [("", w)]
+    if a.lengths is not None:
+        names = [n.strip() for n in a.lengths.split(",") if n.strip()]
+        bad = [n for n in names if n not in L.LENGTH_PRESETS]
+        if not names or bad or len(set(names)) != len(names):
+            raise L.LoadgenError(f"--lengths: give distinct names among {', '.join(L.LENGTH_PRESETS)}, not "
+                                 f"{a.lengths!r}")
+        workloads = []
+        for n in names:
+            wn = L.Workload(**{**w.__dict__, "input_len_max": None, "output_len_max": None, "input_len_dist": "uniform",
+                               "output_len_dist": "uniform", "context_len": None, **L.LENGTH_PRESETS[n]})
+            wn.check()
+            workloads.append((n, wn))
+        w = workloads[0][1]
     extra: list[str] = []
     for opt in SERVER_OPTIONS:
         v = getattr(a, opt)
@@ -141,12 +159,12 @@ def validate(a: argparse.Namespace) -> Plan:
         why = asyncio.run(L.reachable(ep))
         if why:
             raise L.LoadgenError(f"--endpoint: {why}")
-        return Plan(["endpoint"], ep, rates, w, slo, a, a.model or "", extra)
+        return Plan(["endpoint"], ep, rates, w, slo, a, a.model or "", extra, workloads)
     engines = [e.strip() for e in (a.engine or "ours").split(",") if e.strip()]
     for e in engines:
         if e not in ENGINES:
             raise L.LoadgenError(f"--engine: unknown engine {e!r}; choose from: {', '.join(ENGINES)}")
-    return Plan(engines, None, rates, w, slo, a, a.model or "tiny", extra)
+    return Plan(engines, None, rates, w, slo, a, a.model or "tiny", extra, workloads)
 
 
 # ---- the server's own gauges during a rate ---------------------------------------------------------------------
@@ -228,8 +246,12 @@ class Sweep:
         from harness import env, rundir, telemetry
         from harness.results import ResultWriter
         self.plan, self.suite, self.mode = plan, suite, mode
-        self.specs = L.make_requests(plan.workload)
-        self.lengths = L.workload_stats(plan.workload, self.specs)
+        # (name, workload, requests, length statistics) per workload: one, or each of --lengths
+        self.workloads = []
+        for name, w in plan.workloads or [("", plan.workload)]:
+            specs = L.make_requests(w)
+            self.workloads.append((name, w, specs, L.workload_stats(w, specs)))
+        self.specs, self.lengths = self.workloads[0][2], self.workloads[0][3]
         self.rd = rundir.claim(Path(plan.args.out) if plan.args.out else None, "cpu")
         try:
             manifest = env.manifest("cpu", argv)
@@ -238,6 +260,8 @@ class Sweep:
                             serve=dict(targets=plan.targets, endpoint=plan.endpoint.base if plan.endpoint else None,
                                        rates=[_rate_str(r) for r in plan.rates], workload=plan.workload.describe(),
                                        lengths=self.lengths,
+                                       workloads={n: dict(workload=w.describe(), lengths=st)
+                                                  for n, w, _, st in self.workloads if n},
                                        slo=plan.slo, burstiness=plan.args.burstiness,
                                        concurrency=plan.args.concurrency, api=plan.args.api, model=plan.model,
                                        server_args=plan.extra, threads=plan.args.threads))
@@ -256,12 +280,14 @@ class Sweep:
     def dir(self) -> Path:
         return self.writer.dir
 
-    def base_row(self, target: str, rate: float) -> dict[str, Any]:
+    def base_row(self, target: str, rate: float, wl: tuple | None = None) -> dict[str, Any]:
         a = self.plan.args
-        case = f"rate={_rate_str(rate)}" + (f",concurrency={a.concurrency}" if a.concurrency else "") + \
+        name, w, _, lengths = wl or self.workloads[0]
+        case = (f"lengths={name}," if name else "") + f"rate={_rate_str(rate)}" + \
+            (f",concurrency={a.concurrency}" if a.concurrency else "") + \
             (f",burstiness={a.burstiness:g}" if a.burstiness != 1.0 else "")
         variant = target if target != "endpoint" else f"endpoint:{self.plan.endpoint.host}:{self.plan.endpoint.port}"
-        cfg = dict(workload=self.plan.workload.describe(), lengths=self.lengths, api=a.api, burstiness=a.burstiness,
+        cfg = dict(workload=w.describe(), lengths=lengths, api=a.api, burstiness=a.burstiness,
                    concurrency=a.concurrency, duration_s=a.duration, slo=self.plan.slo, server_args=self.plan.extra,
                    server_threads=a.threads if target != "endpoint" else None,
                    endpoint=self.plan.endpoint.base if self.plan.endpoint else None)
@@ -273,8 +299,10 @@ class Sweep:
         self.writer.add(row)
 
     def skip_all(self, target: str, status: str, reason: str) -> None:
-        for rate in self.plan.rates:
-            self.add({**self.base_row(target, rate), "status": status, "reason": reason[:500], "samples_ms": []})
+        for wl in self.workloads:
+            for rate in self.plan.rates:
+                self.add({**self.base_row(target, rate, wl), "status": status, "reason": reason[:500],
+                          "samples_ms": []})
 
     def warmup(self, ep: L.Endpoint, model: str) -> str | None:
         """One request first (as vLLM's benchmark does): the reason it failed, or None."""
@@ -292,11 +320,11 @@ class Sweep:
             if why:
                 self.skip_all(target, "error", f"the test request failed: {why}")
                 return
-        for rate in self.plan.rates:
-            row = self.base_row(target, rate)
+        for wl, rate in [(wl, rate) for wl in self.workloads for rate in self.plan.rates]:
+            row = self.base_row(target, rate, wl)
             row["note"] = note
             with self.sampler.measure() as m, MetricsSampler(ep.base) as ms:
-                r = L.run_sync(ep, self.specs, rate, model, burstiness=a.burstiness, concurrency=a.concurrency,
+                r = L.run_sync(ep, wl[2], rate, model, burstiness=a.burstiness, concurrency=a.concurrency,
                                seed=a.seed, duration_s=a.duration, request_timeout_s=a.request_timeout,
                                max_time_s=a.max_time)
             row.update(L.summarize(r, self.plan.slo))
@@ -404,7 +432,8 @@ def sweep(plan: Plan, argv: list[str], mode: str = "serve") -> int:
         console.print(f"[bold]run {sw.run_id}[/]: streaming sweep of {', '.join(plan.targets)} at rates "
                       f"{', '.join(_rate_str(r) for r in plan.rates)} ({plan.workload.num_prompts} requests each) "
                       f"-> {sw.dir}")
-        console.print("  lengths: " + escape(L.describe_lengths(plan.workload, sw.lengths)))
+        for name, w, _, st in sw.workloads:
+            console.print(f"  lengths{' ' + name if name else ''}: " + escape(L.describe_lengths(w, st)))
         with _signals_as_interrupts():
             try:
                 for target in plan.targets:

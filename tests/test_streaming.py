@@ -44,6 +44,8 @@ def _alive(pid: int) -> bool:
     (["--concurrency", "0"], "--concurrency"),
     (["--burstiness", "0"], "--burstiness"),
     (["--duration", "nan"], "--duration"),
+    (["--lengths", "corpus,wide"], "--lengths"),
+    (["--lengths", "corpus,corpus"], "--lengths"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, says, capsys, tmp_path):
     args = [a.replace("PORT", str(free_port())) for a in args]
@@ -160,10 +162,25 @@ def test_suite_streaming_runs_the_engines_side_by_side(tmp_path):
     from suites import streaming
     rates = streaming.SETTINGS["quick"]["rates"].split(",")
     assert sorted(df["variant"].unique()) == sorted(streaming.ENGINES)
-    assert len(df) == len(streaming.ENGINES) * len(rates)
+    # the narrow and the corpus workloads, each at every rate, against each engine
+    assert sorted(df["case"]) == sorted(f"lengths={w},rate={r}" for w in ("narrow", "corpus") for r in rates
+                                        for _ in streaming.ENGINES)
     assert set(df[df["variant"] != "hf-cb"]["status"]) == {"ok"} and set(df[df["variant"] == "hf-cb"]["status"]) == \
         {"skipped"}
     assert df["slo"].dropna().map(json.loads).iloc[0] == {"ttft_ms": 1000.0, "tpot_ms": 100.0}
+    # the rows carry their workload's length statistics; the corpus one is heavy-tailed, capped by the context
+    n = streaming.SETTINGS["quick"]["num_prompts"]
+    for case, row in zip(df["case"], df["config"].map(json.loads)):
+        st, w = row["lengths"], row["workload"]
+        if case.startswith("lengths=corpus"):
+            assert w["output_len_dist"] == "corpus" and w["context_len"] == 256 and 1 <= st["output"]["min"]
+            assert st["output"]["max"] <= 224 and st["output"]["max"] > 64, st
+        else:
+            assert w["output_len_dist"] == "uniform" and 32 <= st["output"]["min"] <= st["output"]["max"] <= 64, st
+    ok = df[(df["status"] == "ok") & df["case"].str.startswith("lengths=corpus")]
+    assert (ok["total_output_tokens"] > 0).all() and (ok["completed"] == n).all()
+    m = json.loads((out / "manifest.json").read_text())
+    assert set(m["serve"]["workloads"]) == {"narrow", "corpus"}
 
 
 # ---- the reliability soak (scripts/serve_soak.py) ----------------------------------------------------------------
