@@ -8,8 +8,10 @@ import pytest
 from inference import loadgen as L
 from tests.openai_stub import StubServer
 
-# Client-side times can only be later than the stub's sleeps; how much later depends on the load of the (shared,
-# one-core) machine: a generous upper slack, a tight lower bound.
+# Client-side times can only be later than the stub's sleeps: lower bounds from causality (a chunk cannot arrive
+# before the stub has slept for it), exact at any load. How much later depends on the load of the (shared,
+# one-core) machine: upper bounds only on medians (a descheduled client reads one chunk late, and the next one
+# sooner than the gap: single gaps are not bounded either way under load), with a generous slack.
 LOW_MS = 1.0
 SLACK_MS = 120.0
 pytestmark = pytest.mark.timeout(120)       # a client that waits forever fails here, not in CI's time limit
@@ -25,23 +27,29 @@ def _specs(n, prompt_len=12, out=6, prompt=None):
 
 # ---- the figures against known delays -------------------------------------------------------------------------
 def test_metrics_match_the_stubs_known_delays():
-    ttft, itl, n_out = 0.15, 0.04, 6
+    """TTFT, ITL, TPOT, E2E against a stub with known delays. Robust to load (it failed twice at load 8 when
+    every single gap had to be within [itl - 1 ms, itl + 120 ms]): per request, causality (each chunk's arrival
+    after the stub's sleeps for it) and the definitions' exact relations; across requests, the medians within
+    a slack. The itl of 100 ms makes a doubled gap (200 ms) fall outside the slack."""
+    ttft, itl, n_out = 0.15, 0.1, 6
     with StubServer(ttft_s=ttft, itl_s=itl, usage_bias=0) as url:
         r = _run(url, _specs(6, out=n_out), concurrency=3)
     s = L.summarize(r)
     assert s["completed"] == 6 and s["failed"] == 0
+    e2e = (ttft + (n_out - 1) * itl) * 1e3
     for o in r.outcomes:
         assert o.ok and o.output_tokens == n_out and o.prompt_tokens == 12 and o.text == "a" * n_out
         assert len(o.itl) == n_out - 1                              # every gap between tokens
-        assert ttft * 1e3 - LOW_MS <= o.ttft * 1e3 <= ttft * 1e3 + SLACK_MS
-        assert all(itl * 1e3 - LOW_MS <= g * 1e3 <= itl * 1e3 + SLACK_MS for g in o.itl)
+        arrivals = np.cumsum([o.ttft] + o.itl) * 1e3                # chunk k's arrival, ms after the send
+        known = (ttft + itl * np.arange(n_out)) * 1e3               # the stub's sleeps before chunk k
+        assert (arrivals >= known - LOW_MS).all(), (arrivals, known)
         # TPOT = (E2E - TTFT) / (output tokens - 1): exactly the mean of this request's gaps
         assert o.tpot == pytest.approx(float(np.mean(o.itl)), rel=1e-9)
         assert o.latency == pytest.approx(o.ttft + sum(o.itl), rel=1e-9)
+        assert o.latency * 1e3 <= e2e + 2000                        # a gross error, whatever the load
     assert ttft * 1e3 - LOW_MS <= s["ttft_median_ms"] <= ttft * 1e3 + SLACK_MS
-    assert itl * 1e3 - LOW_MS <= s["itl_median_ms"] <= itl * 1e3 + SLACK_MS
-    assert itl * 1e3 - LOW_MS <= s["tpot_median_ms"] <= itl * 1e3 + SLACK_MS
-    e2e = (ttft + (n_out - 1) * itl) * 1e3
+    assert itl * 1e3 / 2 <= s["itl_median_ms"] <= itl * 1e3 + SLACK_MS
+    assert itl * 1e3 / 2 <= s["tpot_median_ms"] <= itl * 1e3 + SLACK_MS
     assert e2e - LOW_MS <= s["e2el_median_ms"] <= e2e + 2 * SLACK_MS
     # two waves of 3 (concurrency 3): the run lasts about two requests' latency
     assert s["max_concurrency"] == 3
