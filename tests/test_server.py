@@ -60,6 +60,9 @@ def sse(lines):
             done = True
         else:
             out.append(json.loads(body))
+            # the bytes of json.dumps of the event's object (the server fills a middle chunk's text into a JSON
+            # template made once per stream: it must not differ from the dict's own dump)
+            assert json.dumps(out[-1]) == body, body
     return out, done
 
 
