@@ -97,9 +97,10 @@ def in_process(a, specs) -> dict:
     eng = Engine(lm, **opts)
     eng.generate([lm.encode(specs[0].prompt).tolist()], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
     times: list[list[float]] = [[] for _ in specs]
+    at: list[list[int]] = [[] for _ in specs]           # the step (index into eng.trace) that made each token
 
     def sink(i):
-        return lambda ev: times[i].append(time.perf_counter())
+        return lambda ev: (times[i].append(time.perf_counter()), at[i].append(len(eng.trace)))
     eng.trace = []
     prof = None
     if a.cprofile:
@@ -125,6 +126,16 @@ def in_process(a, specs) -> dict:
             seqs_mean=statistics.fmean(x[3] for x in st) if st else math.nan,
             tokens_mean=statistics.fmean(x[2] for x in st) if st else math.nan)
     out["phase_s"] = eng.phases()["phase_s"]
+    # the slowest requests by TPOT (the p99 side): how long they are and how many of their gaps were mixed steps
+    # (a step carrying prefill chunks of joining requests) against every request's
+    per = [((t[-1] - t[0]) / (len(t) - 1) * 1e3, len(t), sum(eng.trace[k][0] == "mixed" for k in a[1:]) / (len(a) - 1))
+           for t, a in zip(times, at) if len(t) > 1]
+    per.sort(reverse=True)
+    top = per[:max(1, len(per) // 20)]
+    out["slowest_5pct"] = dict(tpot_ms=statistics.fmean(x[0] for x in top), output_tokens=statistics.fmean(
+        x[1] for x in top), gaps_in_mixed_steps=statistics.fmean(x[2] for x in top))
+    out["all_requests"] = dict(tpot_ms=statistics.fmean(x[0] for x in per), output_tokens=statistics.fmean(
+        x[1] for x in per), gaps_in_mixed_steps=statistics.fmean(x[2] for x in per))
     if prof:
         import io
         import pstats
