@@ -395,3 +395,24 @@ def test_the_server_prints_the_fallback_warning_once(lm, monkeypatch, capsys):
     server.build_engine(server.parse_args(["--engine", "ours", "--num-blocks", "16"]))
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: ")]
     assert len(err) == 1 and "torch" in err[0] and "not built (test)" in err[0], err
+
+
+def test_phase_counters_account_for_every_step(lm):
+    """Engine.phase_s / kind_steps (scripts/serve_profile.py's breakdown, /metrics' kbench_engine_*): every step is
+    counted once as decode-only or mixed (a prefill chunk in it), the phases' CPU seconds grow, the trace agrees."""
+    from prometheus_client import generate_latest
+    eng = Engine(lm, num_blocks=32, block_size=8, max_tokens_per_step=24, decode="torch")
+    eng.trace = []
+    eng.generate([prompt(40, 1), prompt(5, 2)], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+    kinds = [k for k, *_ in eng.trace]
+    assert len(kinds) == eng.steps == sum(eng.kind_steps.values())
+    # 45 prompt tokens under a 24-token budget: at least two steps carry prefill, the rest decode one token each
+    assert eng.kind_steps["mixed"] == kinds.count("mixed") >= 2 and eng.kind_steps["decode"] == kinds.count("decode") >= 4
+    assert all(nt == ns for k, _, nt, ns in eng.trace if k == "decode")        # decode-only: one token a sequence
+    assert all(nt > ns for k, _, nt, ns in eng.trace if k == "mixed")
+    ph = eng.phases()["phase_s"]
+    assert ph["forward_decode"] > 0 and ph["forward_mixed"] > 0 and ph["emit"] > 0 and ph["schedule"] > 0
+    assert 0 < ph["prefill_attention"] <= ph["forward_mixed"]
+    text = generate_latest(eng.metrics.registry).decode()
+    assert f'kbench_engine_steps_total{{kind="mixed"}} {float(eng.kind_steps["mixed"])}' in text
+    assert 'kbench_engine_phase_seconds_total{phase="forward_decode"}' in text
