@@ -6,12 +6,12 @@ quality and speed) and suites/quant_gemm.py (the kernels).
     quant.weight_bytes(qmodel)                    # storage as held, at each tensor's width
 
 Methods (`METHODS`, name -> Method): ours -- int8_wo (int8_weight_only.py), int4_g32/g64/g128 (RTN,
-int4_weight_only.py), gptq_g64/g128 and gptq_g64_act/g128_act (gptq.py, calibrated), awq_g64/g128 (awq.py,
-calibrated), w8a8 (w8a8_dynamic.py), fp8_wo / fp8_dynamic (fp8.py), w8a8_cpp / int4_g64_cpp (cpp_kernels.py: the
-same grids on our C++ kernels); PyTorch's -- torch_dynamic_int8, torch_int8pack, torch_int4pack_g64
-(torch_native.py); torchao's -- torchao_* (torchao_configs.py). Bad input (an unknown method, a bit width or
-group size a method does not have, a group that does not divide a layer's input size) raises QuantError with one
-line.
+int4_weight_only.py), gptq_g64/g128, gptq_g64_act/g128_act and gptq_g64_seq/g128_seq (gptq.py, calibrated),
+awq_g64/g128 (awq.py, calibrated), w8a8 (w8a8_dynamic.py), fp8_wo / fp8_dynamic (fp8.py), w8a8_cpp /
+int4_g64_cpp (cpp_kernels.py: the same grids on our C++ kernels); PyTorch's -- torch_dynamic_int8,
+torch_int8pack, torch_int4pack_g64 (torch_native.py); torchao's -- torchao_* (torchao_configs.py). Bad input (an
+unknown method, a bit width or group size a method does not have, a group that does not divide a layer's input
+size) raises QuantError with one line.
 """
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ def _ours():
         ms.append(Method(f"gptq_g{g}_act", f"int4 GPTQ with act-order (columns by decreasing H_ii, static groups), "
                          f"groups of {g}", lambda m, lm, cal, g=g: gptq.apply(m, lm, group=g, calibrate=cal,
                                                                               act_order=True), 4, calibrated=True))
+    for g in (64, 128):
+        ms.append(Method(f"gptq_g{g}_seq", f"int4 GPTQ true-sequential (each layer's Hessian from the outputs of the "
+                         f"already-quantized layers before it), groups of {g}",
+                         lambda m, lm, cal, g=g: gptq.apply(m, lm, group=g, calibrate=cal, sequential=True), 4,
+                         calibrated=True))
     for g in (64, 128):
         ms.append(Method(f"awq_g{g}", f"int4 AWQ (activation-aware input-channel scales and clipping from "
                          f"{gptq.CALIB_WINDOWS} windows of training text), groups of {g}",

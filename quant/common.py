@@ -77,13 +77,16 @@ def decoder_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
 
 
 @torch.no_grad()
-def calibration_statistics(model: nn.Module, calibrate) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
-    """For every decoder linear, from one `calibrate(model)` pass over the calibration data (ids [windows,
-    context] for an LM): (sum of x x^T [K, K], sum of |x| [K], both float64, token count). GPTQ takes the first
-    (its Hessian), AWQ all three."""
+def calibration_statistics(model: nn.Module, calibrate,
+                           names=None) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
+    """For every decoder linear (or those in `names`), from one `calibrate(model)` pass over the calibration data
+    (ids [windows, context] for an LM): (sum of x x^T [K, K], sum of |x| [K], both float64, token count). GPTQ takes
+    the first (its Hessian), AWQ all three."""
     acc: dict[str, list] = {}
     hooks = []
     for name, lin in decoder_linears(model):
+        if names is not None and name not in names:
+            continue
         k = lin.in_features
         acc[name] = [torch.zeros(k, k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64), 0]
 

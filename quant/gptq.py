@@ -11,16 +11,20 @@ weights that already carry every earlier update). Dampening: 1% of the mean diag
 
 Calibration: `CALIB_WINDOWS` windows of the model's context from the *training* split (never the held-out
 text the quality is scored on), seeded. `act_order` (the `gptq_g*_act` methods): columns in order of decreasing
-H_ii with static groups (AutoGPTQ's desc_act + static_groups). All Hessians come from one pass of the unquantized
-model (not layer by layer through the already-quantized layers: the "true sequential" refinement is not done).
-Cost: one forward over the calibration text plus O(K^3 + N K^2) per layer (milliseconds on the tiny model).
+H_ii with static groups (AutoGPTQ's desc_act + static_groups). By default all Hessians come from one pass of the
+unquantized model. `sequential` (the `gptq_g*_seq` methods; AutoGPTQ's true_sequential): the layers are quantized
+in the order the forward calls them, in groups of layers that read the same input tensor (q/k/v, then o, then
+gate/up, then down, block after block), and each group's Hessian is collected by a fresh calibration pass through
+the model whose earlier layers are already quantized, so each layer's GPTQ corrects for the inputs it will see.
+Cost: one forward over the calibration text (plain) or one per group (sequential: 4 per decoder block) plus
+O(K^3 + N K^2) per layer (milliseconds on the tiny model).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from quant.common import QuantError, calibration_statistics, replace_linears
+from quant.common import QuantError, calibration_statistics, decoder_linears, replace_linears
 from quant.int4_weight_only import QMAX, Int4WeightOnlyLinear, check, group_params
 
 CALIB_WINDOWS = 128
@@ -37,10 +41,10 @@ def calibration_ids(lm, windows: int = CALIB_WINDOWS, seed: int = 0) -> torch.Te
     return train[starts[:, None] + torch.arange(ctx)]
 
 
-def hessians(model: nn.Module, calibrate) -> dict[str, tuple[torch.Tensor, int]]:
-    """For every decoder linear: (sum of x x^T over the calibration tokens in float64 [K, K], token count).
-    `calibrate(model)` runs the model over the calibration data (ids [windows, context] for an LM)."""
-    return {k: (h, n) for k, (h, _, n) in calibration_statistics(model, calibrate).items()}
+def hessians(model: nn.Module, calibrate, names=None) -> dict[str, tuple[torch.Tensor, int]]:
+    """For every decoder linear (or those in `names`): (sum of x x^T over the calibration tokens in float64 [K, K],
+    token count). `calibrate(model)` runs the model over the calibration data (ids [windows, context] for an LM)."""
+    return {k: (h, n) for k, (h, _, n) in calibration_statistics(model, calibrate, names).items()}
 
 
 def lm_calibration(ids: torch.Tensor, batch: int = 16):
@@ -118,20 +122,61 @@ def _gptq_act_order(W: torch.Tensor, H: torch.Tensor, group: int, damp: float):
     return Q, scales, zeros
 
 
+class _FirstForwardDone(Exception):
+    pass
+
+
+def sequential_groups(model: nn.Module, calibrate) -> list[list[str]]:
+    """The decoder linears in the order the first forward of `calibrate(model)` calls them, consecutive layers that
+    read the same input tensor (q/k/v of an attention block, gate/up of a Llama MLP) in one group. The pass stops
+    when a layer is called a second time (the second batch); layers never called come last, one group each."""
+    groups: list[list[str]] = []
+    last: list = [None]                                  # the input tensor of the last call (held, compared by `is`)
+    seen: set[str] = set()
+
+    def hook(mod, inp, name):
+        if name in seen:
+            raise _FirstForwardDone
+        seen.add(name)
+        x = inp[0] if inp else None
+        if groups and x is not None and x is last[0]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        last[0] = x
+    lins = list(decoder_linears(model))
+    hooks = [lin.register_forward_pre_hook(lambda mod, inp, name=name: hook(mod, inp, name)) for name, lin in lins]
+    try:
+        calibrate(model)
+    except _FirstForwardDone:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return groups + [[name] for name, _ in lins if name not in seen]
+
+
 def apply(model: nn.Module, lm=None, group: int = 64, bits: int = 4, calibrate=None,
-          act_order: bool = False) -> nn.Module:
+          act_order: bool = False, sequential: bool = False) -> nn.Module:
     """Quantize `model` with GPTQ. Calibration: `calibrate(model)` (runs the model over calibration inputs), or
-    by default CALIB_WINDOWS windows of `lm`'s training text."""
+    by default CALIB_WINDOWS windows of `lm`'s training text. `sequential`: true-sequential (module docstring)."""
     check(model, group, bits, f"GPTQ int4 g{group}")
     if calibrate is None:
         if lm is None:
             raise QuantError("GPTQ needs calibration data: an LM (its training text) or a calibrate function")
         calibrate = lm_calibration(calibration_ids(lm))
-    hs = hessians(model, calibrate)
 
-    def make(name, lin):
-        xtx, count = hs[name]
-        q, s, z = gptq_quantize(lin.weight, xtx, count, group, act_order=act_order)
-        return Int4WeightOnlyLinear(lin, group, q=q, scale=s, zero=z)
-    replace_linears(model, make)
+    def make(hs):
+        def quantize(name, lin):
+            if name not in hs:
+                return None
+            xtx, count = hs[name]
+            q, s, z = gptq_quantize(lin.weight, xtx, count, group, act_order=act_order)
+            return Int4WeightOnlyLinear(lin, group, q=q, scale=s, zero=z)
+        return quantize
+    if not sequential:
+        replace_linears(model, make(hessians(model, calibrate)))
+        return model
+    for names in sequential_groups(model, calibrate):    # each group's inputs through the quantized layers before it
+        replace_linears(model, make(hessians(model, calibrate, names=set(names))))
     return model
