@@ -475,14 +475,14 @@ def test_gptq_sequential_groups_layers_that_read_one_input():
     from models import configs
     lm = LlamaForCausalLM(configs.TEST.config()).eval()
     calls = []
-    ids = torch.randint(0, 256, (2, 16))
+    ids = torch.randint(0, 256, (3, 16))
 
     def calibrate(m):
         for b in ids:
             calls.append(1)
             m(input_ids=b[None])
     groups = gptq.sequential_groups(lm, calibrate)
-    assert len(calls) == 2                     # the second batch starts, then the order is known
+    assert len(calls) == 2                     # the second of 3 batches starts, then the order is known
     blocks = [[[f"model.layers.{i}.self_attn.{p}_proj" for p in "qkv"], [f"model.layers.{i}.self_attn.o_proj"],
                [f"model.layers.{i}.mlp.{p}_proj" for p in ("gate", "up")], [f"model.layers.{i}.mlp.down_proj"]]
               for i in range(2)]
