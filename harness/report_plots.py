@@ -155,42 +155,66 @@ def telemetry_png(run_label: str, ts: pd.DataFrame) -> str | None:
 # -------------------------------------------------------------------------------------------------- HTML
 
 
-def pareto_png(model: str, rows: pd.DataFrame) -> str | None:
-    """Quality against speed per quantization method on one model (suites/quant.py): x = decode tokens/s (the
-    batch-1 decode row, else the first decode case), y = held-out bits-per-byte delta against the unquantized
-    model in % (lower is better); marker size ~ weight bytes. The Pareto front (no other method both faster and
-    better) is joined by a line."""
-    ok = rows[rows["status"] == "ok"]
-    q = ok[ok["quality_metric"] == "heldout_bpb"].set_index("variant")
+def pareto_points(rows: pd.DataFrame) -> pd.DataFrame | None:
+    """The points of pareto_png: one per (variant, dtype) with a quality row and a decode row of the same dtype
+    (labelled `variant` or, when the rows hold several dtypes, `variant dtype`: a bfloat16 model's quality is
+    scored against the bfloat16 unquantized one and its speed is its own, so dtypes are never paired across);
+    columns x (tokens/s), y (bits-per-byte delta, %), mb (weight MiB), dtype; attrs["case"] the decode case."""
+    ok = rows[rows["status"] == "ok"].copy()
+    ok["dtype"] = ok["dtype"].astype(str) if "dtype" in ok else ""
+    several = ok["dtype"].nunique() > 1
+    ok["label"] = ok["variant"].astype(str) + ((" " + ok["dtype"]) if several else "")
+    q = ok[ok["quality_metric"] == "heldout_bpb"]
     dec = ok[ok["case"].astype(str).str.contains(":decode-")]
     if q.empty or dec.empty:
         return None
     first = sorted(dec["case"].unique(), key=lambda c: ("-b1-" not in c, c))[0]
-    speed = dec[dec["case"] == first].set_index("variant")["tokens_per_s"]
+    q = q.drop_duplicates("label", keep="last").set_index("label")          # a resumed run: its last row
+    speed = dec[dec["case"] == first].drop_duplicates("label", keep="last").set_index("label")["tokens_per_s"]
     common = [v for v in q.index if v in speed.index]
     if not common:
         return None
     pts = pd.DataFrame({"x": pd.to_numeric(speed[common]), "y": pd.to_numeric(q.loc[common, "quality_delta"])
                         / pd.to_numeric(q.loc[common, "quality_ref"]) * 100,
-                        "mb": pd.to_numeric(q.loc[common, "weight_bytes"] if "weight_bytes" in q else np.nan) / 2**20})
+                        "mb": pd.to_numeric(q.loc[common, "weight_bytes"] if "weight_bytes" in q else np.nan) / 2**20,
+                        "dtype": q.loc[common, "dtype"]})
     pts = pts.dropna(subset=["x", "y"])
-    if pts.empty:
+    pts.attrs["case"] = first
+    return None if pts.empty else pts
+
+
+def pareto_front(pts: pd.DataFrame) -> list[tuple[float, float]]:
+    """(x, y) of the points no other point beats on both speed (x, higher) and quality (y, lower)."""
+    front, best = [], math.inf
+    for _, r in pts.sort_values(["x", "y"], ascending=[False, True]).iterrows():   # fastest first
+        if r["y"] < best:
+            front.append((r["x"], r["y"]))
+            best = r["y"]
+    return front
+
+
+def pareto_png(model: str, rows: pd.DataFrame) -> str | None:
+    """Quality against speed per quantization method on one model (suites/quant.py): x = decode tokens/s (the
+    batch-1 decode row, else the first decode case), y = held-out bits-per-byte delta against the unquantized
+    model in % (lower is better); marker size ~ weight bytes. The Pareto front (no other method both faster and
+    better) is joined by a line."""
+    pts = pareto_points(rows)
+    if pts is None:
         return None
+    first = pts.attrs["case"]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
     size = 30 + 300 * (pts["mb"] / pts["mb"].max()).fillna(0.2)
     ax.scatter(pts["x"], pts["y"], s=size, alpha=0.6, edgecolor="black", lw=0.5, zorder=3)
     for v, r in pts.iterrows():
         ax.annotate(v, (r["x"], r["y"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    front, best = [], math.inf
-    for v, r in pts.sort_values("x", ascending=False).iterrows():      # fastest first: keep the ones improving y
-        if r["y"] < best:
-            front.append((r["x"], r["y"]))
-            best = r["y"]
-    if len(front) > 1:
-        fx, fy = zip(*sorted(front))
-        ax.plot(fx, fy, "-", color="tab:red", lw=1.2, label="Pareto front", zorder=2)
-        ax.legend(fontsize=7)
+    for (dt, g), color in zip(pts.groupby("dtype", sort=False), ("tab:red", "tab:blue", "tab:green")):
+        front = pareto_front(g)
+        if len(front) > 1:
+            fx, fy = zip(*sorted(front))
+            label = "Pareto front" + (f" ({dt})" if pts["dtype"].nunique() > 1 else "")
+            ax.plot(fx, fy, "-", color=color, lw=1.2, label=label, zorder=2)
+            ax.legend(fontsize=7)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel(f"decode tokens/s ({first})")
