@@ -369,7 +369,7 @@ def test_pareto_points_pair_quality_and_speed_of_one_dtype():
     rows = []
     for dt, k in (("float32", 1), ("bfloat16", 3)):
         for v, tps, delta in (("none", 100, 0.0), ("int8_wo", 150, 0.001), ("int4_g64", 200, 0.01),
-                              ("slow_bad", 50, 0.05)):
+                              ("slow_bad", 50, 0.05), ("int8_slower", 120, 0.001)):     # as good, slower: off
             rows.append(dict(status="ok", variant=v, dtype=dt, case="tiny:decode-b1-ctx48", tokens_per_s=k * tps,
                              quality_metric=None, quality_delta=None, quality_ref=None, weight_bytes=None))
             rows.append(dict(status="ok", variant=v, dtype=dt, case="tiny:quality", tokens_per_s=1,
@@ -377,14 +377,14 @@ def test_pareto_points_pair_quality_and_speed_of_one_dtype():
                              weight_bytes=2**20))
     rows.append(dict(rows[-1], quality_delta=0.5))                          # resumed: the last row counts
     pts = pareto_points(pd.DataFrame(rows))
-    assert len(pts) == 8 and pts.attrs["case"] == "tiny:decode-b1-ctx48"
+    assert len(pts) == 10 and pts.attrs["case"] == "tiny:decode-b1-ctx48"
     assert pts.loc["int4_g64 bfloat16", "x"] == 600 and pts.loc["int4_g64 float32", "x"] == 200
     assert pts.loc["int8_wo bfloat16", "y"] == pytest.approx(0.15) and pts.loc["int8_wo float32", "y"] == 0.05
-    assert pts.loc["slow_bad bfloat16", "y"] == pytest.approx(25.0)
+    assert pts.loc["int8_slower bfloat16", "y"] == pytest.approx(25.0)
     assert pareto_front(pts[pts["dtype"] == "float32"]) == [(200, 0.5), (150, 0.05), (100, 0.0)]
     assert pareto_png("tiny", pd.DataFrame(rows))
-    one = pareto_points(pd.DataFrame(rows[:8]))                                # one dtype: plain variant names
-    assert sorted(one.index) == ["int4_g64", "int8_wo", "none", "slow_bad"]
+    one = pareto_points(pd.DataFrame(rows[:10]))                               # one dtype: plain variant names
+    assert sorted(one.index) == ["int4_g64", "int8_slower", "int8_wo", "none", "slow_bad"]
 
 
 @pytest.mark.parametrize("name,ref", [("w8a8_cpp", "w8a8"), ("int4_g64_cpp", "int4_g64")])
