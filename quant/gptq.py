@@ -129,7 +129,8 @@ class _FirstForwardDone(Exception):
 def sequential_groups(model: nn.Module, calibrate) -> list[list[str]]:
     """The decoder linears in the order the first forward of `calibrate(model)` calls them, consecutive layers that
     read the same input tensor (q/k/v of an attention block, gate/up of a Llama MLP) in one group. The pass stops
-    when a layer is called a second time (the second batch); layers never called come last, one group each."""
+    when a layer is called a second time (the second batch). A layer never called: QuantError (before any layer is
+    quantized)."""
     groups: list[list[str]] = []
     last: list = [None]                                  # the input tensor of the last call (held, compared by `is`)
     seen: set[str] = set()
@@ -153,7 +154,10 @@ def sequential_groups(model: nn.Module, calibrate) -> list[list[str]]:
     finally:
         for h in hooks:
             h.remove()
-    return groups + [[name] for name, _ in lins if name not in seen]
+    missed = [name for name, _ in lins if name not in seen]
+    if missed:
+        raise QuantError(f"GPTQ: layer {missed[0]!r} saw no calibration input")
+    return groups
 
 
 def apply(model: nn.Module, lm=None, group: int = 64, bits: int = 4, calibrate=None,
@@ -171,6 +175,8 @@ def apply(model: nn.Module, lm=None, group: int = 64, bits: int = 4, calibrate=N
             if name not in hs:
                 return None
             xtx, count = hs[name]
+            if count == 0:                                # H = 0: every column dead, the layer would be all zeros
+                raise QuantError(f"GPTQ: layer {name!r} saw no calibration input")
             q, s, z = gptq_quantize(lin.weight, xtx, count, group, act_order=act_order)
             return Int4WeightOnlyLinear(lin, group, q=q, scale=s, zero=z)
         return quantize

@@ -215,7 +215,15 @@ def test_bad_input_is_one_line():
              (lambda: quant.quantize(model, "awq_g64", calibrate=lambda m: m(torch.randn(8, 96))),
               "group size 64 does not divide the input size 96"),
              (lambda: quant.quantize(nn.Sequential(nn.Linear(64, 16)), "awq_g64", calibrate=lambda m: None),
-              "saw no calibration input")]
+              "saw no calibration input"),
+             (lambda: quant.quantize(nn.Sequential(nn.Linear(64, 16)), "gptq_g64_seq"), "needs calibration data"),
+             (lambda: quant.quantize(model, "gptq_g64_seq", calibrate=lambda m: m(torch.randn(8, 96))),
+              "group size 64 does not divide the input size 96")]
+    # GPTQ on a layer that saw no calibration input (its Hessian 0: it would be quantized to all zeros)
+    two = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 16))
+    for name in ("gptq_g64", "gptq_g64_seq", "gptq_g64_act"):
+        cases.append((lambda name=name: quant.quantize(two, name, calibrate=lambda m: m[0](torch.randn(8, 64))),
+                      "layer '1' saw no calibration input"))
     for fn, words in cases:
         with pytest.raises(quant.QuantError) as e:
             fn()
