@@ -32,6 +32,7 @@ def missing(device: str, vnni: bool = False) -> str | None:
 
 class W8A8CppLinear(W8A8DynamicLinear):
     method = "w8a8_cpp"
+    kernel = "GEMM_W8A8"         # the declaration in kernels/cpp/lib.py (v3); GEMM_W8A8_V2 takes the same arguments
 
     def __init__(self, lin: nn.Linear):
         from kernels.cpp import lib as cpp
@@ -47,7 +48,7 @@ class W8A8CppLinear(W8A8DynamicLinear):
         xq, sx = quantize_rows(x.reshape(-1, shape[-1]))
         odt = x.dtype if x.dtype == torch.bfloat16 else torch.float32
         out = torch.empty(xq.shape[0], self.out_features, dtype=odt)
-        cpp.GEMM_W8A8(a=xq, sa=sx, w=self.packed, sw=self.scale.float(), out=out)
+        getattr(cpp, self.kernel)(a=xq, sa=sx, w=self.packed, sw=self.scale.float(), out=out)
         y = out.to(x.dtype).reshape(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 

@@ -6,7 +6,11 @@ core. The models, inputs and timed calls are the suite's (suites/quant.py `quant
 variants' setup), so a figure here is the CPU time of the call the suite's row times.
 
     taskset -c 1 python scripts/quant_model_ratio.py [--methods none,w8a8_cpp,torchao_w8a8] [--rounds 15]
-        [--cases prefill-b8-p64,decode-b1-ctx48,decode-b64-ctx48] [--dtype float32] [--model tiny]
+        [--cases prefill-b8-p64,decode-b1-ctx48,decode-b64-ctx48] [--dtype float32] [--model tiny] [--v2]
+
+`--v2` adds `w8a8_cpp@v2` and `int4_g64_cpp@v2`: the same quantized models with their layers switched to the rung
+below (int8 v2 `GEMM_W8A8_V2`, int4 v2 `GEMM_W4A16` on the layer's own storage), the before/after of the kernels in
+one process.
 
 Prints one line per (case, method): min and median ms per call, tokens/s at the median, the ratio of the first
 method's median (`none` by default) to this one's; then the W8A8 batch-64 line of issue 15 (w8a8_cpp against
@@ -15,6 +19,7 @@ torchao_w8a8) when both ran.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -38,6 +43,24 @@ def _case(name: str, model: str, dtype: str) -> Case:
     return Case("quant", params, "cpu", dtype, _lm.case_name(params))
 
 
+def _v2(case, method: str, inputs):
+    """The suite's model of `method` (a copy), its C++ layers switched to the v2 kernels, as the variant's call."""
+    from quant.cpp_kernels import Int4CppLinear, W8A8CppLinear
+    model = copy.deepcopy(sq.quantized(case, method))
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, W8A8CppLinear):
+            mod.kernel = "GEMM_W8A8_V2"
+        elif isinstance(mod, Int4CppLinear):
+            mod.w4p = None                                # Int4CppLinear.forward: v2 on the layer's own storage
+        else:
+            continue
+        n += 1
+    assert n, method
+    with torch.no_grad():
+        return _lm.Launcher(_lm.runner(model, case.kind, inputs["input_ids"], case.n))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default=METHODS)
@@ -46,9 +69,12 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=3, help="timed calls per (method, case) and round")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--model", default="tiny")
+    ap.add_argument("--v2", action="store_true", help="add the cpp methods on the v2 kernels")
     a = ap.parse_args(argv)
     methods, cases = a.methods.split(","), a.cases.split(",")
     bad = [m for m in methods if m not in quant.METHODS]
+    if a.v2:
+        methods += [f"{m}@v2" for m in ("w8a8_cpp", "int4_g64_cpp") if m in methods]
     if bad:
         print(f"quant_model_ratio: unknown method(s) {', '.join(bad)}", file=sys.stderr)
         return 2
@@ -59,7 +85,8 @@ def main(argv=None) -> int:
         inputs = sq.make_inputs(case, torch.Generator().manual_seed(0))
         for m in methods:
             try:
-                runs[cname, m] = sq._setup(m)(case, **inputs)
+                runs[cname, m] = _v2(case, m.removesuffix("@v2"), inputs) if m.endswith("@v2") else \
+                    sq._setup(m)(case, **inputs)
             except Skip as exc:
                 print(f"{cname:18s} {m:16s} skipped: {exc}")
     times: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
