@@ -219,6 +219,10 @@ def test_bad_input_is_one_line():
              (lambda: quant.quantize(nn.Sequential(nn.Linear(64, 16)), "gptq_g64_seq"), "needs calibration data"),
              (lambda: quant.quantize(model, "gptq_g64_seq", calibrate=lambda m: m(torch.randn(8, 96))),
               "group size 64 does not divide the input size 96")]
+    if quant.METHODS["torchao_intx_int4_g64"].why_not("cpu") is None:     # torchao's own check is an AssertionError
+        cases.append((lambda: quant.quantize(model, "torchao_intx_int4_g64"),
+                      "torchao_intx_int4_g64: group size 64 does not divide the input size 96"))
+    cases.append((lambda: quant.quantize(model, "int4_g64_cpp"), "group size 64 does not divide the input size 96"))
     # GPTQ on a layer that saw no calibration input (its Hessian 0: it would be quantized to all zeros)
     two = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 16))
     for name in ("gptq_g64", "gptq_g64_seq", "gptq_g64_act"):
