@@ -4,7 +4,8 @@ asymmetric: the int4_weight_only grid; torchao stores the values unpacked in int
 Float8WeightOnlyConfig. Int4WeightOnlyConfig and Float8DynamicActivationFloat8WeightConfig need CUDA (and fp8
 tensor cores: compute capability >= 8.9) and are skipped elsewhere with that reason.
 
-Only the decoder linears are quantized (`filter_fn`), as for every method here.
+Only the decoder linears are quantized (`filter_fn`), as for every method here. A group that does not divide a
+layer's input size is a QuantError (one line) before torchao sees the model (torchao itself raises an AssertionError).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import logging
 import torch
 from torch import nn
 
-from quant.common import decoder_linears
+from quant.common import check_group, decoder_linears
 
 
 def available() -> str | None:
@@ -64,7 +65,13 @@ def config(name: str):
     raise KeyError(name)
 
 
+GROUPS = {"intx_int4_g64": 64, "int4_wo": 64}           # the configs with groups along K
+
+
 def apply(model: nn.Module, name: str) -> nn.Module:
+    for n, lin in decoder_linears(model):      # torchao asserts on a group that does not divide K: one line first
+        if name in GROUPS:
+            check_group(GROUPS[name], lin.in_features, n, f"torchao_{name}")
     q = _ao()
     names = {n for n, _ in decoder_linears(model)}
     q.quantize_(model, config(name), filter_fn=lambda mod, fqn: fqn in names)
