@@ -39,7 +39,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import ab_confirm as C
 from harness import ab_trees as T
+from harness import gate_noise as N
 from harness import gate_stats as S
 from harness import result_sets as RS
 from harness.gate import add_decision_options, config_from_args, write_outputs
@@ -154,16 +156,32 @@ def measure_row(idx: dict[str, int], j: int, key: dict, pools: dict[str, list[Si
     if st["base"]["status"] != "ok":
         return {"verdict": "fixed" if st["base"]["status"] in ("incorrect", "error") else "not compared",
                 "note": f"baseline {st['base']['status']}: {st['base']['reason']}"[:300]}
+    med = time_rounds(idx, j, key, pools, rounds, budget, seed, slots, prepared=True)
+    if "verdict" in med:
+        return med
+    b, c = np.asarray(med["base"]), np.asarray(med["current"])
+    lr = np.log(c) - np.log(b)
+    return {"base_ms": float(np.exp(np.log(b).mean())), "cur_ms": float(np.exp(np.log(c).mean())),
+            "n_base": rounds, "n_cur": rounds, "_stats": S.paired(lr), "_lr": lr}
+
+
+def time_rounds(idx: dict[str, int], j: int, key: dict, pools: dict[str, list[Side]], rounds: int, budget: float,
+                seed: int, slots: list[dict], prepared: bool = False, first_round: int = 0) -> dict:
+    """`rounds` paired rounds of one row: {"base": [medians], "current": [medians]}, or an outcome with a
+    verdict when a side fails. Round i runs in worker i % P of each pool, in ABBA order from row j's parity; a
+    worker prepares (checks) the row on its first round and rebuilds its inputs on every later one. `prepared`:
+    worker 0 of each side has just prepared the row. Slots are numbered from `first_round`."""
     med = {"base": [], "current": []}
-    for r in range(rounds):
+    for i in range(rounds):
+        r = first_round + i
         order = ("base", "current") if (r + j) % 2 == 0 else ("current", "base")
         for pos, name in enumerate(order):
             pool = pools[name]
-            w = pool[r % len(pool)]
+            w = pool[i % len(pool)]
             try:
-                if r == 0:
-                    ans = {"status": "ok"}                                   # prepared above
-                elif r < len(pool):                                          # this worker's first round of the row
+                if i == 0 and prepared:
+                    ans = {"status": "ok"}                                   # prepared by the caller
+                elif i < len(pool):                                          # this worker's first round of the row
                     ans = w.ask({"op": "prepare", "row": idx[name], "seed": seed})
                 else:
                     ans = w.ask({"op": "rebuild"})                           # new allocations every round
@@ -189,18 +207,52 @@ def measure_row(idx: dict[str, int], j: int, key: dict, pools: dict[str, list[Si
             s.ask({"op": "release"})
         except WorkerDied:
             pass
-    b, c = np.asarray(med["base"]), np.asarray(med["current"])
-    lr = np.log(c) - np.log(b)
-    return {"base_ms": float(np.exp(np.log(b).mean())), "cur_ms": float(np.exp(np.log(c).mean())),
-            "n_base": rounds, "n_cur": rounds, "_stats": S.paired(lr), "_lr": lr}
+    return med
+
+
+def make_pools(trees: dict[str, T.Tree], out: Path, workers: int, rounds: int, allocator_name: str,
+               tag: str = "") -> dict[str, list[Side]]:
+    return {n: [Side(trees[n], n, worker_env(trees[n], allocator_name), out / f"worker-{n}{tag}-{i}.log")
+                for i in range(max(1, min(workers, rounds)))] for n in ("base", "current")}
+
+
+def run_confirm(trees: dict[str, T.Tree], plan_req: dict, plans: dict[str, dict], candidates: list[tuple],
+                rounds: int, budget: float, seed: int, out: Path, workers: int = 3, allocator_name: str = "system",
+                progress: bool = True) -> tuple[dict[tuple, np.ndarray], pd.DataFrame, dict[tuple, str], bool]:
+    """The confirming stage (harness/ab_confirm.py): `rounds` new paired rounds of each candidate row in worker
+    processes started afresh (no state of the first stage carried over). Returns ({KEY tuple: log-ratios},
+    slots, {KEY tuple: note} for candidates that could not be re-measured, interrupted)."""
+    pools = make_pools(trees, out, workers, rounds, allocator_name, tag="-confirm")
+    for s in (w for p in pools.values() for w in p):
+        s.plan_req = plan_req
+    keys = {n: [tuple(k[c] for c in KEY) for k in plans[n]["rows"]] for n in ("base", "current")}
+    lrs: dict[tuple, np.ndarray] = {}
+    failed_notes: dict[tuple, str] = {}
+    slots: list[dict] = []
+    interrupted = False
+    try:
+        for j, k in enumerate(candidates):
+            if progress:
+                print(f"[confirm {j + 1}/{len(candidates)}] {' '.join(k[:4])}", file=sys.stderr, flush=True)
+            idx = {n: keys[n].index(k) for n in ("base", "current")}
+            med = time_rounds(idx, j, dict(zip(KEY, k)), pools, rounds, budget, seed + 1, slots)
+            if "verdict" in med:
+                failed_notes[k] = med["note"]
+                continue
+            lrs[k] = np.log(np.asarray(med["current"])) - np.log(np.asarray(med["base"]))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        for s in (w for p in pools.values() for w in p):
+            s.stop()
+    return lrs, pd.DataFrame(slots), failed_notes, interrupted
 
 
 def run_ab(trees: dict[str, T.Tree], plan_req: dict, rounds: int, budget: float, seed: int, out: Path,
            cfg: GateConfig, progress: bool = True, workers: int = 3, allocator_name: str = "system") \
         -> tuple[list[dict], pd.DataFrame, bool, dict]:
     """Measure every row in both trees; returns (row outcomes for decide, slots, interrupted, worker envs)."""
-    pools = {n: [Side(trees[n], n, worker_env(trees[n], allocator_name), out / f"worker-{n}-{i}.log")
-                 for i in range(max(1, min(workers, rounds)))] for n in ("base", "current")}
+    pools = make_pools(trees, out, workers, rounds, allocator_name)
     sides = {n: p[0] for n, p in pools.items()}
     rows: list[dict] = []
     slots: list[dict] = []
@@ -248,7 +300,7 @@ def run_ab(trees: dict[str, T.Tree], plan_req: dict, rounds: int, budget: float,
     finally:
         for s in (w for p in pools.values() for w in p):
             s.stop()
-    return rows, pd.DataFrame(slots), interrupted, {n: p.get("env", {}) for n, p in plans.items()}
+    return rows, pd.DataFrame(slots), interrupted, plans
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -274,6 +326,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allocator", default="auto",
                    help="allocator of the workers: auto (tcmalloc where installed, else system: one page-fault "
                         "regime in every worker process), system (glibc), jemalloc, tcmalloc")
+    p.add_argument("--confirm-rounds", type=int, default=C.CONFIRM_ROUNDS,
+                   help="rounds of the second stage: rows the first rounds call slower are re-measured in fresh "
+                        "workers and judged on these rounds alone (harness/ab_confirm.py; default "
+                        f"{C.CONFIRM_ROUNDS}; 0: one stage)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise", metavar="FILE",
                    help="per-row noise learned from earlier A/A ab runs on this device (harness/gate_noise.py): "
@@ -315,13 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         a = _parser().parse_args(argv)
         a.ignore_env, a.prior_sd = "", None
         cfg = config_from_args(a)
-        if a.rounds < 3 or a.budget <= 0 or a.workers < 1:
-            raise RS.BadInput("--rounds must be at least 3, --budget positive and --workers at least 1")
+        if a.rounds < 3 or a.budget <= 0 or a.workers < 1 or (a.confirm_rounds and a.confirm_rounds < 5):
+            raise RS.BadInput("--rounds must be at least 3, --confirm-rounds 0 or at least 5, --budget positive and "
+                              "--workers at least 1")
         if a.learn_noise and not a.noise:
             raise RS.BadInput("--learn-noise needs --noise FILE (the file to learn into)")
         noise = None
         if a.noise:
-            from harness import gate_noise as N
             try:
                 noise = N.Noise.load(a.noise, missing_ok=a.learn_noise)
             except N.NoiseFileError as e:
@@ -349,21 +405,39 @@ def main(argv: list[str] | None = None) -> int:
         alloc = choose_allocator(a.allocator)
         t0 = time.time()
         old = signal.signal(signal.SIGTERM, signal.default_int_handler)   # a CI cancel is an interrupt too
+        cands, cslots = [], pd.DataFrame()
         try:
-            rows, slots, interrupted, envs = run_ab(trees, plan_req, a.rounds, a.budget, a.seed, out, cfg,
-                                                    not a.no_progress, a.workers, alloc)
+            rows, slots, interrupted, plans = run_ab(trees, plan_req, a.rounds, a.budget, a.seed, out, cfg,
+                                                     not a.no_progress, a.workers, alloc)
+            envs = {n: p.get("env", {}) for n, p in plans.items()}
+            noise_text = ""
+            dev = N.device_id(a.device) if noise is not None else ""
+            if noise is not None:
+                used = N.apply(rows, noise, dev, a.rounds, cfg.alpha, parents)
+                noise_text = (f"; per-row noise learned from A/A runs ({a.noise}, device {dev}, {a.rounds} rounds, "
+                              f"up to {noise.learned_runs(dev, a.rounds)} runs per row): 20%-trimmed mean of the "
+                              f"rounds, se = max(the row's learned run-level sd, its own): {used['learned']} rows "
+                              f"learned, {used['own']} by their own wider spread, {used['default']} at the default "
+                              f"sd {noise.default_sd(dev, a.rounds):.1%}")
+            verdicts, summary = decide(rows, cfg)
+            if a.confirm_rounds and not interrupted:
+                cands = C.screen(rows, cfg)
+            if cands:
+                hists = dflt = None
+                if noise is not None:
+                    hists = {k: noise.history(dev, N.history_row(dict(zip(KEY, k)), parents), a.rounds)
+                             for k in cands}
+                    dflt = noise.default_sd(dev, a.rounds)
+                lrs2, cslots, fails, interrupted = run_confirm(trees, plan_req, plans, cands, a.confirm_rounds,
+                                                               a.budget, a.seed, out, a.workers, alloc,
+                                                               not a.no_progress)
+                verdicts = C.decide_confirmed(verdicts, lrs2, cfg, summary["pooled_sd"], hists, dflt, fails)
         finally:
             signal.signal(signal.SIGTERM, old)
-        noise_text = ""
-        if noise is not None:
-            dev = N.device_id(a.device)
-            used = N.apply(rows, noise, dev, a.rounds, cfg.alpha, parents)
-            noise_text = (f"; per-row noise learned from A/A runs ({a.noise}, device {dev}, {a.rounds} rounds, up "
-                          f"to {noise.learned_runs(dev, a.rounds)} runs per row): 20%-trimmed mean of the rounds, "
-                          f"se = max(the row's learned run-level sd, its own): {used['learned']} rows learned, "
-                          f"{used['own']} by their own wider spread, {used['default']} at the default sd "
-                          f"{noise.default_sd(dev, a.rounds):.1%}")
-        verdicts, summary = decide(rows, cfg)
+        confirm_text = (f"; second stage: the {len(cands)} row(s) the first rounds called slower (a regression, or a "
+                        f"mean or trimmed-mean ratio above the threshold) re-measured in {a.confirm_rounds} new "
+                        f"rounds in fresh workers and judged on those alone (trimmed mean, Holm over the "
+                        f"candidates; harness/ab_confirm.py)" if a.confirm_rounds else "; no second stage")
         if noise is not None and a.learn_noise and not interrupted:
             N.learn(rows, noise, dev, a.rounds, parents)
             try:
@@ -373,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         incomplete = [f"ab run interrupted after {len(rows)} rows"] if interrupted else []
         design = (f"paired, interleaved in one job: {a.rounds} rounds per row, ABBA order, {a.budget:g} s per "
                   f"slot, round r in worker process r mod {min(a.workers, a.rounds)} of each tree, allocator "
-                  f"{alloc}; per-round log(current/baseline)" + noise_text)
+                  f"{alloc}; per-round log(current/baseline)" + noise_text + confirm_text)
         header = [f"- baseline: {T.describe(trees['base'])}", f"- current: {T.describe(trees['current'])}",
                   f"- load average {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} CPUs; "
                   f"{time.time() - t0:.0f} s of measuring"]
@@ -381,12 +455,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg_fail = failed(verdicts, cfg, incomplete) or interrupted
         if len(slots):
             slots.to_parquet(out / "slots.parquet", index=False)
+        if len(cslots):
+            cslots.to_parquet(out / "confirm-slots.parquet", index=False)
         (out / "gate.md").write_text(md)
         verdicts.to_json(out / "verdicts.json", orient="records", indent=1)
         (out / "manifest.json").write_text(json.dumps(dict(
             kind="ab", argv=sys.argv, baseline=vars(trees["base"]) | {"path": str(trees["base"].path)},
             current=vars(trees["current"]) | {"path": str(trees["current"].path)}, rounds=a.rounds,
-            budget_s=a.budget, workers=envs, allocator=alloc, inject=inject or None, interrupted=interrupted,
+            budget_s=a.budget, confirm_rounds=a.confirm_rounds, candidates=[list(k) for k in cands], workers=envs, allocator=alloc, inject=inject or None, interrupted=interrupted,
             finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), failed=bool(cfg_fail)),
             indent=2, default=str))
     except RS.BadInput as e:
