@@ -218,15 +218,16 @@ def make_pools(trees: dict[str, T.Tree], out: Path, workers: int, rounds: int, a
 
 def run_confirm(trees: dict[str, T.Tree], plan_req: dict, plans: dict[str, dict], candidates: list[tuple],
                 rounds: int, budget: float, seed: int, out: Path, workers: int = 3, allocator_name: str = "system",
-                progress: bool = True) -> tuple[dict[tuple, np.ndarray], pd.DataFrame, dict[tuple, str], bool]:
+                progress: bool = True) -> tuple[dict, dict, pd.DataFrame, dict[tuple, str], bool]:
     """The confirming stage (harness/ab_confirm.py): `rounds` new paired rounds of each candidate row in worker
     processes started afresh (no state of the first stage carried over). Returns ({KEY tuple: log-ratios},
-    slots, {KEY tuple: note} for candidates that could not be re-measured, interrupted)."""
+    {KEY tuple: (baseline, current) geometric mean ms}, slots, {KEY tuple: note} for candidates that could not be re-measured, interrupted)."""
     pools = make_pools(trees, out, workers, rounds, allocator_name, tag="-confirm")
     for s in (w for p in pools.values() for w in p):
         s.plan_req = plan_req
     keys = {n: [tuple(k[c] for c in KEY) for k in plans[n]["rows"]] for n in ("base", "current")}
     lrs: dict[tuple, np.ndarray] = {}
+    ms: dict[tuple, tuple[float, float]] = {}
     failed_notes: dict[tuple, str] = {}
     slots: list[dict] = []
     interrupted = False
@@ -239,13 +240,15 @@ def run_confirm(trees: dict[str, T.Tree], plan_req: dict, plans: dict[str, dict]
             if "verdict" in med:
                 failed_notes[k] = med["note"]
                 continue
-            lrs[k] = np.log(np.asarray(med["current"])) - np.log(np.asarray(med["base"]))
+            lb, lc = np.log(np.asarray(med["base"])), np.log(np.asarray(med["current"]))
+            lrs[k] = lc - lb
+            ms[k] = (float(np.exp(lb.mean())), float(np.exp(lc.mean())))
     except KeyboardInterrupt:
         interrupted = True
     finally:
         for s in (w for p in pools.values() for w in p):
             s.stop()
-    return lrs, pd.DataFrame(slots), failed_notes, interrupted
+    return lrs, ms, pd.DataFrame(slots), failed_notes, interrupted
 
 
 def run_ab(trees: dict[str, T.Tree], plan_req: dict, rounds: int, budget: float, seed: int, out: Path,
@@ -428,10 +431,10 @@ def main(argv: list[str] | None = None) -> int:
                     hists = {k: noise.history(dev, N.history_row(dict(zip(KEY, k)), parents), a.rounds)
                              for k in cands}
                     dflt = noise.default_sd(dev, a.rounds)
-                lrs2, cslots, fails, interrupted = run_confirm(trees, plan_req, plans, cands, a.confirm_rounds,
+                lrs2, ms2, cslots, fails, interrupted = run_confirm(trees, plan_req, plans, cands, a.confirm_rounds,
                                                                a.budget, a.seed, out, a.workers, alloc,
                                                                not a.no_progress)
-                verdicts = C.decide_confirmed(verdicts, lrs2, cfg, summary["pooled_sd"], hists, dflt, fails)
+                verdicts = C.decide_confirmed(verdicts, lrs2, cfg, summary["pooled_sd"], hists, dflt, fails, ms2)
         finally:
             signal.signal(signal.SIGTERM, old)
         confirm_text = (f"; second stage: the {len(cands)} row(s) the first rounds called slower (a regression, or a "

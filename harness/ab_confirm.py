@@ -38,7 +38,11 @@ from harness import gate_noise as N
 from harness import gate_stats as S
 from harness.gate_verdicts import KEY, ORDER, GateConfig, decide
 
-CONFIRM_ROUNDS = 12      # default: twice the first stage's 6, so the trimmed mean keeps 8 rounds (df 7 of its own)
+CONFIRM_ROUNDS = 16      # default; with CONFIRM_TRIM the trimmed mean keeps 8 of 16 rounds (df 7 of its own)
+CONFIRM_TRIM = 0.25      # 4 rounds cut at each end: 3 wild rounds of 16 on one side move nothing
+# Chosen on simulated runs (tests/test_ab_confirm.py's model, calibrated on the 80 recorded A/A runs: 4.2% of rounds
+# more than 25% off their row's median): over 600 runs of 32 rows with one +20% and one +10% row, 12 rounds
+# trimmed 20% caught the +20% row in 593, 16 rounds trimmed 25% in all 600 (+10%: 595); the one-stage rule 452.
 
 
 def screen(rows: list[dict], cfg: GateConfig) -> list[tuple]:
@@ -60,14 +64,14 @@ def screen(rows: list[dict], cfg: GateConfig) -> list[tuple]:
 
 
 def confirm_test(lr, pool_sd: float, alpha: float, prior_df: float = S.PRIOR_DF,
-                 hist: list[float] | None = None, default_sd: float | None = None) -> S.Tested:
+                 hist: list[float] | None = None, default_sd: float | None = None, trim: float = CONFIRM_TRIM) -> S.Tested:
     """The confirming rounds' test: Yuen's trimmed mean, its variance moderated toward `pool_sd` (the first
     stage's pooled per-round sd) and never below its own; or, with a noise history (`hist` is not None), the
     learned-noise test of harness/gate_noise.py."""
     if hist is not None:
         return N.test_row(lr, hist, default_sd if default_sd is not None else N.DEFAULT_SD, alpha)[0]
     lr = np.asarray(lr, dtype=np.float64)
-    est, se_own, df_own = N.trimmed(lr)
+    est, se_own, df_own = N.trimmed(lr, trim)
     n = lr.size
     if np.isfinite(pool_sd) and pool_sd > 0:
         se_pool = pool_sd / math.sqrt(n)
@@ -91,11 +95,12 @@ def confirm_test(lr, pool_sd: float, alpha: float, prior_df: float = S.PRIOR_DF,
 
 def decide_confirmed(first, confirm_lrs: dict[tuple, np.ndarray], cfg: GateConfig, pool_sd: float,
                      hists: dict[tuple, list[float]] | None = None, default_sd: float | None = None,
-                     failures: dict[tuple, str] | None = None):
+                     failures: dict[tuple, str] | None = None, ms: dict[tuple, tuple[float, float]] | None = None):
     """The final verdicts: the first stage's table `first` (from decide) with the candidates' verdicts replaced by
     their confirmation's (`confirm_lrs`: KEY tuple -> the new rounds' log-ratios). `failures`: candidates whose
     re-measurement failed ({KEY tuple: note}): broken when the current side failed; otherwise the first stage's
-    verdict stands, with the note. Returns the table, sorted as decide sorts."""
+    verdict stands, with the note. `ms`: the second stage's (baseline, current) times, shown instead of the first's.
+    Returns the table, sorted as decide sorts."""
     out = first.copy()
     idx = out.set_index(KEY).index
     for k, why in (failures or {}).items():
@@ -126,6 +131,8 @@ def decide_confirmed(first, confirm_lrs: dict[tuple, np.ndarray], cfg: GateConfi
         for c in ("ratio", "ci_lo", "ci_hi", "p", "p_adj", "floor", "threshold"):
             out.at[i, c] = s[c]
         out.at[i, "verdict"] = verdict
+        if ms and k in ms:
+            out.at[i, "base_ms"], out.at[i, "cur_ms"] = ms[k]
         out.at[i, "n_base"] = out.at[i, "n_base"] + len(confirm_lrs[k])
         out.at[i, "n_cur"] = out.at[i, "n_cur"] + len(confirm_lrs[k])
         extra = s["note"] if isinstance(s["note"], str) and s["note"] and verdict == "unchanged" else ""
