@@ -153,6 +153,11 @@ def export_slots(dirs: list[Path], path: Path) -> None:
     import pandas as pd
     t = pd.concat([pd.read_parquet(d / "slots.parquet").assign(run=i) for i, d in enumerate(dirs)])
     t[SLOT_COLS].to_parquet(path, index=False, compression="zstd")
+    c = [pd.read_parquet(d / "confirm-slots.parquet").assign(run=i) for i, d in enumerate(dirs)
+         if (d / "confirm-slots.parquet").exists()]
+    if c:                                      # the second stage's rounds (bench.py ab's candidates)
+        pd.concat(c)[SLOT_COLS].to_parquet(path.with_name(path.name.replace("-slots", "-confirm-slots")),
+                                           index=False, compression="zstd")
 
 
 def saved_runs(src: Path, copies: dict[str, float]) -> tuple[list[dict], list[dict]]:
@@ -177,7 +182,8 @@ def mode_ab(a, env, log, copies) -> list[dict]:
         cmd = [sys.executable, "bench.py", "ab", "--baseline-ref", a.baseline_ref, "--suite", a.suites,
                "--variant", a.variants + "," + ",".join(copies), "--rounds", str(a.rounds), "--budget", str(a.budget),
                "--out", str(d), "--json", str(d / "v.json"), "--no-step-summary", "--no-progress",
-               "--cmake-arg=-DKB_NO_CUDA=ON"] + (["--threads", str(a.threads)] if a.threads else []) \
+               "--cmake-arg=-DKB_NO_CUDA=ON", "--confirm-rounds", str(a.confirm_rounds)] \
+            + (["--threads", str(a.threads)] if a.threads else []) \
             + (["--noise", str(noise), "--learn-noise"] if a.learn_noise else []) \
             + (["--no-build"] if a.no_build or i else [])
         d.mkdir(parents=True, exist_ok=True)
@@ -185,6 +191,10 @@ def mode_ab(a, env, log, copies) -> list[dict]:
         if rc not in (0, 1):
             raise SystemExit(f"gate_evidence: bench.py ab exited {rc}; see {a.work / 'log.txt'}")
         out.append(outcome(d / "v.json", copies, rc))
+        try:                                   # the second stage's candidates (harness/ab_confirm.py)
+            out[-1]["candidates"] = json.loads((d / "manifest.json").read_text()).get("candidates")
+        except (OSError, ValueError):
+            pass
         print(f"ab {i + 1}/{a.runs}: {summary_line(out[-1])}", flush=True)
         a.save("ab", out)
     return out
@@ -241,8 +251,9 @@ def figures(runs: list[dict], copies: dict[str, float]) -> dict:
 def report(a, results: dict, copies: dict, started: str, load0: float, argv: list[str]) -> str:
     from harness.ab import AB_ALPHA
     goal = {"ab": "0 of N (0%)", "stored": "<= 5%"}
-    label = {"ab": "ab (bench.py's own verdicts" + (": learned noise, prequential)" if a.learn_noise
-                                                     else ": no noise file)"),
+    label = {"ab": "ab (bench.py's own verdicts" + (", two stages" if a.confirm_rounds else ", one stage")
+             + (": learned noise, prequential)" if a.learn_noise
+                 else ": no noise file)"),
              **{f"ab/{r}": f"ab, re-decided offline: {r}" for r in RULES}}
     lines = [f"# Gate evidence ({started})", "",
              f"Command: `python scripts/gate_evidence.py {shlex.join(argv)}`".replace(" `", " `", 1), "",
@@ -250,7 +261,8 @@ def report(a, results: dict, copies: dict, started: str, load0: float, argv: lis
              f"{os.getloadavg()[0]:.1f} at the end (per-run loads in the JSON and log). Suites {a.suites}, quick "
              f"CPU shapes, variants {a.variants}; slowed copies `{a.inject}`; threads {a.threads}; allocator "
              f"{a.allocator}; ab: {a.rounds} "
-             f"rounds of {a.budget:g} s per side, family-wise alpha {AB_ALPHA:g} (bench.py ab's default); "
+             f"rounds of {a.budget:g} s per side, family-wise alpha {AB_ALPHA:g} (bench.py ab's default), "
+             f"second stage {a.confirm_rounds} rounds (0: none); "
              f"stored (alpha 0.05, bench.py gate's default): {a.baseline_runs} baseline runs, --budget "
              f"{a.stored_budget:g}" + ("" if a.strict_contention else ", gated with --allow-contended (on this shared "
                                      "machine every row is contended, and the gate would compare none)") + ".", "",
@@ -289,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inject", default=INJECT, help="slowed copies (harness/inject.py syntax)")
     p.add_argument("--rounds", type=int, default=6, help="ab: rounds per row")
     p.add_argument("--budget", type=float, default=0.05, help="ab: seconds per row, side and round")
+    p.add_argument("--confirm-rounds", type=int, default=16,
+                   help="ab: rounds of the second stage (bench.py ab's default 16; 0: one stage)")
     p.add_argument("--stored-budget", type=float, default=0.3, help="stored: --budget of each bench.py run")
     p.add_argument("--baseline-runs", type=int, default=3, help="stored: runs in the baseline")
     p.add_argument("--baseline-ref", default="HEAD")

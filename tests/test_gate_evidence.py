@@ -35,9 +35,10 @@ def test_evidence_script_reduced(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     data = json.loads(out.with_suffix(".json").read_text())
     md = out.read_text()
-    assert "| ab (bench.py's own verdicts: learned noise, prequential) | 2 |" in md and "| stored | 2 |" in md
+    assert "| ab (bench.py's own verdicts, two stages: learned noise, prequential) | 2 |" in md and "| stored | 2 |" in md
     assert "slowed copies" in md and "| ab, re-decided offline: loo | 2 |" in md
     assert (tmp_path / "ev-ab-slots.parquet").exists()                 # the slots, for --redecide
+    assert (tmp_path / "ev-ab-confirm-slots.parquet").exists()         # the second stage's (x2 copies: candidates)
     assert json.loads((tmp_path / "work" / "ab-noise.json").read_text())["kind"] == "kbench-ab-noise"
     for mode in ("ab", "stored", "ab/old", "ab/loo", "ab/prequential"):
         runs = data["runs"][mode]
