@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-sd", default="3%",
                    help="between-run sd assumed when no row has two runs on a side (default 3%%)")
     p.add_argument("--ignore-env", default="", help="comma-separated fields allowed to differ, e.g. driver,torch")
+    p.add_argument("--confirm", type=int, default=0, metavar="N",
+                   help="re-run the rows the gate calls slower N times in this tree (fresh processes, the current "
+                        "run's settings) and judge them on those runs alone (harness/gate_confirm.py); the current "
+                        "run must come from this commit. Recommended in CI: 3 (default 0: no re-runs)")
     p.add_argument("--allow-contended", action="store_true",
                    help=f"compare rows measured while other processes used >{M.CONTENDED_PCT:.0f}%% of the CPUs "
                         "(default: those runs are left out)")
@@ -149,9 +153,22 @@ def main(argv: list[str] | None = None) -> int:
         bases = [RS.load(b) for b in a.baseline]
         currents = [RS.load(c) for c in a.current]
         verdicts, summary, incomplete = gate_tables(bases, currents, cfg)
+        design = DESIGN_STORED
+        if a.confirm < 0:
+            raise RS.BadInput("--confirm must be 0 or more")
+        if a.confirm:
+            from harness import gate_confirm as GC
+            cands = GC.screen(verdicts, cfg)
+            if cands:
+                cur = pd.concat(currents, ignore_index=True)
+                tables = GC.run_confirm(cur, cands, a.confirm)
+                verdicts = GC.decide_confirmed(verdicts, pd.concat(bases, ignore_index=True), tables, cands, cfg)
+            design += (f"; second look: the {len(cands)} row(s) called slower (a regression, or a ratio above the "
+                       f"threshold) re-run {a.confirm} time(s) in this tree and judged on those runs alone, Holm over "
+                       f"the candidates (harness/gate_confirm.py)")
         header = [f"- baseline: {describe_runs(pd.concat(bases, ignore_index=True))}",
                   f"- current: {describe_runs(pd.concat(currents, ignore_index=True))}"]
-        md = render(verdicts, cfg, summary, DESIGN_STORED, header, incomplete)
+        md = render(verdicts, cfg, summary, design, header, incomplete)
     except RS.BadInput as e:
         print(f"bench.py gate: error: {e}", file=sys.stderr)
         return 2

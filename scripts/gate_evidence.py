@@ -13,7 +13,13 @@ Modes:
   ab      `bench.py ab --baseline-ref HEAD` (the working tree against its own commit: identical suites and
           kernels), N times; the baseline tree is built once and reused.
   stored  `bench.py` K times with the copies undelayed, saved as one baseline of K runs
-          (`bench.py baseline save`); then `bench.py` N times with the delays, each gated with `bench.py gate`.
+          (`bench.py baseline save`); then `bench.py` N times with the delays, each gated with `bench.py gate
+          --confirm M` (the rows called slower re-run M times; --stored-confirm, default 3) and, for the
+          side-by-side, gated again in one stage (`stored/one-stage`).
+
+In `ab` mode bench.py ab runs its two stages (the rows the first rounds call slower re-measured in fresh
+workers, harness/ab_confirm.py; --confirm-rounds); the offline re-decisions below are of the first stage's
+rounds (its slots), so `ab/old` is the one-stage rule on the same measurements.
 
 In `ab` mode each run learns into WORK/ab-noise.json (emptied first; `bench.py ab --noise --learn-noise`) and
 is gated on the runs before it; afterwards every run is re-decided offline from its slots under the old rule
@@ -214,18 +220,25 @@ def mode_stored(a, env, log, copies) -> list[dict]:
         base_runs.append(str(d))
     if run([sys.executable, "bench.py", "baseline", "save", "evidence", *base_runs, "--force"], env, log) != 0:
         raise SystemExit("gate_evidence: baseline save failed")
-    out = []
+    out, one = [], []
     for i in range(a.runs):
         d = res / f"cur-{i:02d}"
         if run(bench + ["--out", str(d)], {**env, "KB_GATE_INJECT": a.inject}, log) != 0:
             raise SystemExit(f"gate_evidence: a current run failed; see {a.work / 'log.txt'}")
         rc = run([sys.executable, "bench.py", "gate", "--baseline", "evidence", "--current", str(d), "--json",
-                  str(d / "v.json"), "--no-step-summary"] + ([] if a.strict_contention else ["--allow-contended"]),
-                 env, log)
+                  str(d / "v.json"), "--no-step-summary"] + ([] if a.strict_contention else ["--allow-contended"])
+                 + (["--confirm", str(a.stored_confirm)] if a.stored_confirm else []),
+                 {**env, "KB_GATE_INJECT": a.inject}, log)        # the re-runs (--confirm) run the current code
         if rc not in (0, 1):
             raise SystemExit(f"gate_evidence: bench.py gate exited {rc}")
         out.append(outcome(d / "v.json", copies, rc))
         print(f"stored {i + 1}/{a.runs}: {summary_line(out[-1])}", flush=True)
+        if a.stored_confirm:                   # the same run gated in one stage, for the side-by-side
+            rc1 = run([sys.executable, "bench.py", "gate", "--baseline", "evidence", "--current", str(d), "--json",
+                       str(d / "v1.json"), "--no-step-summary"]
+                      + ([] if a.strict_contention else ["--allow-contended"]), env, log)
+            one.append(outcome(d / "v1.json", copies, rc1))
+            a.save("stored/one-stage", one)
         a.save("stored", out)
     return out
 
@@ -254,6 +267,8 @@ def report(a, results: dict, copies: dict, started: str, load0: float, argv: lis
     label = {"ab": "ab (bench.py's own verdicts" + (", two stages" if a.confirm_rounds else ", one stage")
              + (": learned noise, prequential)" if a.learn_noise
                  else ": no noise file)"),
+             "stored": f"stored (bench.py gate" + (f" --confirm {a.stored_confirm})" if a.stored_confirm else ")"),
+             "stored/one-stage": "stored, the same runs gated in one stage (no --confirm)",
              **{f"ab/{r}": f"ab, re-decided offline: {r}" for r in RULES}}
     lines = [f"# Gate evidence ({started})", "",
              f"Command: `python scripts/gate_evidence.py {shlex.join(argv)}`".replace(" `", " `", 1), "",
@@ -264,7 +279,7 @@ def report(a, results: dict, copies: dict, started: str, load0: float, argv: lis
              f"rounds of {a.budget:g} s per side, family-wise alpha {AB_ALPHA:g} (bench.py ab's default), "
              f"second stage {a.confirm_rounds} rounds (0: none); "
              f"stored (alpha 0.05, bench.py gate's default): {a.baseline_runs} baseline runs, --budget "
-             f"{a.stored_budget:g}" + ("" if a.strict_contention else ", gated with --allow-contended (on this shared "
+             f"{a.stored_budget:g}, --confirm {a.stored_confirm}" + ("" if a.strict_contention else ", gated with --allow-contended (on this shared "
                                      "machine every row is contended, and the gate would compare none)") + ".", "",
              "| mode | gate runs | rows compared per run | runs with a false alarm (goal) | "
              + " | ".join(f"{v} caught (goal)" for v in copies) + " |",
@@ -305,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ab: rounds of the second stage (bench.py ab's default 16; 0: one stage)")
     p.add_argument("--stored-budget", type=float, default=0.3, help="stored: --budget of each bench.py run")
     p.add_argument("--baseline-runs", type=int, default=3, help="stored: runs in the baseline")
+    p.add_argument("--stored-confirm", type=int, default=3,
+                   help="stored: bench.py gate --confirm N (re-run the rows called slower N times; 0: one stage)")
     p.add_argument("--baseline-ref", default="HEAD")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1: a 2-core shared machine)")
     p.add_argument("--strict-contention", action="store_true",
