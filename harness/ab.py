@@ -17,11 +17,17 @@ than max(threshold, its noise floor) and significant. With --noise FILE (harness
 instead on the 20%-trimmed mean of its rounds, its noise learned from its earlier A/A runs on this device
 (--learn-noise appends this run's estimates to FILE). Broken rows fail: `incorrect`/`error` in the current tree, a
 worker that crashed on the row, NaN or non-positive times; rows the baseline tree has that the current one lacks
-fail unless --allow-missing; an interrupted ab run fails (exit 130). Bad input (unknown ref, a tree that does not
+fail unless --allow-missing; an interrupted ab run fails (exit 130).
+
+Second stage (harness/ab_confirm.py; --confirm-rounds, 16 by default, 0 for none): the rows the first rounds call
+slower - a regression, or a mean or trimmed-mean ratio above the threshold, significant or not - are measured again
+in worker processes started afresh and judged on the new rounds alone (25%-trimmed mean, Holm over those rows).
+Only a confirmed slowdown fails; the family-wise error stays at most alpha, and a slowdown hidden in the first
+rounds by one round in another speed of the machine is caught by the second. Bad input (unknown ref, a tree that does not
 build, no such suite in either tree) is one line and exit 2.
 
-Writes <out>/ (default results/ab-<time>/): slots.parquet (every slot: row, round, side, order, median, n),
-verdicts.json, gate.md, manifest.json.
+Writes <out>/ (default results/ab-<time>/): slots.parquet (every slot of the first stage: row, round, side, order,
+median, n), confirm-slots.parquet (the second stage's), verdicts.json, gate.md, manifest.json.
 """
 from __future__ import annotations
 
