@@ -17,14 +17,14 @@ than max(threshold, its noise floor) and significant. With --noise FILE (harness
 instead on the 20%-trimmed mean of its rounds, its noise learned from its earlier A/A runs on this device
 (--learn-noise appends this run's estimates to FILE). Broken rows fail: `incorrect`/`error` in the current tree, a
 worker that crashed on the row, NaN or non-positive times; rows the baseline tree has that the current one lacks
-fail unless --allow-missing; an interrupted ab run fails (exit 130).
+fail unless --allow-missing; an interrupted ab run fails (exit 130). Bad input (unknown ref, a tree that does not
+build, no such suite in either tree) is one line and exit 2.
 
 Second stage (harness/ab_confirm.py; --confirm-rounds, 16 by default, 0 for none): the rows the first rounds call
 slower - a regression, or a mean or trimmed-mean ratio above the threshold, significant or not - are measured again
 in worker processes started afresh and judged on the new rounds alone (25%-trimmed mean, Holm over those rows).
 Only a confirmed slowdown fails; the family-wise error stays at most alpha, and a slowdown hidden in the first
-rounds by one round in another speed of the machine is caught by the second. Bad input (unknown ref, a tree that does not
-build, no such suite in either tree) is one line and exit 2.
+rounds by one round in another speed of the machine is caught by the second.
 
 Writes <out>/ (default results/ab-<time>/): slots.parquet (every slot of the first stage: row, round, side, order,
 median, n), confirm-slots.parquet (the second stage's), verdicts.json, gate.md, manifest.json.
@@ -227,7 +227,8 @@ def run_confirm(trees: dict[str, T.Tree], plan_req: dict, plans: dict[str, dict]
                 progress: bool = True) -> tuple[dict, dict, pd.DataFrame, dict[tuple, str], bool]:
     """The confirming stage (harness/ab_confirm.py): `rounds` new paired rounds of each candidate row in worker
     processes started afresh (no state of the first stage carried over). Returns ({KEY tuple: log-ratios},
-    {KEY tuple: (baseline, current) geometric mean ms}, slots, {KEY tuple: note} for candidates that could not be re-measured, interrupted)."""
+    {KEY tuple: (baseline, current) geometric mean ms}, slots, {KEY tuple: note} for candidates that could not be
+    re-measured, interrupted)."""
     pools = make_pools(trees, out, workers, rounds, allocator_name, tag="-confirm")
     for s in (w for p in pools.values() for w in p):
         s.plan_req = plan_req
@@ -471,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "manifest.json").write_text(json.dumps(dict(
             kind="ab", argv=sys.argv, baseline=vars(trees["base"]) | {"path": str(trees["base"].path)},
             current=vars(trees["current"]) | {"path": str(trees["current"].path)}, rounds=a.rounds,
-            budget_s=a.budget, confirm_rounds=a.confirm_rounds, candidates=[list(k) for k in cands], workers=envs, allocator=alloc, inject=inject or None, interrupted=interrupted,
+            budget_s=a.budget, confirm_rounds=a.confirm_rounds, candidates=[list(k) for k in cands], workers=envs,
+            allocator=alloc, inject=inject or None, interrupted=interrupted,
             finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), failed=bool(cfg_fail)),
             indent=2, default=str))
     except RS.BadInput as e:

@@ -64,7 +64,8 @@ def screen(rows: list[dict], cfg: GateConfig) -> list[tuple]:
 
 
 def confirm_test(lr, pool_sd: float, alpha: float, prior_df: float = S.PRIOR_DF,
-                 hist: list[float] | None = None, default_sd: float | None = None, trim: float = CONFIRM_TRIM) -> S.Tested:
+                 hist: list[float] | None = None, default_sd: float | None = None,
+                 trim: float = CONFIRM_TRIM) -> S.Tested:
     """The confirming rounds' test: Yuen's trimmed mean, its variance moderated toward `pool_sd` (the first
     stage's pooled per-round sd) and never below its own; or, with a noise history (`hist` is not None), the
     learned-noise test of harness/gate_noise.py."""

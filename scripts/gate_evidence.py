@@ -279,7 +279,8 @@ def report(a, results: dict, copies: dict, started: str, load0: float, argv: lis
              f"rounds of {a.budget:g} s per side, family-wise alpha {AB_ALPHA:g} (bench.py ab's default), "
              f"second stage {a.confirm_rounds} rounds (0: none); "
              f"stored (alpha 0.05, bench.py gate's default): {a.baseline_runs} baseline runs, --budget "
-             f"{a.stored_budget:g}, --confirm {a.stored_confirm}" + ("" if a.strict_contention else ", gated with --allow-contended (on this shared "
+             f"{a.stored_budget:g}, --confirm {a.stored_confirm}"
+             + ("" if a.strict_contention else ", gated with --allow-contended (on this shared "
                                      "machine every row is contended, and the gate would compare none)") + ".", "",
              "| mode | gate runs | rows compared per run | runs with a false alarm (goal) | "
              + " | ".join(f"{v} caught (goal)" for v in copies) + " |",
