@@ -267,7 +267,7 @@ def report(a, results: dict, copies: dict, started: str, load0: float, argv: lis
     label = {"ab": "ab (bench.py's own verdicts" + (", two stages" if a.confirm_rounds else ", one stage")
              + (": learned noise, prequential)" if a.learn_noise
                  else ": no noise file)"),
-             "stored": f"stored (bench.py gate" + (f" --confirm {a.stored_confirm})" if a.stored_confirm else ")"),
+             "stored": "stored (bench.py gate" + (f" --confirm {a.stored_confirm})" if a.stored_confirm else ")"),
              "stored/one-stage": "stored, the same runs gated in one stage (no --confirm)",
              **{f"ab/{r}": f"ab, re-decided offline: {r}" for r in RULES}}
     lines = [f"# Gate evidence ({started})", "",
