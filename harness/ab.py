@@ -21,8 +21,8 @@ fail unless --allow-missing; an interrupted ab run fails (exit 130). Bad input (
 build, no such suite in either tree) is one line and exit 2.
 
 Second stage (harness/ab_confirm.py; --confirm-rounds, 16 by default, 0 for none): the rows the first rounds call
-slower - a regression, or a mean, trimmed-mean or median ratio above the threshold, significant or not - are measured again
-in worker processes started afresh and judged on the new rounds alone (25%-trimmed mean, Holm over those rows).
+slower - a regression, or a mean, trimmed-mean or median ratio above the threshold, significant or not - are
+measured again in worker processes started afresh and judged on the new rounds alone (25%-trimmed mean, Holm over those rows).
 Only a confirmed slowdown fails; the family-wise error stays at most alpha, and a slowdown hidden in the first
 rounds by one round in another speed of the machine is caught by the second.
 
@@ -445,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             signal.signal(signal.SIGTERM, old)
         confirm_text = (f"; second stage: the {len(cands)} row(s) the first rounds called slower (a regression, or a "
-                        f"mean, trimmed-mean or median ratio above the threshold) re-measured in {a.confirm_rounds} new "
-                        f"rounds in fresh workers and judged on those alone (trimmed mean, Holm over the "
+                        f"mean, trimmed-mean or median ratio above the threshold) re-measured in {a.confirm_rounds} "
+                        f"new rounds in fresh workers and judged on those alone (trimmed mean, Holm over the "
                         f"candidates; harness/ab_confirm.py)" if a.confirm_rounds else "; no second stage")
         if noise is not None and a.learn_noise and not interrupted:
             N.learn(rows, noise, dev, a.rounds, parents)
