@@ -22,9 +22,9 @@ build, no such suite in either tree) is one line and exit 2.
 
 Second stage (harness/ab_confirm.py; --confirm-rounds, 16 by default, 0 for none): the rows the first rounds call
 slower - a regression, or a mean, trimmed-mean or median ratio above the threshold, significant or not - are
-measured again in worker processes started afresh and judged on the new rounds alone (25%-trimmed mean, Holm over those rows).
-Only a confirmed slowdown fails; the family-wise error stays at most alpha, and a slowdown hidden in the first
-rounds by one round in another speed of the machine is caught by the second.
+measured again in worker processes started afresh and judged on the new rounds alone (25%-trimmed mean, Holm over
+those rows). Only a confirmed slowdown fails; the family-wise error stays at most alpha, and a slowdown hidden in
+the first rounds by one round in another speed of the machine is caught by the second.
 
 Writes <out>/ (default results/ab-<time>/): slots.parquet (every slot of the first stage: row, round, side, order,
 median, n), confirm-slots.parquet (the second stage's), verdicts.json, gate.md, manifest.json.
