@@ -8,8 +8,10 @@ waits for it to be ready and stops it at the end, on errors and on Ctrl-C too (i
 client and the metric definitions are inference/loadgen.py (vLLM benchmark_serving's). Results go where every
 run goes (results/<run>/: results.parquet + CSV + manifest.json through harness.results.ResultWriter, CPU
 telemetry in telemetry.parquet, the server's /metrics gauges sampled during each rate in server_metrics.parquet,
-each server's log in server-<engine>.log), and a rich table is printed. Bad input (a URL, an unreachable
-endpoint, an --slo, a rate <= 0): one line, exit 2. An engine whose server cannot start here: a `skipped` row
+each server's log in server-<engine>.log), and a rich table is printed. `--server-cpus 1 --client-cpus 0` places the
+built-in server and the load generator on disjoint CPUs (inference/affinity.py; the masks read back go into the
+manifest and one stderr line per server). Bad input (a URL, an unreachable endpoint, an --slo, a rate <= 0, a CPU
+list that is malformed, names a CPU not present, or overlaps the other): one line, exit 2. An engine whose server cannot start here: a `skipped` row
 (it exited with code 2: unavailable) or an `error` row, and the sweep goes on. `--suite streaming` is the same
 sweep with the suite's settings (suites/streaming.py).
 """
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -87,6 +91,15 @@ def parser() -> argparse.ArgumentParser:
     for opt in SERVER_OPTIONS:
         p.add_argument("--" + opt.replace("_", "-"), type=int, default=None,
                        help="passed to the built-in server")
+    p.add_argument("--server-cpus", default=None, metavar="LIST",
+                   help="pin the built-in server (engine + HTTP, every thread) to these CPUs, Linux list syntax "
+                   "(1 or 0,2-3); e.g. --server-cpus 1 --client-cpus 0 keeps the load generator off the server's "
+                   "core, as vLLM's benchmark_serving runs its client. Default: no pinning (the server inherits "
+                   "bench.py's CPUs): the README's figures up to 2026-12-01 08:00 ran server and client on one "
+                   "core (taskset -c 1 python bench.py serve ...), so the client's CPU is taken from the server's")
+    p.add_argument("--client-cpus", default=None, metavar="LIST",
+                   help="pin the load generator (this process, every thread) to these CPUs; disjoint from "
+                   "--server-cpus when both are given. Default: no pinning")
     p.add_argument("--ready-timeout", type=float, default=1800.0, help="seconds to wait for the server (default 1800: "
                    "a models/ name not cached yet is trained first, minutes)")
     p.add_argument("--server-module", default="inference.server", help=argparse.SUPPRESS)   # tests: a stub
@@ -106,6 +119,8 @@ class Plan:
     model: str = "tiny"
     extra: list[str] = field(default_factory=list)
     workloads: list[tuple[str, L.Workload]] = field(default_factory=list)   # (name, workload); name "" if one
+    server_cpus: frozenset[int] | None = None    # --server-cpus (None: not pinned)
+    client_cpus: frozenset[int] | None = None    # --client-cpus
 
 
 def _positive(name: str, x: float | None, integer: bool = False, hi: float = 1e7) -> None:
@@ -115,8 +130,37 @@ def _positive(name: str, x: float | None, integer: bool = False, hi: float = 1e7
         raise L.LoadgenError(f"{name} must be a{'n integer' if integer else ' number'} in (0, {hi:g}], not {x!r}")
 
 
+def cpu_lists(a: argparse.Namespace) -> tuple[frozenset[int] | None, frozenset[int] | None]:
+    """--server-cpus and --client-cpus: parsed, present here, disjoint, the server's only with the built-in one."""
+    from inference import affinity
+    got: dict[str, frozenset[int] | None] = {}
+    for opt in ("server_cpus", "client_cpus"):
+        text = getattr(a, opt, None)
+        got[opt] = None
+        if text is None:
+            continue
+        flag = "--" + opt.replace("_", "-")
+        if not affinity.supported():
+            raise L.LoadgenError(f"{flag}: this platform cannot pin processes to CPUs (no os.sched_setaffinity)")
+        try:
+            cpus = affinity.parse_cpu_list(text)
+            affinity.check_available(cpus)
+        except affinity.CpuListError as exc:
+            raise L.LoadgenError(f"{flag}: {exc}") from None
+        got[opt] = cpus
+    server, client = got["server_cpus"], got["client_cpus"]
+    if server is not None and a.endpoint:
+        raise L.LoadgenError("--server-cpus pins the built-in server; an --endpoint server is pinned where it is "
+                             "started (taskset -c LIST ...): drop one of them")
+    if server is not None and client is not None and server & client:
+        raise L.LoadgenError(f"--server-cpus {a.server_cpus} and --client-cpus {a.client_cpus} overlap (CPU "
+                             f"{affinity.format_cpu_list(server & client)}): give disjoint lists")
+    return server, client
+
+
 def validate(a: argparse.Namespace) -> Plan:
     """Everything checkable before a server starts; LoadgenError with one line otherwise."""
+    server_cpus, client_cpus = cpu_lists(a)
     rates = L.parse_rates(a.rates)
     slo = L.parse_slo(a.slo)
     if not (math.isfinite(a.burstiness) and a.burstiness > 0):
@@ -159,12 +203,12 @@ def validate(a: argparse.Namespace) -> Plan:
         why = asyncio.run(L.reachable(ep))
         if why:
             raise L.LoadgenError(f"--endpoint: {why}")
-        return Plan(["endpoint"], ep, rates, w, slo, a, a.model or "", extra, workloads)
+        return Plan(["endpoint"], ep, rates, w, slo, a, a.model or "", extra, workloads, None, client_cpus)
     engines = [e.strip() for e in (a.engine or "ours").split(",") if e.strip()]
     for e in engines:
         if e not in ENGINES:
             raise L.LoadgenError(f"--engine: unknown engine {e!r}; choose from: {', '.join(ENGINES)}")
-    return Plan(engines, None, rates, w, slo, a, a.model or "tiny", extra, workloads)
+    return Plan(engines, None, rates, w, slo, a, a.model or "tiny", extra, workloads, server_cpus, client_cpus)
 
 
 # ---- the server's own gauges during a rate ---------------------------------------------------------------------
@@ -264,7 +308,7 @@ class Sweep:
                                                   for n, w, _, st in self.workloads if n},
                                        slo=plan.slo, burstiness=plan.args.burstiness,
                                        concurrency=plan.args.concurrency, api=plan.args.api, model=plan.model,
-                                       server_args=plan.extra, threads=plan.args.threads))
+                                       server_args=plan.extra, threads=plan.args.threads, cpus=_cpus_manifest(plan)))
             self.sampler = telemetry.make_sampler("cpu")
             manifest["telemetry"] = self.sampler.info()
             self.writer = ResultWriter(self.rd.path, manifest, list(telemetry.TELEMETRY_COLUMNS) + L.METRIC_COLUMNS +
@@ -364,6 +408,16 @@ class Sweep:
         self.rd.release()
 
 
+def _cpus_manifest(plan: Plan) -> dict[str, Any]:
+    """What was asked (None: not pinned) and this process's mask read back (every thread's, united)."""
+    from inference import affinity
+    fmt = affinity.format_cpu_list
+    back = fmt(affinity.affinity_of(os.getpid())[1]) if affinity.supported() else None
+    return dict(server_requested=fmt(plan.server_cpus) if plan.server_cpus is not None else None,
+                client_requested=fmt(plan.client_cpus) if plan.client_cpus is not None else None,
+                client=back, client_pid=os.getpid())
+
+
 def _latency_columns(e2e_ms: list[float]) -> dict[str, Any]:
     """The harness's timing columns hold the requests' E2E latencies: one sample per request (median_ms is the
     median E2E latency, samples_ms every one of them), so gate/compare read a streaming row like any other."""
@@ -420,6 +474,46 @@ def table(rows: list[dict], title: str = ""):
 
 
 def sweep(plan: Plan, argv: list[str], mode: str = "serve") -> int:
+    """Run the plan with this process (the load generator) on --client-cpus, restored at the end."""
+    from inference import affinity
+    original = frozenset(os.sched_getaffinity(0)) if affinity.supported() else None
+    # the servers' mask: --server-cpus, or, with only --client-cpus, the one bench.py had (the child is forked
+    # from a pinned thread and would inherit the client's CPUs otherwise); None: inherited, unchanged
+    server_cpus = plan.server_cpus if plan.server_cpus is not None else \
+        (original if plan.client_cpus is not None else None)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(affinity.pin_process(plan.client_cpus))
+        except OSError as exc:
+            raise L.LoadgenError(f"--client-cpus: cannot pin the load generator to CPUs "
+                                 f"{affinity.format_cpu_list(plan.client_cpus or ())}: {exc}") from None
+        return _sweep(plan, argv, mode, server_cpus)
+
+
+def _mask_of(pid: int) -> tuple[str | None, str | None]:
+    """A started server's CPUs read back: (its pid's mask, its threads' masks united), as lists like '0,2-3'."""
+    from inference import affinity
+    try:
+        own, threads = affinity.affinity_of(pid)
+    except (OSError, AttributeError):              # it exited meanwhile, or no sched_getaffinity here
+        return None, None
+    return affinity.format_cpu_list(own), affinity.format_cpu_list(threads)
+
+
+def _cpus_line(plan: Plan, target: str, pid: int | None, mask: str | None) -> None:
+    """One stderr line per server when pinning was asked: the masks read back, not the ones asked for."""
+    if plan.server_cpus is None and plan.client_cpus is None:
+        return
+    from inference import affinity
+    fmt = affinity.format_cpu_list
+    client = fmt(affinity.affinity_of(os.getpid())[1])
+    srv = (f"{target} server (pid {pid}) on CPUs {mask}" if pid is not None else
+           "the --endpoint server: not pinned by this command")
+    print(f"bench.py serve: cpus: {srv}, load generator (pid {os.getpid()}) on CPUs {client}", file=sys.stderr,
+          flush=True)
+
+
+def _sweep(plan: Plan, argv: list[str], mode: str, server_cpus: frozenset[int] | None) -> int:
     """Run the plan: start each engine's server (or use the endpoint), every rate, rows, the table."""
     from harness.runner import _ignore_termination, _signals_as_interrupts
     from harness.ui import console, out_console
@@ -438,17 +532,21 @@ def sweep(plan: Plan, argv: list[str], mode: str = "serve") -> int:
             try:
                 for target in plan.targets:
                     if plan.endpoint is not None:
+                        _cpus_line(plan, target, None, None)
                         model = plan.model or asyncio.run(L.served_model(plan.endpoint)) or "default"
                         sw.plan.model = model
                         sw.measure(target, plan.endpoint, model, console.print)
                         continue
                     srv = BuiltinServer(target, plan.model, plan.args.threads, plan.extra,
                                         sw.dir / f"server-{target}.log", plan.args.server_module,
-                                        plan.args.ready_timeout)
+                                        plan.args.ready_timeout, cpus=server_cpus)
                     try:
                         srv.start()
+                        own, threads = _mask_of(srv.proc.pid)
                         sw.writer.write_manifest(servers={**sw.writer.manifest.get("servers", {}),
-                                                          target: {"pid": srv.proc.pid, "command": srv.command()}})
+                                                          target: {"pid": srv.proc.pid, "command": srv.command(),
+                                                                   "cpus": own, "cpus_threads": threads}})
+                        _cpus_line(plan, target, srv.proc.pid, threads)
                     except ServerStartError as exc:
                         sw.skip_all(target, "skipped" if exc.exit_code == 2 else "error", str(exc))
                         console.print(f"  [yellow]{target}: {escape(str(exc))}[/]")

@@ -4,7 +4,8 @@
 --port P --engine E [...]` from this repository (cwd and PYTHONPATH: the tree this file is in), waits for its
 `kbench server ready on http://HOST:PORT` line and for GET /health -> 200, and on leaving (normally, on an
 exception, on Ctrl-C) sends SIGTERM, waits, then SIGKILLs its process group. The child also gets
-PR_SET_PDEATHSIG, so a SIGKILLed bench.py leaves no server behind. Its stdout and stderr go to a log file.
+PR_SET_PDEATHSIG, so a SIGKILLed bench.py leaves no server behind, and with `cpus` (bench.py serve --server-cpus)
+it is pinned to those CPUs before exec (inference/affinity.py). Its stdout and stderr go to a log file.
 Also: `scrape(url)` reads a Prometheus /metrics page into {name: value} (prometheus_client's parser).
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from inference.affinity import child_setup, format_cpu_list
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "kbench server ready on "
@@ -39,6 +42,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _die_with_parent() -> None:
+    """(the preexec_fn of a server started without `cpus`)"""
     try:
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
@@ -69,8 +73,10 @@ def scrape(base: str, timeout_s: float = 5.0) -> dict[str, float]:
 
 class BuiltinServer:
     def __init__(self, engine: str, model: str = "tiny", threads: int | None = 1, extra: list[str] | None = None,
-                 log_path: Path | None = None, module: str = "inference.server", ready_timeout_s: float = 300.0):
+                 log_path: Path | None = None, module: str = "inference.server", ready_timeout_s: float = 300.0,
+                 cpus: frozenset[int] | None = None):
         self.engine, self.model, self.threads = engine, model, threads
+        self.cpus = frozenset(cpus) if cpus is not None else None     # None: the mask bench.py's thread has
         self.extra = list(extra or [])
         self.module = module
         self.ready_timeout_s = ready_timeout_s
@@ -112,9 +118,16 @@ class BuiltinServer:
         env = self.env()
         log = open(self.log_path, "a") if self.log_path else None
         self._log = log
-        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+        try:
+            self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                         start_new_session=True, preexec_fn=self._preexec())
+        except (OSError, subprocess.SubprocessError) as exc:   # the pinning failed in the child: nothing runs
+            if log is not None:
+                log.close()
+            self._log = None
+            what = f" pinned to CPUs {format_cpu_list(self.cpus)}" if self.cpus is not None else ""
+            raise ServerStartError(f"cannot start the {self.engine} server{what}: {exc}") from None
         self._thread = threading.Thread(target=self._pump, args=(log,), daemon=True)
         self._thread.start()
         try:
@@ -123,6 +136,17 @@ class BuiltinServer:
             self.stop()
             raise
         return self
+
+    def _preexec(self):
+        """Runs in the child between fork and exec: die with bench.py, and take the server's CPUs."""
+        if self.cpus is None:
+            return _die_with_parent
+        pin = child_setup(self.cpus)
+
+        def setup() -> None:
+            _die_with_parent()
+            pin()
+        return setup
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s

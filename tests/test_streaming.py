@@ -56,7 +56,8 @@ def test_bad_input_is_one_line_and_exit_2(args, says, capsys, tmp_path):
 
 
 def test_bench_py_entry_exit_2_without_traceback():
-    for argv in (["serve", "--rates", "inf,0"], ["--suite", "streaming,softmax"], ["serve", "--api", "grpc"]):
+    for argv in (["serve", "--rates", "inf,0"], ["--suite", "streaming,softmax"], ["serve", "--api", "grpc"],
+                 ["serve", "--server-cpus", "1", "--client-cpus", "1"], ["serve", "--client-cpus", "0-x"]):
         r = subprocess.run([sys.executable, "bench.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, (argv, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -126,6 +127,181 @@ def test_a_server_warning_is_a_note_in_its_rows_and_one_stderr_line(tmp_path, mo
     assert serve_bench.main(["--engine", "ours", "--server-module", "tests.openai_stub", "--rates", "inf",
                              "--num-prompts", "2", "--output-len", "2", "--out", str(out2), "--no-warmup"]) == 0
     assert load(out2)["note"].isna().all() and "warning:" not in capsys.readouterr().err
+
+
+# ---- --server-cpus / --client-cpus (inference/affinity.py) -------------------------------------------------------
+# On this 2-CPU machine the tests pin servers to CPU 1 only (CPU 0 is for measurements) and never ask for CPU 0.
+from inference import affinity  # noqa: E402
+
+
+@pytest.mark.parametrize("text,cpus", [("1", {1}), ("0,2-3", {0, 2, 3}), ("3,1", {1, 3}), ("0-0", {0}),
+                                       (" 2-4,7 ", {2, 3, 4, 7}), ("1,1-2", {1, 2})])
+def test_cpu_list_parser_reads_the_linux_syntax(text, cpus):
+    assert affinity.parse_cpu_list(text) == frozenset(cpus)
+    assert affinity.parse_cpu_list(affinity.format_cpu_list(cpus)) == frozenset(cpus)
+
+
+def test_cpu_list_format_is_tasksets():
+    f = affinity.format_cpu_list
+    assert (f({1}), f({0, 2, 3}), f({0, 1, 2, 5, 7, 8}), f([3, 1, 2]), f(set())) == ("1", "0,2-3", "0-2,5,7-8",
+                                                                                     "1-3", "")
+
+
+@pytest.mark.parametrize("text", ["", " ", "a", "1,", ",1", "3-1", "1-", "-1", "1.5", "0x1", "1 2", "1;2", "1-2-3",
+                                  "99999"])
+def test_cpu_list_parser_refuses_what_is_not_a_list(text):
+    with pytest.raises(affinity.CpuListError):
+        affinity.parse_cpu_list(text)
+
+
+def test_a_cpu_not_present_is_named():
+    with pytest.raises(affinity.CpuListError, match=r"CPU 7,9-10 not present here \(online: 0-3\)"):
+        affinity.check_available(frozenset({1, 7, 9, 10}), frozenset(range(4)))
+    affinity.check_available(frozenset({1}), frozenset({0, 1}))                # no error
+    assert 1 in affinity.available_cpus() or os.cpu_count() == 1
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--server-cpus", "a"], "--server-cpus: 'a' is not a CPU list"),
+    (["--client-cpus", "3-1"], "--client-cpus: '3-1' is not a CPU list: range '3-1' runs backwards"),
+    (["--server-cpus", ""], "--server-cpus: '' is not a CPU list"),
+    (["--server-cpus", "4095"], "--server-cpus: CPU 4095 not present here (online: "),
+    (["--client-cpus", "1,4000-4001"], "--client-cpus: CPU 4000-4001 not present here"),
+    (["--server-cpus", "1", "--client-cpus", "1"], "--server-cpus 1 and --client-cpus 1 overlap (CPU 1)"),
+    (["--server-cpus", "1", "--endpoint", "http://127.0.0.1:PORT"], "--server-cpus pins the built-in server"),
+])
+def test_bad_cpu_lists_are_one_line_and_exit_2(args, says, capsys, tmp_path):
+    """(Only CPU 1 in what a broken check could pin to; the stub server and one request bound its run.)"""
+    args = [a.replace("PORT", str(free_port())) for a in args]
+    if "--endpoint" not in args:
+        args += ["--server-module", "tests.openai_stub", "--num-prompts", "1", "--output-len", "1", "--no-warmup"]
+    before = os.sched_getaffinity(0)
+    assert serve_bench.main(args + ["--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bench.py serve: error:") and says in err, err
+    assert not (tmp_path / "run").exists() and os.sched_getaffinity(0) == before
+
+
+def _cpus_allowed(pid: int | str) -> set[str]:
+    """Cpus_allowed_list of every thread of `pid`, from /proc (the kernel's word, not os.sched_getaffinity's)."""
+    out = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        line = next(ln for ln in (task / "status").read_text().splitlines() if ln.startswith("Cpus_allowed_list"))
+        out.add(line.split(":", 1)[1].strip())
+    return out
+
+
+needs_cpu1 = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or 1 not in affinity.available_cpus(),
+                                reason="needs Linux sched_setaffinity and a CPU 1 (the servers are pinned to CPU 1)")
+
+
+@needs_cpu1
+def test_a_started_server_runs_with_the_cpus_asked():
+    """The server's every thread, read back from /proc, is on CPU 1 only. (Run unpinned, the test process may use
+    CPU 0 too, so a mask not passed to the child fails here; run under `taskset -c 1` the child would inherit CPU 1
+    anyway: the preexec test below fails then.)"""
+    from inference.server_proc import BuiltinServer, ServerStartError, health
+    with BuiltinServer("ours", module="tests.openai_stub", cpus=frozenset({1})) as srv:
+        assert health(srv.base)
+        assert _cpus_allowed(srv.proc.pid) == {"1"} and os.sched_getaffinity(srv.proc.pid) == {1}
+    with pytest.raises(ServerStartError, match="pinned to CPUs 4095"):          # the kernel refuses: no traceback
+        BuiltinServer("ours", module="tests.openai_stub", cpus=frozenset({4095})).start()
+
+
+@pytest.fixture
+def child_pins(monkeypatch):
+    """Records the preexec_fn of every child the built-in server code starts; `replay()` then runs each in this
+    process with os.sched_setaffinity recorded instead of applied (and PR_SET_PDEATHSIG skipped): the masks
+    each server child set on itself before exec, whatever this process's own mask (taskset -c 1 or none)."""
+    from inference import server_proc
+    real, hooks = subprocess.Popen, []
+
+    def popen(cmd, *a, **kw):
+        if "--engine" in list(cmd):                   # a server child (not git, nor the telemetry's tools)
+            hooks.append(kw.get("preexec_fn"))
+        return real(cmd, *a, **kw)
+    monkeypatch.setattr(server_proc.subprocess, "Popen", popen)
+
+    def replay() -> list:
+        calls: list = []
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(server_proc, "_die_with_parent", lambda: None)
+            mp.setattr(os, "sched_setaffinity", lambda pid, mask: calls.append((pid, frozenset(mask))))
+            for fn in hooks:
+                assert fn is not None
+                n = len(calls)
+                fn()
+                calls[n:] = calls[n:] or [None]           # a child that set nothing: None
+        return calls
+    return replay
+
+
+@needs_cpu1
+def test_server_cpus_pin_the_server_child_and_go_into_the_manifest(tmp_path, capsys, child_pins):
+    out = tmp_path / "run"
+    before = os.sched_getaffinity(0)
+    assert serve_bench.main(["--engine", "ours,hf-static", "--server-module", "tests.openai_stub", "--server-cpus",
+                             "1", "--rates", "inf", "--num-prompts", "2", "--output-len", "2", "--out", str(out),
+                             "--no-warmup"]) == 0
+    assert child_pins() == [(0, frozenset({1}))] * 2                  # each engine's server set CPU 1 on itself
+    m = json.loads((out / "manifest.json").read_text())
+    for eng in ("ours", "hf-static"):                                  # read back from the running server
+        assert m["servers"][eng]["cpus"] == "1" and m["servers"][eng]["cpus_threads"] == "1", m["servers"]
+    assert m["serve"]["cpus"]["server_requested"] == "1" and m["serve"]["cpus"]["client_requested"] is None
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "cpus:" in ln]
+    assert len(lines) == 2 and all(ln.startswith("bench.py serve: cpus: ") for ln in lines), lines
+    pid = m["servers"]["ours"]["pid"]
+    assert f"ours server (pid {pid}) on CPUs 1, load generator (pid {os.getpid()}) on CPUs " in lines[0], lines
+    assert set(load(out)["status"]) == {"ok"} and os.sched_getaffinity(0) == before
+
+
+@needs_cpu1
+def test_client_cpus_pin_this_process_and_leave_the_server_its_cpus(tmp_path, capsys, child_pins):
+    """--client-cpus alone: every thread of bench.py on CPU 1 during the run and restored after; the server
+    child, forked from the pinned thread, takes back the CPUs bench.py had (not the client's)."""
+    before = os.sched_getaffinity(0)
+    out = tmp_path / "run"
+    assert serve_bench.main(["--engine", "ours", "--server-module", "tests.openai_stub", "--client-cpus", "1",
+                             "--rates", "inf", "--num-prompts", "2", "--output-len", "2", "--out", str(out)]) == 0
+    assert child_pins() == [(0, frozenset(before))]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["serve"]["cpus"] == {"server_requested": None, "client_requested": "1", "client": "1",
+                                  "client_pid": os.getpid()}
+    assert os.sched_getaffinity(0) == before
+    assert "load generator (pid" in capsys.readouterr().err
+    # no option: no pinning (the child sets nothing), no line; the masks still read back into the manifest
+    out2 = tmp_path / "run2"
+    assert serve_bench.main(["--engine", "ours", "--server-module", "tests.openai_stub", "--rates", "inf",
+                             "--num-prompts", "2", "--output-len", "2", "--out", str(out2), "--no-warmup"]) == 0
+    assert child_pins()[-1] is None and "cpus:" not in capsys.readouterr().err
+    m2 = json.loads((out2 / "manifest.json").read_text())
+    assert m2["servers"]["ours"]["cpus"] == affinity.format_cpu_list(before)
+    assert m2["serve"]["cpus"]["server_requested"] is None and m2["serve"]["cpus"]["client_requested"] is None
+
+
+def test_pin_process_sets_every_thread_and_restores_them(monkeypatch):
+    """os.sched_setaffinity(0, ...) pins the calling thread only: pin_process sets each thread of the process
+    (a thread started before is pinned too) and gives each its mask back (recorded, not applied: this process
+    may not leave CPU 1)."""
+    import threading
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, daemon=True)
+    t.start()
+    calls: list = []
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, mask: calls.append((pid, frozenset(mask))))
+    try:
+        with affinity.pin_process({2}) as back:
+            pinned = {pid for pid, mask in calls if mask == {2}}
+            assert back == {0, 1, 2, 3}          # what the (fake) kernel reads back
+        restored = {pid for pid, mask in calls if mask == {0, 1, 2, 3}}
+    finally:
+        stop.set()
+        t.join()
+    assert t.native_id in pinned and threading.main_thread().native_id in pinned | {0}, (calls, t.native_id)
+    assert t.native_id in restored and os.getpid() in restored
+    with affinity.pin_process(None) as none:
+        assert none is None
 
 
 def test_sigterm_mid_sweep_stops_the_server_and_keeps_the_rows(tmp_path):
