@@ -11,9 +11,9 @@ telemetry in telemetry.parquet, the server's /metrics gauges sampled during each
 each server's log in server-<engine>.log), and a rich table is printed. `--server-cpus 1 --client-cpus 0` places the
 built-in server and the load generator on disjoint CPUs (inference/affinity.py; the masks read back go into the
 manifest and one stderr line per server). Bad input (a URL, an unreachable endpoint, an --slo, a rate <= 0, a CPU
-list that is malformed, names a CPU not present, or overlaps the other): one line, exit 2. An engine whose server cannot start here: a `skipped` row
-(it exited with code 2: unavailable) or an `error` row, and the sweep goes on. `--suite streaming` is the same
-sweep with the suite's settings (suites/streaming.py).
+list that is malformed, names a CPU not present, or overlaps the other): one line, exit 2. An engine whose
+server cannot start here: a `skipped` row (it exited with code 2: unavailable) or an `error` row, and the sweep
+goes on. `--suite streaming` is the same sweep with the suite's settings (suites/streaming.py).
 """
 from __future__ import annotations
 
