@@ -82,6 +82,12 @@ SUITE.add_cases("test", [
     # short contexts (2-5 keys): where an approximation in the scores shows most (an int8-quantized q failed here
     # at 2x the bf16 tolerance; decode_paged_dp.cpp's header)
     _case(4, 5, h=8, hkv=2, d=128, ragged=True, kv="int8"),
+    # int8 KV: 8 rows at d 96 (q's slices reloaded, DC = 0) over steps of 64 tokens and a tail; 5 rows (QK blocks
+    # of 4 + 1, PV 5); d 80 (not a multiple of 32: v1 for int8, the fp32 path for the float cache)
+    _case(3, 77, h=8, hkv=1, d=96, ragged=True, kv="int8"),
+    _case(2, 150, h=5, hkv=1, d=128, kv="int8"),
+    _case(2, 90, h=6, hkv=2, d=80, ragged=True, kv="int8"),
+    _case(2, 90, h=6, hkv=2, d=80, ragged=True),
 ])
 _TEST_NAMES = {c.name for c in SUITE.cases("test")}
 # CPU: heads scaled from 32/8 to 8/2 (the same group of 4 query heads per KV head), head dim 128.

@@ -76,8 +76,8 @@ namespace {
 constexpr int RQ = 4;          // query rows per QK register block (4 rows x 4 keys per reduction)
 constexpr int RB = 8;          // query rows per PV register block (x 32 columns: 16 accumulators)
 constexpr float PQ = 32767.f;  // int8-KV path: p in int16 = round(p * 32767), p in [0, 1]
-constexpr int PD = 2;          // prefetch distance in pages
-constexpr int STEP = 32;       // tokens per online-softmax step (2 pages of 16)
+constexpr int PD = 2;          // prefetch distance in pages (bf16 / fp32 paths; int8 KV: KvI8::PD)
+constexpr int STEP = 32;       // tokens per online-softmax step (2 pages of 16; int8 KV: KvI8::STEP)
 
 struct BufsDp {                                                 // per thread, 64-byte aligned
   alignas(64) int16_t Q[kb::DEC_MAX_ROWS * kb::DEC_MAX_D];       // bf16 bits (bf16 KV) or int16 q (int8 KV)
@@ -93,6 +93,7 @@ struct BufsDp {                                                 // per thread, 6
 struct KvBf16 {
   using E = uint16_t;
   using Acc = __m512;
+  static constexpr int STEP = kb_zbf16::STEP, PD = kb_zbf16::PD;
   static __m512i load32(const E* p) { return _mm512_loadu_si512(p); }
   static Acc zero() { return _mm512_setzero_ps(); }
   static Acc dp(Acc acc, __m512i a, __m512i b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
@@ -101,6 +102,10 @@ struct KvBf16 {
 struct KvI8 {
   using E = int8_t;
   using Acc = __m512i;
+  // 64 tokens per step (4 pages of 16), the page 4 ahead prefetched: as many bytes per step and ahead as bf16's
+  // 32 and 2 (an int8 row is half a bf16 row), half the per-step costs per token (2026-12-01: 1.05-1.08x cold
+  // at b8 ctx2048/8192 against 32 and 2; 128 and 8: 0.97-1.04x; bf16 KV with 64/4 or 128/8: 0.86-0.96x)
+  static constexpr int STEP = 64, PD = 4;
   static __m512i load32(const E* p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)p)); }
   static Acc zero() { return _mm512_setzero_si512(); }
   static Acc dp(Acc acc, __m512i a, __m512i b) { return _mm512_dpwssd_epi32(acc, a, b); }
@@ -150,12 +155,12 @@ struct Ahead {
 // Append to krow/vrow (n_nx rows so far) the rows of the page PD ahead of `page`, when that page starts before
 // t1 (the end of the unit's range): its block from the table, up to BS rows at a stride of rs elements, from column
 // `col` (the kv head's offset). Both step loops (the dp path and the fp32 path) collect them here.
-template <class E>
+template <int PDIST, class E>
 static inline void collect_ahead(const int32_t* table, int64_t page, int BS, int64_t t1, int64_t rs, int64_t col,
                                  const E* Kc, const E* Vc, const char** krow, const char** vrow, int& n_nx) {
-  const int64_t pp0 = (page + PD) * BS;
+  const int64_t pp0 = (page + PDIST) * BS;
   if (pp0 >= t1) return;
-  const int64_t nxt = (int64_t(table[page + PD]) * BS) * rs + col;
+  const int64_t nxt = (int64_t(table[page + PDIST]) * BS) * rs + col;
   const int nn = int(std::min<int64_t>(BS, t1 - pp0));
   for (int j = 0; j < nn && n_nx < kb::DEC_MAX_BS; ++j, ++n_nx) {
     krow[n_nx] = reinterpret_cast<const char*>(Kc + nxt + j * rs);
@@ -237,11 +242,23 @@ inline void pv(const typename F::E* const* V, int n, int nv, int D, const int16_
       }
     }
     for (int j = 0; j < nv; j += 2) {
-      const __m512i va = F::load32(V[j] + c);
-      const __m512i vb = j + 1 < n ? F::load32(V[j + 1] + c) : _mm512_setzero_si512();
+      __m512i plo, phi;
+      if constexpr (INT) {
+        // int8: rows j, j+1 interleaved bytewise inside each 128-bit lane (vpunpck{l,h}bw, ymm), then widened: the
+        // pairs of columns {0-7, 16-23} (plo) and {8-15, 24-31} (phi) of the block. The accumulators keep that
+        // column order for the whole unit (unpermute_i8 puts it back once) instead of 2 vpermt2w per pair here.
+        const __m256i va = _mm256_loadu_si256((const __m256i*)(V[j] + c));
+        const __m256i vb = j + 1 < n ? _mm256_loadu_si256((const __m256i*)(V[j + 1] + c)) : _mm256_setzero_si256();
+        plo = _mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(va, vb));
+        phi = _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(va, vb));
+      } else {
+        const __m512i va = F::load32(V[j] + c);
+        const __m512i vb = j + 1 < n ? F::load32(V[j + 1] + c) : _mm512_setzero_si512();
+        plo = _mm512_permutex2var_epi16(va, ilo, vb);
+        phi = _mm512_permutex2var_epi16(va, ihi, vb);
+      }
       ahead(nx.v, nx.n, j, int(c * sizeof(typename F::E)));
       ahead(nx.v, nx.n, j + 1, int(c * sizeof(typename F::E)));
-      const __m512i plo = _mm512_permutex2var_epi16(va, ilo, vb), phi = _mm512_permutex2var_epi16(va, ihi, vb);
 #pragma GCC unroll 8
       for (int i = 0; i < NR; ++i) {
         int32_t pair;
@@ -263,6 +280,18 @@ inline void pv(const typename F::E* const* V, int n, int nv, int D, const int16_
       }
     }
   }
+}
+
+// int8 KV's PV leaves each 32-column block of Acc as columns {0-7, 16-23, 8-15, 24-31} (pv's unpack order): back
+// to 0..31, once per unit (R x D / 32 x 2 shuffles)
+inline void unpermute_i8(float* A, int R, int D) {
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < D; c += 32) {
+      float* x = A + r * D + c;
+      const __m512 lo = load(x), hi = load(x + 16);
+      store(x, _mm512_shuffle_f32x4(lo, hi, 0x44));
+      store(x + 16, _mm512_shuffle_f32x4(lo, hi, 0xEE));
+    }
 }
 
 // One unit: rows r = s * G + g (query s, head hk * G + g) against tokens [t0, t1) of sequence b, kv head hk.
@@ -299,8 +328,8 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
   const int64_t rs = a.HKV * a.D;                       // row stride inside a block
   const int32_t* table = a.tables + b * a.MAXB;
   // a step: whole pages (or the unit's ends of pages) while they fit in max(STEP, BS) tokens -- the per-step costs
-  // (softmax reductions, the accumulators' loads and stores, int32 -> fp32) are paid once per 32 tokens, not per 16
-  const int SMAX = std::max(STEP, BS);
+  // (softmax reductions, the accumulators' loads and stores, int32 -> fp32) are paid once per 32 tokens (int8 KV 64)
+  const int SMAX = std::max(F::STEP, BS);
   const int SP = (SMAX + W - 1) / W * W + W;            // S row pitch (floats)
   const int PP = SP + 32;                               // P row pitch (16-bit elements; even)
   const E* krow[kb::DEC_MAX_BS];                        // the step's key and value rows (pages are scattered)
@@ -334,7 +363,7 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
       // arithmetic behind them: at b8 ctx8192 bf16 KV the kernel took longer (8.5 ms) than the page touches alone
       // (4.8 ms, same order and prefetches, no arithmetic) plus the arithmetic alone on cached rows (2.2 ms);
       // interleaved: 6.3-7.0 ms (one thread, same runs; README's decode section).
-      collect_ahead(table, page, BS, t1, rs, hk * a.D, Kc, Vc, krow_nx, vrow_nx, n_nx);
+      collect_ahead<F::PD>(table, page, BS, t1, rs, hk * a.D, Kc, Vc, krow_nx, vrow_nx, n_nx);
       n += np;
       p += np;
     }
@@ -416,6 +445,7 @@ void unit(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_t t1
     }
     p0 += n;
   }
+  if constexpr (INT) unpermute_i8(bf.Acc, R, D);
   write_unit(a, b, hk, R, D, bf, part, O);
 }
 
@@ -515,7 +545,7 @@ void unit_f32(const kb::DecodeArgs& a, int64_t b, int64_t hk, int64_t t0, int64_
         krow[n + j] = Kc + (blk * BS + j0 + j) * rs + hk * a.D;
         vrow[n + j] = Vc + (blk * BS + j0 + j) * rs + hk * a.D;
       }
-      collect_ahead(table, page, BS, t1, rs, hk * a.D, Kc, Vc, krow_nx, vrow_nx, n_nx);
+      collect_ahead<PD>(table, page, BS, t1, rs, hk * a.D, Kc, Vc, krow_nx, vrow_nx, n_nx);
       n += np;
       p += np;
     }
