@@ -34,7 +34,7 @@ def probe(device: str, device_name: str, budget_s: float = BUDGET_S) -> list[str
                 probe_name = f"{vname}_{params['op']}"
                 if not suite.applies(case, vname):
                     continue
-                ck = "bw_gbs" if peaks.PROBES[probe_name][0] == "bw" else dtype
+                ck = peaks.ceiling_key(probe_name, dtype)
                 if found.get(ck) or v.requires.missing(case):
                     continue
                 try:
@@ -55,10 +55,10 @@ def probe(device: str, device_name: str, budget_s: float = BUDGET_S) -> list[str
 
 
 def _measure_one(suite, case, v, device, budget_s, sampler) -> tuple[float | None, float | None]:
-    # Checked like any variant (a copy on a 64 Ki-element slice of the shape: its float64 reference of the
+    # Checked like any variant (a copy or a read on a 64 Ki-element slice of the shape: its float64 reference of the
     # timed size would take 256 MiB), then timed for `budget_s` on other inputs.
     check = Case("peak", {**case.params, "n": min(case.n, 1 << 16)}, device, case.dtype_name) \
-        if case.op == "copy" else case
+        if case.op in ("copy", "read", "read1") else case
     inputs = suite.make_inputs(check, 12345)
     out = v.setup(check, **inputs)()
     sync(device)
@@ -72,5 +72,5 @@ def _measure_one(suite, case, v, device, budget_s, sampler) -> tuple[float | Non
     others = m.summary(stats.n * stats.calls_per_sample).get("cpu_others_pct")
     flops, nbytes = suite.work(case)
     sec = stats.median_ms / 1e3
-    value = nbytes / sec / 1e9 if case.op == "copy" else flops / sec / 1e12
+    value = nbytes / sec / 1e9 if case.op in ("copy", "read", "read1") else flops / sec / 1e12
     return value, others

@@ -52,15 +52,25 @@ DATASHEET: list[tuple[str, dict[str, float]]] = [
 PEAKS_DIR = Path(os.environ.get("KB_PEAKS_DIR") or results_root() / "peaks")   # results root: $KB_RESULTS_DIR
 
 # Probes whose figures may be stored: name -> (ceiling kind, unit, what it measures). A ceiling of kind "bw"
-# is the memory bandwidth (GB/s); "compute" ceilings are per dtype (TFLOP/s; int8: tera-ops/s).
+# is the memory bandwidth (GB/s) of a copy; "read" / "read1" the bandwidth of a sequential read on the run's
+# threads / on one thread (ceilings `read_gbs` / `read1_gbs`, beside the copy's `bw_gbs`: a suite that only reads
+# declares `bandwidth="read"`); "compute" ceilings are per dtype (TFLOP/s; int8: tera-ops/s).
 PROBES: dict[str, tuple[str, str, str]] = {
     "torch_copy": ("bw", "GB/s", "torch copy_ into a preallocated buffer (stores read each line first)"),
     "cpp_copy": ("bw", "GB/s", "native copy with streaming stores (no read-for-ownership)"),
+    "cpp_read": ("read", "GB/s", "native sequential read (xor of every 32-bit word, vector loads), the run's threads"),
+    "cpp_read1": ("read1", "GB/s", "native sequential read (xor of every 32-bit word, vector loads), one thread"),
     "torch_matmul": ("compute", "TFLOP/s", "torch.matmul, square"),
     "cpp_fma": ("compute", "TFLOP/s", "native register-resident FMA chains (fp32 FMA; bf16 vdpbf16ps)"),
     "cpp_amx": ("compute", "TFLOP/s", "native AMX tile products (tdpbf16ps, tdpbssd)"),
 }
 CONTENDED_OTHERS_PCT = 20.0      # other processes took more than this share of the CPU: contended (as the gate)
+
+
+def ceiling_key(probe: str, dtype: str) -> str:
+    """The ceiling a probe's figure sets: "bw_gbs" (copy), "read_gbs" / "read1_gbs" (read), else its dtype."""
+    kind = PROBES[probe][0]
+    return {"bw": "bw_gbs", "read": "read_gbs", "read1": "read1_gbs"}.get(kind, dtype)
 
 
 def datasheet(device_name: str) -> tuple[str, dict[str, float]] | None:
@@ -196,7 +206,7 @@ def measured_ceilings(device_name: str) -> Ceilings:
         probe, dtype = key.split("/", 1)
         if probe not in PROBES or not e.get("value"):
             continue
-        ck = "bw_gbs" if PROBES[probe][0] == "bw" else dtype
+        ck = ceiling_key(probe, dtype)
         if ck not in best or _rank(e) > best[ck][0]:
             best[ck] = (_rank(e), key, e)
     c = Ceilings(source="measured" if best else "none")
@@ -243,11 +253,24 @@ def binding(flops: float, nbytes: float, peaks: dict[str, float], dtype: str) ->
     return "bw_gbs" if tb >= tc else dtype
 
 
-def row_columns(choice: PeakChoice, flops: float, nbytes: float, seconds: float, dtype: str) -> dict:
-    """pct_peak, peak_source (naming the figure used) and pct_peak_measured of one row."""
+def _with_bandwidth(c: Ceilings, bandwidth: str) -> Ceilings:
+    """`c` with its bandwidth ceiling taken from the read probe (bandwidth "read") where one is stored."""
+    key = {"read": "read_gbs"}.get(bandwidth)
+    if key is None or not c.values.get(key):
+        return c
+    return Ceilings({**c.values, "bw_gbs": c.values[key]}, {**c.figures, "bw_gbs": c.figures.get(key, key)},
+                    c.source)
+
+
+def row_columns(choice: PeakChoice, flops: float, nbytes: float, seconds: float, dtype: str,
+                bandwidth: str = "copy") -> dict:
+    """pct_peak, peak_source (naming the figure used) and pct_peak_measured of one row. `bandwidth` = "read":
+    the row's bytes are held against the measured sequential read (`read_gbs`) where one is stored, else the copy
+    (a datasheet's bandwidth stays the datasheet's)."""
     out: dict = {"pct_peak": None, "pct_peak_measured": None,
                  "peak_source": "none: run `python bench.py --suite peak`"}
-    prim = choice.primary
+    prim = _with_bandwidth(choice.primary, bandwidth) if choice.primary.source == "measured" else choice.primary
+    measured = _with_bandwidth(choice.measured, bandwidth)
     if prim:
         pct = roofline_pct(flops, nbytes, seconds, prim.values, dtype)
         b = binding(flops, nbytes, prim.values, dtype)
@@ -258,7 +281,7 @@ def row_columns(choice: PeakChoice, flops: float, nbytes: float, seconds: float,
                                   f"{prim.source} ({'bandwidth' if b == 'bw_gbs' else b})")
         else:
             out["peak_source"] = f"{prim.source}: no ceiling for {dtype}"
-    pm = roofline_pct(flops, nbytes, seconds, choice.measured.values, dtype) if choice.measured else math.nan
+    pm = roofline_pct(flops, nbytes, seconds, measured.values, dtype) if measured else math.nan
     out["pct_peak_measured"] = None if math.isnan(pm) else pm
     return out
 

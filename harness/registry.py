@@ -147,6 +147,7 @@ class Suite:
         field(default_factory=dict)
     cold: bool = False                       # time with caches flushed between samples
     compute_class: str = "vector"            # "matmul": tensor-core/AMX ceiling of the dtype; "vector": fp32 FMA
+    bandwidth: str = "copy"                  # "read": bytes held against the measured read (harness/peaks.py)
     default_dtype: Mapping[str, str] = field(default_factory=lambda: {"cpu": "float32", "cuda": "bfloat16"})
     case_name: Callable[[Mapping[str, Any]], str] | None = None
     after_run: Callable[[list[dict], str], None] | None = None   # (rows, mode): the peak suite stores its figures

@@ -296,7 +296,7 @@ class Runner:
         row.update(tflops=flops / sec / 1e12 if flops else None, gbps=nbytes / sec / 1e9 if nbytes else None)
         suite = next(s for s in self.opts.suites if s.name == row["suite"])
         peak_dtype = row["dtype"] if suite.compute_class == "matmul" else "float32"
-        row.update(peaks.row_columns(self.peaks, flops, nbytes, sec, peak_dtype))
+        row.update(peaks.row_columns(self.peaks, flops, nbytes, sec, peak_dtype, suite.bandwidth))
         bkey = (row["suite"], row["case"], row["dtype"])
         if row["variant"] == suite.baseline:
             self.baseline_ms[bkey] = row["median_ms"]

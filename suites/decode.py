@@ -11,7 +11,8 @@ format's own rounding is measured in tests/test_kv_cache.py).
 Work: memory-bound. Bytes = the KV rows read (sum of lengths x hkv x d x 2 tensors x the cache's element size)
 + their scales (4 bytes per block, head and tensor) + q + out + block tables and lengths: each KV row is read
 once for all the h / hkv query heads that share it. FLOPs = 4 x h x d x sq x sum of lengths (QK^T and PV).
-So the rows' GB/s and `pct_peak_measured` (against the measured copy bandwidth) are the figures of merit.
+So the rows' GB/s and `pct_peak_measured` (against the measured sequential read, `bench.py --suite peak`'s
+`read` probe: the suite declares bandwidth="read"; the copy where no read is stored) are the figures of merit.
 
 Baselines: `sdpa_gathered` (the baseline: gather the pages into a contiguous padded cache, then SDPA with a
 length/causal mask: what a framework without a paged kernel does, gather included in the timing),
@@ -53,6 +54,7 @@ SUITE = Suite(
     tolerances={"float32": (2e-6, 2e-5), "bfloat16": (1e-2, 2e-2), "float16": (2e-3, 3e-3)},
     case_name=_name,
     applies=lambda case, variant: variant != "flex_attention" or _flex_applies(case),
+    bandwidth="read",                # rows read the cache: % of the measured sequential read (peak suite `read`)
 )
 
 # flex_attention compiles once per case (10-20 s here): of the odd test shapes, only the speculative one (sq > 1,

@@ -9,6 +9,9 @@ Probes (variant_op = the probe name in results/peaks/<device>.json, harness/peak
 - `cpp_fma`: register-resident FMA chains, the vector unit's peak: fp32 FMA (AVX-512 or AVX2), bf16
   vdpbf16ps (AVX512-BF16).
 - `cpp_amx`: AMX tile products, bf16 (tdpbf16ps) and int8 (tdpbssd); `skipped` on CPUs without AMX.
+- `cpp_read` / `cpp_read1`: a sequential read (xor of every 32-bit word, kernels/cpp/probes.cpp), on the run's
+  threads / on one thread: read N bytes, nothing written. Their own ceilings (`read_gbs`, `read1_gbs`), beside the
+  copy's `bw_gbs`: the suites that only read (decode: `bandwidth="read"`) hold their rows against them.
 Every probe is checked against a closed form before it is timed. After a run each figure is offered to the
 store (harness/peaks.py: kept only if more credible or higher than the stored one), the theoretical peak
 (cores x clock x FLOPs/cycle) is printed beside it, and every later run's `% peak` uses the highest credible
@@ -19,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import torch
 
 from harness import env, peaks
@@ -28,7 +32,8 @@ from kernels.cpp import probes
 # Which (op, dtype) each variant measures; other pairs are left out of the plan (not a skipped row).
 APPLIES = {
     "torch": {"copy": ("float32",), "matmul": ("float32", "bfloat16", "float16")},
-    "cpp": {"copy": ("float32",), "fma": ("float32", "bfloat16"), "amx": ("bfloat16", "int8")},
+    "cpp": {"copy": ("float32",), "fma": ("float32", "bfloat16"), "amx": ("bfloat16", "int8"),
+            "read": ("float32",), "read1": ("float32",)},
 }
 
 
@@ -37,6 +42,8 @@ def _applies(case, variant: str) -> bool:
 
 
 def _tolerances(case):
+    if case.op in ("read", "read1"):               # an xor of 32-bit words: exact
+        return {"float32": (0.0, 0.0)}
     if case.op == "matmul":
         s = math.sqrt(case.n)
         return {"float32": (2e-5 * s, 1e-4), "bfloat16": (1e-2 * s, 1.6e-2), "float16": (2e-3 * s, 2e-3)}
@@ -58,7 +65,7 @@ def _store(rows: list[dict], mode: str = "quick") -> None:
         probe = f"{r['variant']}_{r['p_op'] if 'p_op' in r else r['op']}"
         if probe not in peaks.PROBES:
             continue
-        value = r["gbps"] if peaks.PROBES[probe][0] == "bw" else r["tflops"]
+        value = r["gbps"] if peaks.PROBES[probe][1] == "GB/s" else r["tflops"]
         kept, msg = peaks.record(name, probe, r["dtype"], value, mode=mode, commit=env.git_commit(),
                                  others_pct=r.get("cpu_others_pct"), date=r.get("timestamp"))
         t = theo.get(r["dtype"]) if peaks.PROBES[probe][0] == "compute" else None
@@ -75,7 +82,7 @@ def _store(rows: list[dict], mode: str = "quick") -> None:
 
 SUITE = Suite(
     name="peak",
-    description="measured ceilings of this device: copy bandwidth, matmul, vector FMA and AMX peaks",
+    description="measured ceilings of this device: copy and read bandwidth, matmul, vector FMA and AMX peaks",
     baseline="torch",
     dtypes=("float32", "bfloat16", "float16", "int8"),
     tolerances=_tolerances,
@@ -87,21 +94,24 @@ SUITE = Suite(
 )
 _BLOCKS = 32 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 SUITE.add_cases("test", [dict(op="copy", n=1000), dict(op="matmul", n=129), dict(op="fma", blocks=3, iters=1000),
-                         dict(op="amx", blocks=3, iters=100)])
+                         dict(op="amx", blocks=3, iters=100), dict(op="read", n=1000), dict(op="read1", n=4099)])
 # CPU: 2^27 elements (512 MiB fp32 in, 512 MiB out) go well past the caches a VM of this kind can use.
 # fma: 32 blocks per CPU (dynamic schedule: balanced for any thread count), ~5 ms per call at 0.16 TFLOP/s.
+# read: 2^27 words (512 MiB), 16x the L3 here, on all threads and on one.
 SUITE.add_cases("quick", [dict(op="copy", n=1 << 27), dict(op="matmul", n=2048),
-                          dict(op="fma", blocks=_BLOCKS, iters=20000), dict(op="amx", blocks=_BLOCKS, iters=4096)],
+                          dict(op="fma", blocks=_BLOCKS, iters=20000), dict(op="amx", blocks=_BLOCKS, iters=4096),
+                          dict(op="read", n=1 << 27), dict(op="read1", n=1 << 27)],
                 devices=("cpu",))
 SUITE.add_cases("full", [dict(op="copy", n=1 << 27), dict(op="matmul", n=4096),
-                         dict(op="fma", blocks=_BLOCKS, iters=40000), dict(op="amx", blocks=_BLOCKS, iters=8192)],
+                         dict(op="fma", blocks=_BLOCKS, iters=40000), dict(op="amx", blocks=_BLOCKS, iters=8192),
+                         dict(op="read", n=1 << 27), dict(op="read1", n=1 << 27)],
                 devices=("cpu",))
 SUITE.add_cases("quick", [dict(op="copy", n=1 << 30), dict(op="matmul", n=8192)], devices=("cuda",))
 SUITE.add_cases("full", [dict(op="copy", n=1 << 30), dict(op="matmul", n=8192)], devices=("cuda",))
 # The first-run probe (harness/autopeak.py): seconds, not minutes.
 # The first of these that runs sets each ceiling (AMX before the vector units; torch where nothing native ran).
 AUTO_CASES = [dict(op="copy", n=1 << 25), dict(op="amx", blocks=_BLOCKS, iters=2048),
-              dict(op="fma", blocks=_BLOCKS, iters=10000), dict(op="matmul", n=1024)]
+              dict(op="fma", blocks=_BLOCKS, iters=10000), dict(op="matmul", n=1024), dict(op="read", n=1 << 25)]
 
 
 def _fma_m(case) -> float:
@@ -111,12 +121,12 @@ def _fma_m(case) -> float:
 @SUITE.inputs
 def make_inputs(case, rng):
     dev = case.device
-    if case.op in ("copy", "matmul"):
-        shape = (case.n,) if case.op == "copy" else (case.n, case.n)
+    if case.op in ("copy", "matmul", "read", "read1"):
+        shape = (case.n, case.n) if case.op == "matmul" else (case.n,)
 
         def randn():
             return torch.randn(*shape, generator=rng, device=dev, dtype=torch.float32).to(case.dtype)
-        return {"a": randn(), "b": randn() if case.op == "matmul" else None}
+        return {"a": randn(), "b": randn() if case.op == "matmul" else None}   # read: random bits to xor
     if case.op == "fma":
         width = probes.block_floats() if case.dtype_name == "float32" else probes.DPBF16_LANES
         init = 0.5 + torch.rand(case.blocks, width, generator=rng, device=dev)
@@ -148,6 +158,8 @@ def flops(case):
 def nbytes(case):
     if case.op == "copy":
         return 2 * case.n * case.itemsize
+    if case.op in ("read", "read1"):
+        return case.n * case.itemsize
     if case.op == "matmul":
         return 3 * case.n * case.n * case.itemsize
     if case.op == "fma":     # read init, write out once; the loop itself stays in registers
@@ -165,6 +177,9 @@ def _vnni_to_kn(b: torch.Tensor) -> torch.Tensor:
 def reference(case, a, b):
     if case.op == "copy":
         return a.clone()
+    if case.op in ("read", "read1"):               # a arrives in float64: back to its float32 words, exactly
+        words = a.to(torch.float32).contiguous().view(torch.int32).numpy()
+        return torch.tensor([int(np.bitwise_xor.reduce(words))], dtype=torch.int32)
     if case.op == "matmul":
         return a @ b
     if case.op == "fma":
@@ -196,9 +211,12 @@ def torch_peak(case, a, b):
 
 @SUITE.variant("cpp", requires=Requires(devices=("cpu",), check=probes.missing_reason))
 def cpp_peak(case, a, b):
-    """native probes: streaming-store copy, FMA / vdpbf16ps chains, AMX tiles"""
+    """native probes: streaming-store copy, sequential read, FMA / vdpbf16ps chains, AMX tiles"""
     if case.op == "copy":
         return probes.bound(probes.STREAM_COPY, a=a, out=case.poisoned(a.shape))
+    if case.op in ("read", "read1"):               # a sentinel: 1 chance in 2^32 of being the answer
+        out = torch.full((1,), 0x5A5A5A5A, dtype=torch.int32)
+        return probes.bound(probes.READ, a=a, out=out, threads=1 if case.op == "read1" else 0)
     if case.op == "fma":
         out = case.poisoned(a.shape, torch.float32)
         if case.dtype_name == "float32":

@@ -211,3 +211,77 @@ def test_probe_declarations_refuse_tensors_they_cannot_take():
         probes.bound(probes.DPBF16, a=torch.randn(2, 256), b=torch.randn(64), out=torch.empty(2, 256), iters=1)
     out = torch.full((100,), float("nan"))
     assert torch.equal(probes.bound(probes.STREAM_COPY, a=a, out=out)(), a)
+
+
+def test_read_ceiling_is_its_own_and_read_suites_use_it(tmp_path, monkeypatch):
+    """The sequential read (cpp_read, cpp_read1) sets its own ceilings beside the copy's: the copy stays every
+    suite's bandwidth, a suite declaring bandwidth="read" (decode) is held against the read, the copy where no read
+    is stored; the store never drifts down for it either."""
+    monkeypatch.setattr(peaks, "PEAKS_DIR", tmp_path)
+    _rec("cpp_copy", "float32", 20.0)
+    choice = peaks.choose("cpu", "Dev")
+    cols = peaks.row_columns(choice, 0, 1e9, 0.1, "float32", "read")        # no read stored: the copy's 20 GB/s
+    assert cols["pct_peak"] == pytest.approx(50.0) and "cpp_copy" in cols["peak_source"]
+    _rec("cpp_read", "float32", 40.0)
+    _rec("cpp_read1", "float32", 25.0)
+    assert not _rec("cpp_read", "float32", 30.0)[0]                           # lower: the ceiling stays 40
+    assert peaks.load_measured("Dev") == {"bw_gbs": 20.0, "read_gbs": 40.0, "read1_gbs": 25.0}
+    choice = peaks.choose("cpu", "Dev")
+    assert peaks.row_columns(choice, 0, 1e9, 0.1, "float32")["pct_peak"] == pytest.approx(50.0)   # copy suites
+    cols = peaks.row_columns(choice, 0, 1e9, 0.1, "float32", "read")         # 1 GB in 0.1 s against 40 GB/s
+    assert cols["pct_peak"] == pytest.approx(25.0) and cols["pct_peak_measured"] == pytest.approx(25.0)
+    assert cols["peak_source"].startswith("measured: cpp_read/float32 40 GB/s")
+    assert all_suites()["decode"].bandwidth == "read" and all_suites()["softmax"].bandwidth == "copy"
+
+
+@pytest.mark.parametrize("n", [1, 15, 63, 64, 1000, 65537, 200_003])
+@pytest.mark.parametrize("offset", [0, 1, 5])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_read_probe_is_the_xor_of_every_word(n, offset, threads):
+    """kb_cpp_probe_read against the closed form on both ISA paths: odd lengths (tails of the 4-vector loop, of a
+    thread's chunk), misaligned starts, 1 and 2 threads; the words around the slice are not read (they would change
+    the xor)."""
+    import numpy as np
+    import torch
+
+    from kernels.cpp import lib as cpplib
+    from kernels.cpp import probes
+    if probes.missing_reason():
+        pytest.skip(probes.missing_reason())
+    base = torch.randn(n + 16)
+    base[:offset] = float("inf")
+    base[offset + n:] = float("nan")
+    a = base[offset:offset + n]
+    want = int(np.bitwise_xor.reduce(a.view(torch.int32).numpy()))
+    isas = [i for i in ("avx512", "avx2") if {"avx2": 1, "avx512": 2}[i] <= cpplib._isa_code(cpplib.LIB.load())]
+    try:
+        for isa in isas:
+            cpplib.set_isa(isa)
+            out = torch.full((1,), 0x5A5A5A5A, dtype=torch.int32)
+            got = probes.bound(probes.READ, a=a, out=out, threads=threads)()
+            assert int(got[0]) == want, isa
+    finally:
+        cpplib.set_isa(None)
+    with pytest.raises(ValueError, match="int32"):
+        probes.bound(probes.READ, a=a, out=torch.empty(1), threads=1)
+
+
+def test_read_probe_is_checked_by_the_peak_suite():
+    """The peak suite's `read` / `read1` rows go through check_variant: exact, and a wrong word fails it."""
+    import torch
+
+    from harness.check import check_variant, compare
+    from harness.registry import Case, get_suite
+    from kernels.cpp import probes
+    if probes.missing_reason():
+        pytest.skip(probes.missing_reason())
+    suite = get_suite("peak")
+    for op in ("read", "read1"):
+        case = Case("peak", dict(op=op, n=4099), "cpu", "float32")
+        assert check_variant(suite, case, suite.variants["cpp"], seed=3).ok
+        assert suite.work(case) == (0, 4099 * 4)
+    inputs = suite.make_inputs(case, 1)
+    ref = suite.compute_reference(case, inputs)
+    got = suite.variants["cpp"].setup(case, **inputs)()
+    assert compare(got, ref, *suite.tolerance(case)).ok
+    assert not compare(got ^ 1, ref, *suite.tolerance(case)).ok      # one bit off: outside the (0, 0) bound

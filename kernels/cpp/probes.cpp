@@ -1,5 +1,5 @@
 // probes.cpp -- ceilings of this CPU, measured by native loops (the peak suite's `cpp` variants; stored in
-// results/peaks/ and used for `% peak`). Three probes, each checkable against a closed form so a compiler
+// results/peaks/ and used for `% peak`). Four probes, each checkable against a closed form so a compiler
 // that drops work, or a loop that runs fewer iterations than declared, fails the check instead of reporting
 // an impossible figure:
 //
@@ -15,6 +15,12 @@
 // 3. AVX512-BF16 dot peak (kb_cpp_probe_dpbf16, in probes_bf16.cpp): vdpbf16ps, 32 bf16 products summed
 //    in pairs into 16 fp32 lanes = 64 FLOPs per instruction. Closed form: acc_n = acc_0 + n (a.b per lane).
 // The AMX tile probes are in probes_amx.cpp.
+// 4. Sequential read (kb_cpp_probe_read, 2026-12-01): out[0] = the xor of the n 32-bit words of src, 4 vector
+//    loads (4 x 64 bytes with AVX-512) per iteration into 4 independent xor chains, threads split the array
+//    statically. Bytes: read n x 4, nothing written but 4 bytes: the ceiling of the kernels that only read
+//    (paged decode reads the KV cache and writes a row per query). Closed form: the xor of the words (exact,
+//    any order), so a loop that skipped a line fails the check; the result is stored, so the loads stay in the
+//    object (`objdump -d` shows vpxord / vpxor with memory operands in probe_read).
 //
 // Measured: see docs/peaks.md (the figures, the theoretical peak beside them, and the machine's load).
 #include <immintrin.h>
@@ -22,6 +28,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "kb_cpp.h"
 
@@ -96,6 +103,46 @@ int probe_fma(const float* init, float* out, int64_t blocks, int64_t iters, floa
 
 int probe_block_floats() { return ACC * W; }
 
+#if defined(KB_ISA_AVX512)
+using ivec = __m512i;
+static inline ivec iload(const uint32_t* p) { return _mm512_loadu_si512(p); }
+static inline ivec ixor(ivec a, ivec b) { return _mm512_xor_si512(a, b); }
+static inline ivec izero() { return _mm512_setzero_si512(); }
+#else
+using ivec = __m256i;
+static inline ivec iload(const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+static inline ivec ixor(ivec a, ivec b) { return _mm256_xor_si256(a, b); }
+static inline ivec izero() { return _mm256_setzero_si256(); }
+#endif
+
+// out[0] = xor of src[0:n] (32-bit words), read once front to back by each thread's contiguous chunk.
+int probe_read(const uint32_t* src, uint32_t* out, int64_t n, int threads) {
+  const int nt = kb::threads_for(threads, n, 1 << 16);
+  uint32_t total = 0;
+#pragma omp parallel num_threads(nt) reduction(^ : total)
+  {
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t per = (n / T + 63) / 64 * 64;     // chunks of whole 4 KiB groups of lines
+    const int64_t lo = std::min<int64_t>(n, per * t), hi = std::min<int64_t>(n, per * (t + 1));
+    ivec a = izero(), b = izero(), c = izero(), d = izero();   // 4 chains: 4 loads in flight per iteration
+    int64_t i = lo;
+    for (; i + 4 * W <= hi; i += 4 * W) {
+      a = ixor(a, iload(src + i));
+      b = ixor(b, iload(src + i + W));
+      c = ixor(c, iload(src + i + 2 * W));
+      d = ixor(d, iload(src + i + 3 * W));
+    }
+    alignas(64) uint32_t lanes[W];
+    std::memcpy(lanes, &(a = ixor(ixor(a, b), ixor(c, d))), sizeof lanes);
+    uint32_t x = 0;
+    for (int k = 0; k < W; ++k) x ^= lanes[k];
+    for (; i < hi; ++i) x ^= src[i];
+    total ^= x;
+  }
+  *out = total;
+  return 0;
+}
+
 }  // namespace KB_NS
 #endif
 
@@ -103,6 +150,7 @@ int probe_block_floats() { return ACC * W; }
 KB_DECLARE(int probe_stream_copy(const float*, float*, int64_t, int))
 KB_DECLARE(int probe_fma(const float*, float*, int64_t, int64_t, float, float, int))
 KB_DECLARE(int probe_block_floats())
+KB_DECLARE(int probe_read(const uint32_t*, uint32_t*, int64_t, int))
 namespace kb_probe_ext {   // probes_ext.cpp: compiled with -mavx512bf16 -mamx-*, called only where present
 int dpbf16(const float* init, const uint16_t* ab, float* out, int64_t blocks, int64_t iters, int threads);
 int amx(int kind, const void* a, const void* b, void* out, int64_t blocks, int64_t iters, int threads);
@@ -112,6 +160,12 @@ int amx(int kind, const void* a, const void* b, void* out, int64_t blocks, int64
 KB_API int kb_cpp_probe_stream_copy(const void* src, void* dst, int64_t n, int threads) {
   if (n < 0 || (n > 0 && (!src || !dst))) return kb::set_error(kb::E_ARG, "probe_stream_copy: bad arguments");
   return KB_DISPATCH(probe_stream_copy, static_cast<const float*>(src), static_cast<float*>(dst), n, threads);
+}
+
+// out[0] = the xor of the n 32-bit words at src (read once, sequentially; float32 data read as its bits).
+KB_API int kb_cpp_probe_read(const void* src, void* out, int64_t n, int threads) {
+  if (n < 0 || !out || (n > 0 && !src)) return kb::set_error(kb::E_ARG, "probe_read: bad arguments");
+  return KB_DISPATCH(probe_read, static_cast<const uint32_t*>(src), static_cast<uint32_t*>(out), n, threads);
 }
 
 // Floats per block of kb_cpp_probe_fma in the ISA in use: chains x lanes (16 x 16 for AVX-512, 12 x 8 for

@@ -6,6 +6,7 @@ it (a loop the compiler shortened, or a wrong FLOP count, fails the check):
 - `fma`: acc = acc * m + c, `iters` times, per lane of 12-16 register chains: 2 FLOPs per lane-iteration.
 - `dpbf16`: acc += a . b (pairs of bf16 per fp32 lane, vdpbf16ps), `iters` times: 64 FLOPs per instruction.
 - `amx`: four 16x16 accumulator tiles += A_i @ B_j (bf16 -> fp32, or int8 -> int32), `iters` times.
+- `read`: out[0] = the xor of every 32-bit word of a (a sequential read, nothing written): bytes read n x 4.
 Each probe is declared once, as a kernels/native.py `Kernel` of libkb_cpp (entry point, argument mapping, the
 check of its tensors): the ctypes binding comes from the declaration and tests/test_native.py checks it against
 the C prototype. `bound(KERNEL, out=..., **tensors)` gives the zero-argument call. Nothing here raises on
@@ -61,6 +62,11 @@ def _copy_check(case=None, **t) -> str | None:
     return why or (None if t["out"].numel() == t["a"].numel() else "stream_copy: a and out of one size")
 
 
+def _read_check(case=None, **t) -> str | None:
+    why = _contiguous(torch.float32, "a")(t) or _contiguous(torch.int32, "out")(t)
+    return why or (None if t["out"].numel() == 1 else "read: out int32 [1]")
+
+
 def _fma_check(case=None, **t) -> str | None:
     why = _contiguous(torch.float32, "a", "out")(t)
     if why or (t["a"].dim() == 2 and t["a"].shape[1] == block_floats() and t["out"].shape == t["a"].shape):
@@ -104,7 +110,11 @@ DPBF16 = _probe("kb_cpp_probe_dpbf16", [N.ptr("a"), N.ptr("b"), N.ptr("out"), N.
 AMX = _probe("kb_cpp_probe_amx", [N.i32(lambda c: AMX_KIND[c["kind"]]), N.ptr("a"), N.ptr("b"), N.ptr("out"),
                                   N.size("out", 0), _i64("iters"), N.threads()],
              "AMX tile products (bf16 -> fp32, int8 -> int32)", _amx_check)
-PROBES = (STREAM_COPY, FMA, DPBF16, AMX)
+# src, out, n, threads: out[0] = xor of the n words of src; n x 4 bytes read. threads: the run's (0) or a count
+READ = _probe("kb_cpp_probe_read", [N.ptr("a"), N.ptr("out"), _numel("a"),
+                                    N.i32(lambda c: int(c["threads"]) or torch.get_num_threads())],
+              "sequential read: xor of every 32-bit word", _read_check)
+PROBES = (STREAM_COPY, FMA, DPBF16, AMX, READ)
 for _k in PROBES:       # checked by the peak suite's `cpp` variant, which picks one probe per case
     cpplib.UNREGISTERED[_k.symbol] = "a ceiling probe: suites/peak.py's cpp variant calls it by op"
 
