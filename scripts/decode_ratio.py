@@ -1,18 +1,21 @@
 """Side-by-side CPU time of the C++ paged decode kernels: int8 KV against the KV in the dtype, each rung of the
 ladder (`cpp`, `cpp_v1`), one thread, in one process, interleaved (round-robin over the rows, min and median
-of `time.thread_time` per call), so that the ratios share the machine's load. The issue-18 targets are the
+of `time.thread_time` per call; wall clock with --threads > 1), so that the ratios share the machine's load. The issue-18 targets are the
 int8/bf16 ratio of the same kernel and the bandwidth against a read ceiling; bytes are the suite's (KV at its
 width + scales + q + out).
 
     taskset -c 1 python scripts/decode_ratio.py [--ctx 2048,8192] [--b 8] [--reps 15] [--variants cpp,cpp_v1]
-        [--cold] [--base-lib OLD/libkb_cpp.so]
+        [--cold] [--base-lib OLD/libkb_cpp.so] [--threads 1]
 
 `--cold` evicts the caches before every timed call (a 64 MiB write, untimed): what a decode step of a model sees,
 the other layers' weights and KV having passed through the caches since. `--base-lib` adds the rows `cpp@base`:
 the same `cpp` entry point from another build of libkb_cpp (an earlier commit), for an A/B in one process.
-Every case also times `read`: a sequential read (numpy sum of float32) of as many bytes as the case's, in the
-same round-robin -- the read ceiling that `% read` compares with (the stored peak of harness/peaks.py is a
-streaming-store copy, not a read; there is no read probe yet).
+Every case also times `read`: a sequential read of as many bytes as the case's, in the same round-robin, by the
+peak suite's read probe (kernels/cpp/probes.cpp kb_cpp_probe_read: xor of every word, AVX-512 loads, on the same
+threads; a numpy sum where the library lacks it) -- the read ceiling that `% read` compares with.
+`--threads T` (both cores: `--threads 2`, unpinned, e.g. `nice -n 10 python scripts/decode_ratio.py --cold
+--threads 2`) runs the kernels and the read on T threads and times wall clock (time.perf_counter), since one
+thread's CPU time no longer covers the call; T = 1 (the default) times the calling thread's CPU time.
 
 Prints one line per (variant, case): min and median ms, GB/s at the min, % of the read row's GB/s, then
 int8/native per context.
@@ -48,9 +51,18 @@ def _base_run(path, case, inputs):
     return k.bind(loaded, case, inputs, out)
 
 
-def _reader(nbytes):
-    buf = np.ones(max(int(nbytes) // 4, 16), dtype=np.float32)
-    return lambda: float(buf.sum())
+def _reader(nbytes, threads):
+    """A sequential read of `nbytes` on `threads` threads: the read probe, else a numpy sum (one thread)."""
+    buf = torch.randn(max(int(nbytes) // 4, 16))
+    try:
+        from kernels.cpp import probes
+        if probes.missing_reason() is None:
+            out = torch.zeros(1, dtype=torch.int32)
+            return probes.bound(probes.READ, a=buf, out=out, threads=threads)
+    except (ImportError, AttributeError, ValueError):
+        pass
+    arr = buf.numpy()
+    return lambda: float(arr.sum())
 
 
 def main(argv=None) -> int:
@@ -62,9 +74,17 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="cpp,cpp_v1")
     ap.add_argument("--cold", action="store_true", help="evict the caches before every timed call")
     ap.add_argument("--base-lib", help="another libkb_cpp.so: rows `cpp@base` (its kb_cpp_decode_paged)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads of the kernels and the read (> 1: wall clock instead of one thread's CPU time)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.threads < 1:
+        print("decode_ratio: --threads must be >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    clock = time.thread_time if args.threads == 1 else time.perf_counter
+    print(f"{args.threads} thread(s), {'CPU time of the calling thread' if args.threads == 1 else 'wall clock'}"
+          f"{', caches evicted before each call' if args.cold else ''}; load average {os.getloadavg()[0]:.1f}")
     names = args.variants.split(",") + (["cpp@base"] if args.base_lib else []) + ["read"]
     rows = []
     for ctx in (int(c) for c in args.ctx.split(",")):
@@ -74,7 +94,7 @@ def main(argv=None) -> int:
             ref = None
             for name in names:
                 if name == "read":
-                    run = _reader(decode.SUITE.work(case)[1])
+                    run = _reader(decode.SUITE.work(case)[1], args.threads)
                 elif name == "cpp@base":
                     run = _base_run(args.base_lib, case, inputs)
                 else:
@@ -93,9 +113,9 @@ def main(argv=None) -> int:
         for *_, run, times in rows:
             if args.cold:
                 evict += 1.0
-            t0 = time.thread_time()
+            t0 = clock()
             run()
-            times.append(time.thread_time() - t0)
+            times.append(clock() - t0)
     best = {}
     for name, ctx, kv, case, _, times in rows:
         best[name, ctx, kv] = min(times)
