@@ -54,7 +54,7 @@ def build_dir() -> Path:
 class Loaded:
     """One loaded library: `dll` (ctypes), its device ("cpu" or "cuda") and `check(rc, what)`."""
 
-    def __init__(self, library: "Library", path: Path):
+    def __init__(self, library: "Library", path: Path, kernels=None):
         self.library = library
         self.path = Path(path)
         self.dll = ctypes.CDLL(str(self.path))
@@ -63,7 +63,7 @@ class Loaded:
         err = getattr(self.dll, library.error_symbol)
         err.restype, err.argtypes = ctypes.c_char_p, []
         self._fns: dict[str, Any] = {}
-        for kernel in library.kernels:
+        for kernel in library.kernels if kernels is None else kernels:   # every declared entry point, or these
             self.function(kernel)
 
     def function(self, kernel: "Kernel"):
@@ -109,8 +109,9 @@ class Library:
             return Path(os.environ[self.env_var])
         return build_dir() / "lib" / f"lib{self.name}.so"
 
-    def bind(self, path: str | os.PathLike) -> Loaded:
-        return Loaded(self, Path(path))
+    def bind(self, path: str | os.PathLike, kernels=None) -> Loaded:
+        """Another build of this library; `kernels`: bind only these (an older build, for an A/B of one kernel)."""
+        return Loaded(self, Path(path), kernels)
 
     def _try(self) -> Loaded | str:
         p = self.path()
