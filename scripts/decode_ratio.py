@@ -1,8 +1,8 @@
 """Side-by-side CPU time of the C++ paged decode kernels: int8 KV against the KV in the dtype, each rung of the
 ladder (`cpp`, `cpp_v1`), one thread, in one process, interleaved (round-robin over the rows, min and median
-of `time.thread_time` per call; wall clock with --threads > 1), so that the ratios share the machine's load. The issue-18 targets are the
-int8/bf16 ratio of the same kernel and the bandwidth against a read ceiling; bytes are the suite's (KV at its
-width + scales + q + out).
+of `time.thread_time` per call; wall clock with --threads > 1), so that the ratios share the machine's load. The
+issue-18 targets are the int8/bf16 ratio of the same kernel and the bandwidth against a read ceiling; bytes are
+the suite's (KV at its width + scales + q + out).
 
     taskset -c 1 python scripts/decode_ratio.py [--ctx 2048,8192] [--b 8] [--reps 15] [--variants cpp,cpp_v1]
         [--cold] [--base-lib OLD/libkb_cpp.so] [--threads 1]

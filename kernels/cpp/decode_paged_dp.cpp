@@ -17,13 +17,25 @@
 //     (vpmovsxbw from memory) against q quantized per row to int16 (step max|q| / 32767: error <= 2^-16 of max|q|,
 //     under a bf16/fp16 q's own rounding) on vpdpwssd (int32, exact). 4 rows x 4 keys reduced by one shuffle network
 //     (fold4 + transpose_add4: ~10 instructions per key instead of 4 horizontal sums of ~9), in int32 for int8.
-//   P V, token pairs: rows j and j+1 of V interleaved in registers (vpermt2w: 2 per 32 columns) into the pair layout
-//     the dot products want; bf16 V against P rounded to bf16 pairs (vdpbf16ps); int8 V widened to int16 against P
+//   P V, token pairs: rows j and j+1 of V interleaved in registers (bf16: vpermt2w, 2 per 32 columns; int8 since
+//     2026-12-01: vpunpck{l,h}bw of the two 32-byte rows then the widening, the accumulators left in the unpack's
+//     column order and put back once per unit) into the pair layout the dot products want; bf16 V against P rounded
+//     to bf16 pairs (vdpbf16ps); int8 V widened to int16 against P
 //     in int16 (p * 32767 * vscale / the step's largest vscale, p <= 1: error <= 2^-16) on vpdpwssd, the step's int32
 //     sums scaled into the fp32 accumulator once per step. 8 query rows x 32 columns per register block.
 //   Online softmax steps of 32 tokens (two 16-token pages; whole pages, up to max(32, block size) tokens) over the
 //     step's scattered row pointers: the per-step costs (max and sum reductions, the accumulators' loads and stores,
-//     int32 -> fp32) are paid once per 32 tokens. 16-token steps: int8/bf16 KV 1.41-1.60x; 32: 1.55-2.02x.
+//     int32 -> fp32) are paid once per 32 tokens. 16-token steps: int8/bf16 KV 1.41-1.60x; 32: 1.55-2.02x. int8 KV
+//     (2026-12-01): steps of 64 tokens and the page 4 ahead prefetched (KvI8::STEP, PD: the bytes of bf16's 32 / 2).
+//   int8 KV's arithmetic (2026-12-01, b4 ctx1024 int8 in cache, one thread, temporary builds): QK 42%, PV 36%, the
+//     rest (softmax, the step's row pointers, q's quantization) 22%; QK and PV run at ~1.4 cycles per vpdpwssd, the
+//     dot-product port's rate: the same count of 16-bit dot products as bf16 (32 multiply-adds each), so int8 KV
+//     cannot do its arithmetic faster than bf16 KV without 8-bit dot products (vpdpbusd, 64 per instruction); the
+//     widening costs 3% (a build without it), the vpermt2w pairs 6% (replaced by the unpack above). This version:
+//     int8 in cache 1.12x the previous (0.136 against 0.153 ms; 1.06x -> 0.94x bf16 KV's time); caches evicted
+//     (b8 ctx2048 / 8192, rounds in shuffled order: a row's place in an unshuffled round moved times by 6-10%)
+//     1.03-1.10x, int8 / bf16 KV 1.60-1.63x (ctx2048) and 1.76-1.82x (ctx8192) against the previous 1.54-1.57x
+//     and 1.62-1.68x in the same runs (README's decode section: the run of record, load 4.4-4.6).
 //   The page PD = 2 ahead is prefetched into L2 (T1): one page ahead into L1 (v1's T0) left v2 at 5.0-5.3 GB/s at b8
 //     ctx8192, L2 at 1-4 pages ahead 8.4-9.5 GB/s (one thread, same run). DRAM gives 22-24 GB/s to one core here
 //     (a sequential read of as many bytes, scripts/decode_ratio.py's `read` row).
@@ -42,6 +54,9 @@
 //     (the miss buffers bound both), so one core's ceiling for this access pattern is ~14 GB/s, 60% of its read.
 //     Prefetch distances 2-6 pages, T0 / T2 hints, a second T0 prefetch one page ahead: no better. Blocks of 32 or
 //     64 tokens instead of 16: bf16 KV the same (8.7-9.0 GB/s), int8 KV 1.1-1.2x (its longer softmax steps).
+// Not tried: P in u8 on vpdpbusd for int8 V (half PV's dot products): P per (row, step) on 255 levels of the step's
+// max loses up to max/510 per weight, where bf16 P loses p/512: a step with one large weight and many small ones
+// would carry ~8x bf16 P's error, on top of the bf16 output's rounding that already takes up to 0.7 of the bound.
 // Tried and dropped: int8 q on vpdpbusd (u8 x s8, k + 128, twice vpdpwssd's rate) for bf16 q with int8 KV cut the
 // cached-data time by 12% but failed the bf16 tolerance by 2x at contexts of 2-33 keys (ragged b8, 6 seeds): q's
 // int8 step (max|q| / 127) moves the scores by ~1e-2; the suite's test cases now include such a short context.

@@ -16,8 +16,9 @@
 //    in pairs into 16 fp32 lanes = 64 FLOPs per instruction. Closed form: acc_n = acc_0 + n (a.b per lane).
 // The AMX tile probes are in probes_amx.cpp.
 // 4. Sequential read (kb_cpp_probe_read, 2026-12-01): out[0] = the xor of the n 32-bit words of src, one vector
-//    load (64 bytes with AVX-512) xored into an accumulator per iteration, threads split the array statically. Bytes: read n x 4, nothing written but 4 bytes: the ceiling of the kernels that only read
-//    (paged decode reads the KV cache and writes a row per query). Closed form: the xor of the words (exact,
+//    load (64 bytes with AVX-512) xored into an accumulator per iteration, threads split the array statically.
+//    Bytes: read n x 4, nothing written but 4 bytes: the ceiling of the kernels that only read (paged decode
+//    reads the KV cache and writes a row per query). Closed form: the xor of the words (exact,
 //    any order), so a loop that skipped a line fails the check; the result is stored, so the loads stay in the
 //    object (`objdump -d` shows vpxord / vpxor with memory operands in probe_read).
 //
