@@ -54,9 +54,12 @@
 //     (the miss buffers bound both), so one core's ceiling for this access pattern is ~14 GB/s, 60% of its read.
 //     Prefetch distances 2-6 pages, T0 / T2 hints, a second T0 prefetch one page ahead: no better. Blocks of 32 or
 //     64 tokens instead of 16: bf16 KV the same (8.7-9.0 GB/s), int8 KV 1.1-1.2x (its longer softmax steps).
-// Not tried: P in u8 on vpdpbusd for int8 V (half PV's dot products): P per (row, step) on 255 levels of the step's
-// max loses up to max/510 per weight, where bf16 P loses p/512: a step with one large weight and many small ones
-// would carry ~8x bf16 P's error, on top of the bf16 output's rounding that already takes up to 0.7 of the bound.
+// Simulated and not built: P in u8 on vpdpbusd for int8 V (half PV's dot products). P per (row, step) on 255 levels
+// of the step's max loses up to max/510 per weight where bf16 P loses p/512. A float64 model of the online softmax
+// (steps of 64, the output's error against exact attention over the bf16 bound, worst of 20 draws of q, k, v ~ N(0, 1),
+// d 128, contexts 5 / 33 / 129 / 2048): u8 P 0.41 / 0.50 / 0.33 / 0.08 of the bound, and 0.81 / 1.30 / 1.44 / 0.45
+// with one key dominant (k_0 = q / 2): it fails; bf16 P 0.17 / 0.11 / 0.09 / 0.02 (0.04-0.06 dominant), int16 P (this
+// file's int8 path) <= 0.022. So int8 KV keeps 16-bit P and q, and the same dot-product count as bf16 KV.
 // Tried and dropped: int8 q on vpdpbusd (u8 x s8, k + 128, twice vpdpwssd's rate) for bf16 q with int8 KV cut the
 // cached-data time by 12% but failed the bf16 tolerance by 2x at contexts of 2-33 keys (ragged b8, 6 seeds): q's
 // int8 step (max|q| / 127) moves the scores by ~1e-2; the suite's test cases now include such a short context.
