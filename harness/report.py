@@ -152,7 +152,7 @@ def build(df: pd.DataFrame, title: str = "Benchmark report") -> str:
         b64 = roofline_png(str(dev), g, pk, src)
         if b64:
             parts.append(_img(b64, f"roofline {dev}"))
-            ceil = ", ".join(f"{k} {v:g} {'GB/s' if k == 'bw_gbs' else 'TFLOP/s'}" for k, v in pk.items())
+            ceil = ", ".join(f"{k} {v:g} {'GB/s' if k.endswith('_gbs') else 'TFLOP/s'}" for k, v in pk.items())
             parts.append(f'<p class="note">{html.escape(str(dev))}: ceilings {html.escape(ceil) or "unknown"} '
                          f"({html.escape(src)})</p>")
             any_roof = True
