@@ -26,13 +26,17 @@ STATUSES = ("finished", "cancelled", "rejected", "error")
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class _Gauges:
+class _Collector:
+    """A custom prometheus collector over `read()`, an engine's stats dict read when /metrics is scraped."""
+
     def __init__(self, read: Callable[[], dict]):
         self.read = read
 
     def describe(self):
         return []
 
+
+class _Gauges(_Collector):
     def collect(self):
         s = self.read()
         for name, doc in (("requests_running", "requests in the running batch"),
@@ -44,14 +48,8 @@ class _Gauges:
             yield g
 
 
-class _Phases:
+class _Phases(_Collector):
     """The engine thread's cumulative time per phase and its steps by kind, read from the engine when scraped."""
-
-    def __init__(self, read: Callable[[], dict]):
-        self.read = read
-
-    def describe(self):
-        return []
 
     def collect(self):
         s = self.read()
