@@ -32,11 +32,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special
 
 from harness import gate_noise as N
 from harness import gate_stats as S
-from harness.gate_verdicts import KEY, ORDER, GateConfig, decide
+from harness.gate_verdicts import KEY, GateConfig, decide, sort_verdicts
 
 CONFIRM_ROUNDS = 16      # default; with CONFIRM_TRIM the trimmed mean keeps 8 of 16 rounds (df 7 of its own)
 CONFIRM_TRIM = 0.25      # 4 rounds cut at each end: 3 wild rounds of 16 on one side move nothing
@@ -87,13 +86,7 @@ def confirm_test(lr, pool_sd: float, alpha: float, prior_df: float = S.PRIOR_DF,
         if not (np.isfinite(se_own) and df_own > 0):
             return S.Tested(math.exp(est), math.nan, math.nan, math.nan, math.nan, math.nan, 0.0)
         se, df = se_own, df_own
-    r = math.exp(est)
-    if se == 0:
-        return S.Tested(r, r, r, 0.0 if est > 0 else 1.0, 0.0, 0.0, df)
-    p = float(special.stdtr(df, -est / se))
-    half = float(special.stdtrit(df, 1 - alpha / 2)) * se
-    floor = math.exp(float(special.stdtrit(df, 0.95)) * se) - 1
-    return S.Tested(r, math.exp(est - half), math.exp(est + half), p, floor, se, df)
+    return S.one_sided(est, se, df, alpha)
 
 
 def decide_confirmed(first, confirm_lrs: dict[tuple, np.ndarray], cfg: GateConfig, pool_sd: float,
@@ -140,6 +133,4 @@ def decide_confirmed(first, confirm_lrs: dict[tuple, np.ndarray], cfg: GateConfi
         out.at[i, "n_cur"] = out.at[i, "n_cur"] + len(confirm_lrs[k])
         extra = s["note"] if isinstance(s["note"], str) and s["note"] and verdict == "unchanged" else ""
         out.at[i, "note"] = "; ".join(x for x in (screen_note + how, extra) if x)
-    out["_o"] = out["verdict"].map({v: i for i, v in enumerate(ORDER)})
-    out = out.sort_values(["_o", "suite", "case", "variant", "dtype"], kind="stable").drop(columns="_o")
-    return out.reset_index(drop=True)
+    return sort_verdicts(out)

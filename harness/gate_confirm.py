@@ -35,7 +35,7 @@ import pandas as pd
 
 from harness import gate_match as M
 from harness import result_sets as RS
-from harness.gate_verdicts import KEY, ORDER, GateConfig, decide
+from harness.gate_verdicts import KEY, GateConfig, decide, sort_verdicts
 
 ROOT = Path(__file__).resolve().parent.parent
 # flags of the current run that the re-runs replace (row selection, output) or must not repeat (side effects)
@@ -100,7 +100,7 @@ def run_confirm(cur: pd.DataFrame, cands: list[tuple], n: int, progress: bool = 
     tables, restricted to the candidates."""
     argv = current_argv(cur)
     root = RS.results_root() / f"gate-confirm-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    want = set(cands)
+    want = {tuple(map(str, w)) for w in cands}
     tables = []
     for i in range(n):
         out = root / f"run-{i}"
@@ -113,7 +113,7 @@ def run_confirm(cur: pd.DataFrame, cands: list[tuple], n: int, progress: bool = 
             raise RS.BadInput(f"--confirm: re-run {i + 1} failed (exit {r.returncode}): {last[:200]}")
         t = RS.load(str(out))
         keys = list(zip(*(t[c].astype(str) for c in KEY)))
-        tables.append(t[[tuple(map(str, k)) in {tuple(map(str, w)) for w in want} for k in keys]])
+        tables.append(t[[k in want for k in keys]])
     return tables
 
 
@@ -146,6 +146,4 @@ def decide_confirmed(first: pd.DataFrame, base: pd.DataFrame, confirm: list[pd.D
             verdict, how = r["verdict"], how + f"second look {s['verdict']}: {s['note']}"
         out.at[i, "verdict"] = verdict
         out.at[i, "note"] = "; ".join(x for x in (r["note"], how) if isinstance(x, str) and x)
-    out["_o"] = out["verdict"].map({v: i for i, v in enumerate(ORDER)})
-    out = out.sort_values(["_o", "suite", "case", "variant", "dtype"], kind="stable").drop(columns="_o")
-    return out.reset_index(drop=True)
+    return sort_verdicts(out)

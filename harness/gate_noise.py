@@ -36,7 +36,6 @@ import platform
 from pathlib import Path
 
 import numpy as np
-from scipy import special
 
 from harness import gate_stats as S
 
@@ -168,13 +167,7 @@ def test_row(log_ratios, hist: list[float], default_sd: float, alpha: float = 0.
         src = "own" if se == se_own and se_own > se_h else src
     else:
         se, df = se_h, df_h
-    r = math.exp(est)
-    if se == 0:
-        return S.Tested(r, r, r, 0.0 if est > 0 else 1.0, 0.0, 0.0, df), src
-    p = float(special.stdtr(df, -est / se))
-    half = float(special.stdtrit(df, 1 - alpha / 2)) * se
-    floor = math.exp(float(special.stdtrit(df, 0.95)) * se) - 1
-    return S.Tested(r, math.exp(est - half), math.exp(est + half), p, floor, se, df), src
+    return S.one_sided(est, se, df, alpha), src
 
 
 def history_row(r: dict, parents: dict[tuple[str, str], str] | None) -> dict:

@@ -102,15 +102,19 @@ def moderated_t(r: RowStats, s2_pool: float, prior_df: float = PRIOR_DF, alpha: 
         s2 = (prior_df * pool + own_df * own) / (prior_df + own_df)
         s2 = max(s2, own)                       # never below the row's own variance
         df = prior_df + own_df
-    se = math.sqrt(s2 * r.se_factor)
+    return one_sided(r.est, math.sqrt(s2 * r.se_factor), df, alpha, sd=math.sqrt(s2))
+
+
+def one_sided(est: float, se: float, df: float, alpha: float, sd: float | None = None) -> Tested:
+    """One-sided t-test of est > 0 with standard error `se` on `df` degrees of freedom: the ratio, its two-sided
+    (1 - alpha) interval, p, and the noise floor exp(t_0.95 se) - 1. `sd`: what Tested.sd reports (default se)."""
+    r = math.exp(est)
     if se == 0:
-        p = 0.0 if r.est > 0 else 1.0
-        return Tested(math.exp(r.est), math.exp(r.est), math.exp(r.est), p, 0.0, 0.0, df)
-    t = r.est / se
-    p = float(special.stdtr(df, -t))                 # scipy.stats.t.sf(t, df), without its per-call overhead
+        return Tested(r, r, r, 0.0 if est > 0 else 1.0, 0.0, 0.0, df)
+    p = float(special.stdtr(df, -est / se))          # scipy.stats.t.sf(t, df), without its per-call overhead
     half = float(special.stdtrit(df, 1 - alpha / 2)) * se
     floor = math.exp(float(special.stdtrit(df, 0.95)) * se) - 1
-    return Tested(math.exp(r.est), math.exp(r.est - half), math.exp(r.est + half), p, floor, math.sqrt(s2), df)
+    return Tested(r, math.exp(est - half), math.exp(est + half), p, floor, se if sd is None else sd, df)
 
 
 def holm(p) -> np.ndarray:

@@ -87,12 +87,17 @@ def decide(rows: list[dict], cfg: GateConfig) -> tuple[pd.DataFrame, dict]:
     out = pd.DataFrame([{c: r.get(c) for c in COLUMNS + ["suspect"] if c in r or c in COLUMNS} for r in rows],
                        columns=COLUMNS + (["suspect"] if any("suspect" in r for r in rows) else []))
     if len(out):
-        out["_o"] = out["verdict"].map({v: i for i, v in enumerate(ORDER)})
-        out = out.sort_values(["_o", "suite", "case", "variant", "dtype"], kind="stable").drop(columns="_o")
-        out = out.reset_index(drop=True)
+        out = sort_verdicts(out)
     summary = {"compared": int(ok.sum()), "pooled_sd": math.sqrt(s2_pool) if not assumed else math.nan,
                "pooled_df": pool_df, "assumed_sd": cfg.prior_sd if assumed and len(todo) else None}
     return out, summary
+
+
+def sort_verdicts(out: pd.DataFrame) -> pd.DataFrame:
+    """Failures first (ORDER), then by suite, case, variant, dtype; a fresh index."""
+    out = out.assign(_o=out["verdict"].map({v: i for i, v in enumerate(ORDER)}))
+    out = out.sort_values(["_o", "suite", "case", "variant", "dtype"], kind="stable").drop(columns="_o")
+    return out.reset_index(drop=True)
 
 
 def nothing_compared(verdicts: pd.DataFrame) -> bool:
